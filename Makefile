@@ -1,0 +1,45 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
+# Both do all the set-up on a fresh machine. Everything lives in .venv; torch is installed as the
+# CPU build first (TORCH_SPEC) so that resolving the project never pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit data bench chaos clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/pyrecover demo
+
+data: setup
+	$(BIN)/pyrecover data prepare
+
+lint: setup
+	$(BIN)/ruff check controller worker shared migrations tests bench
+	$(BIN)/ruff format --check controller worker shared tests bench
+
+typecheck: setup
+	$(BIN)/mypy controller shared
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+chaos: setup
+	PYRECOVER_CHAOS_TRIALS=$${PYRECOVER_CHAOS_TRIALS:-100} $(BIN)/python -m pytest tests/fault -m "slow or not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Scheduler backends behind one small interface: submit / poll / cancel (see ``base``)."""

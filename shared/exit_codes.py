@@ -1,0 +1,19 @@
+"""Worker exit codes (DESIGN.md): 0 is a clean exit, anything else a failure.
+
+The controller never decides from the exit code alone: a clean exit with steps left means the
+worker stopped gracefully (deadline, signal, ``--stop-after-steps``) after a committed checkpoint.
+The distinct non-zero codes only make logs and failure messages clearer.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2  # argparse's own code for bad flags
+    CONFIG_ERROR = 3  # flags parsed but rejected (bad combination, missing dataset, shape change on resume)
+    CHECKPOINT_ERROR = 4  # no loadable checkpoint where one was required
+    INTERRUPTED = 130  # stopped by a signal before anything could be committed

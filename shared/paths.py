@@ -1,0 +1,47 @@
+"""Run-directory and checkpoint-directory conventions (DESIGN.md, "Checkpoint directory").
+
+``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
+``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
+place, so a reader never sees a half-written ``step-<N>``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+STEP_PREFIX = "step-"
+TMP_PREFIX = ".tmp-step-"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def run_checkpoint_dir(checkpoint_root: Path, run_name: str) -> Path:
+    return checkpoint_root / run_name
+
+
+def step_dir_name(step: int) -> str:
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return f"{STEP_PREFIX}{step}"
+
+
+def step_dir(checkpoint_root: Path, run_name: str, step: int) -> Path:
+    return run_checkpoint_dir(checkpoint_root, run_name) / step_dir_name(step)
+
+
+def tmp_step_dir(checkpoint_root: Path, run_name: str, step: int) -> Path:
+    """A unique temporary sibling for writing ``step-<N>`` before the atomic rename."""
+    return run_checkpoint_dir(checkpoint_root, run_name) / f"{TMP_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_step(name: str) -> int | None:
+    """``"step-120"`` → 120; anything else (temporaries, stray files) → ``None``. Numeric, never lexical."""
+    m = _STEP_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def attempt_log_paths(run_dir: Path, attempt: int) -> tuple[Path, Path]:
+    """Per-attempt stdout/stderr files; one pair per attempt so nothing is ever overwritten."""
+    return run_dir / "logs" / f"attempt-{attempt:04d}.out", run_dir / "logs" / f"attempt-{attempt:04d}.err"

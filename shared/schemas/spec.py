@@ -1,0 +1,215 @@
+"""What a user submits: a run = training config + resources + policy (``POST /api/v1/runs``).
+
+Everything here may end up in an sbatch script or on a worker command line, so every field is
+validated at construction with a message that names the field; the renderers still shell-quote
+every value (defence in depth).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.names import validate_run_name
+
+# Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
+_SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
+_SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.,:=+@/-]+$")  # partition, account, qos, constraint, mem ...
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+_SBATCH_OPT_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=+@/%-]+)?$")
+_TIME_RE = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
+_UNIT_RE = re.compile(r"^(?P<n>\d+)(?P<u>[smhd])$")
+_RESERVED_ENV_PREFIXES = ("PYRECOVER_", "SLURM_")
+
+
+def _check_safe_path(value: str, what: str = "path") -> str:
+    if not value or not _SAFE_PATH_RE.fullmatch(value):
+        raise ValueError(f"{what} may contain only letters, digits and _ . / + @ : = , - (got {value!r})")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"{what} must not contain '..' components")
+    return value
+
+
+def parse_time_limit(value: str | int) -> int:
+    """Parse a time limit into seconds.
+
+    Accepts SLURM's forms (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``; a bare integer is
+    minutes, as in ``sbatch --time``) and the short forms ``45s``, ``2m``, ``1h``, ``1d``.
+    """
+    if isinstance(value, bool):
+        raise ValueError("time_limit must be a duration such as '45s', '10' (minutes) or '01:00:00'")
+    if isinstance(value, int):
+        seconds = value * 60
+    else:
+        text = value.strip()
+        if text.isdigit():
+            seconds = int(text) * 60
+        elif m := _UNIT_RE.fullmatch(text):
+            seconds = int(m["n"]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m["u"]]
+        elif m := _TIME_RE.fullmatch(text):
+            d, h = int(m["d"] or 0), int(m["h"] or 0)
+            seconds = ((d * 24 + h) * 60 + int(m["m"])) * 60 + int(m["s"])
+        else:
+            raise ValueError("time_limit must be a duration such as '45s', '10' (minutes) or '01:00:00'")
+    if seconds <= 0:
+        raise ValueError("time_limit must be positive")
+    if seconds > 366 * 86400:
+        raise ValueError("time_limit must be at most 366 days")
+    return seconds
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingSpec(_Spec):
+    """Training configuration; field names match the worker's flags (``--learning-rate`` ↔ ``learning_rate``)."""
+
+    dataset: str = Field(description="Parquet file, directory or glob with a 'text' column.")
+    tokenizer_name_or_path: str = Field(description="Local HF tokenizer directory (or hub name on a networked cluster).")
+    training_steps: Annotated[int, Field(gt=0, le=10_000_000)]
+    model_preset: Literal["tiny", "small", "llama3-1b", "llama3-8b"] = "tiny"
+    sequence_length: Annotated[int, Field(gt=1, le=131_072)] = 128
+    batch_size: Annotated[int, Field(gt=0, le=65_536, description="Global batch size in sequences.")] = 8
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 3e-4
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 10
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    grad_max_norm: Annotated[float, Field(ge=0)] = 1.0
+    model_dtype: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1234
+    logging_frequency: Annotated[int, Field(gt=0)] = 5
+    checkpoint_dir: str = Field(default="checkpoints", description="Root folder; the run's checkpoints go below <checkpoint_dir>/<run name>/.")
+    checkpoint_frequency: Annotated[int, Field(ge=-1)] = 50
+    use_torch_distributed_ckpt: bool = True
+    async_checkpoint: bool = False
+    keep_last_k: Annotated[int, Field(ge=2, le=10_000)] = 3
+    timeaware_checkpointing: bool = True
+    compile: bool = False
+    fused_optimizer: bool = False
+    log_loss_to_csv: bool = True
+
+    @field_validator("dataset", "tokenizer_name_or_path", "checkpoint_dir")
+    @classmethod
+    def _paths(cls, v: str) -> str:
+        return _check_safe_path(v)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainingSpec:
+        if self.lr_warmup_steps > self.training_steps:
+            raise ValueError("lr_warmup_steps must not exceed training_steps")
+        return self
+
+    def to_worker_args(self) -> list[str]:
+        """The worker command line for this spec (without run-specific flags the backend adds)."""
+        args: list[str] = []
+        for name, value in self.model_dump().items():
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + name.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+class ResourcesSpec(_Spec):
+    """Where and how long each attempt runs."""
+
+    scheduler: Literal["local", "slurm"]
+    time_limit: str | int = Field(description="Walltime of each attempt: '45s', '10' (minutes), '01:00:00', '1-00:00:00'.")
+    nodes: Annotated[int, Field(ge=1, le=4096)] = 1
+    ntasks_per_node: Annotated[int, Field(ge=1, le=64, description="Worker ranks per node (one per GPU).")] = 1
+    gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 0
+    cpus_per_task: Annotated[int, Field(ge=1, le=1024)] = 1
+    mem: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the worker.")
+    extra_sbatch_args: list[str] = Field(default_factory=list, description="Extra '--option=value' sbatch flags.")
+    signal_lead_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time_limit(cls, v: str | int) -> str | int:
+        parse_time_limit(v)
+        return v
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, v: str | None) -> str | None:
+        if v is not None and not _MEM_RE.fullmatch(v):
+            raise ValueError("mem must look like '16G', '512M' or '4000'")
+        return v
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _tokens(cls, v: str | None) -> str | None:
+        if v is not None and not _SAFE_TOKEN_RE.fullmatch(v):
+            raise ValueError("may contain only letters, digits and _ . , : = + @ / -")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _ENV_NAME_RE.fullmatch(key):
+                raise ValueError(f"environment variable name {key!r} is not a valid identifier")
+            if key.startswith(_RESERVED_ENV_PREFIXES):
+                raise ValueError(f"environment variable {key!r} is reserved (PYRECOVER_* and SLURM_* are set by pyrecover)")
+            if "\n" in value or "\x00" in value:
+                raise ValueError(f"environment variable {key!r} must not contain newlines or NUL bytes")
+        return v
+
+    @field_validator("extra_sbatch_args")
+    @classmethod
+    def _extra(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            if not _SBATCH_OPT_RE.fullmatch(arg):
+                raise ValueError(f"extra sbatch argument {arg!r} must look like '--option' or '--option=value'")
+        return v
+
+    @property
+    def time_limit_seconds(self) -> int:
+        return parse_time_limit(self.time_limit)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ntasks_per_node
+
+
+class PolicySpec(_Spec):
+    """How hard the controller tries."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=10_000)] = 100
+    max_failures_without_progress: Annotated[
+        int, Field(ge=1, le=100, description="Consecutive attempts that commit no new checkpoint before the run is FAILED.")
+    ] = 3
+    backoff_seconds: Annotated[float, Field(ge=0, le=3600, description="Base delay before resubmitting after a failure; doubles each time.")] = 5.0
+    prequeue_successor: bool = Field(default=True, description="Queue the next attempt with --dependency=afterany as soon as the worker announces its stop.")
+
+
+class RunCreate(_Spec):
+    """Body of ``POST /api/v1/runs``."""
+
+    name: str
+    training: TrainingSpec
+    resources: ResourcesSpec
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_run_name(v)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> RunCreate:
+        if self.training.batch_size % self.resources.world_size:
+            raise ValueError(
+                f"training.batch_size ({self.training.batch_size}) must be divisible by the number of ranks "
+                f"(nodes × ntasks_per_node = {self.resources.world_size})"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""The pyrecover worker: the DDP training process. Must never import ``controller``."""
