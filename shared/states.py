@@ -34,11 +34,20 @@ class AttemptState(StrEnum):
     SUBMITTING = "SUBMITTING"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
     ENDED = "ENDED"
 
     @property
     def live(self) -> bool:
-        return self is not AttemptState.ENDED
+        """Counts against "a run never has two live attempts" (guarded by a unique index in the DB).
+
+        ``STOPPING`` is excluded on purpose: once the worker announced its stop, the successor may be
+        pre-queued with ``--dependency=afterany`` while the final save is still being written.
+        """
+        return self in LIVE_ATTEMPT_STATES
+
+
+LIVE_ATTEMPT_STATES = frozenset({AttemptState.SUBMITTING, AttemptState.PENDING, AttemptState.RUNNING})
 
 
 class EndReason(StrEnum):
