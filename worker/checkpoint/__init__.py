@@ -1,0 +1,25 @@
+"""Checkpoints you can trust: atomic commits, verified loads, wrapper-independent keys, retention.
+
+See DESIGN.md ("Checkpoint directory", "What a checkpoint holds") for the contract and
+``manager.py`` for the commit protocol.
+"""
+
+from .manager import CheckpointManager
+from .state import TrainState
+from .types import (
+    CheckpointConfig,
+    CheckpointError,
+    CommittedCheckpoint,
+    RestoreResult,
+    SaveResult,
+)
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointManager",
+    "CommittedCheckpoint",
+    "RestoreResult",
+    "SaveResult",
+    "TrainState",
+]

@@ -1,0 +1,96 @@
+"""The checkpoint manager's config, its result records and its one error type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+CheckpointFormat = Literal["dcp", "vanilla"]
+FORMATS: tuple[CheckpointFormat, ...] = ("dcp", "vanilla")
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written, verified or loaded; the message says which and why.
+
+    DCP raises ``CheckpointException``, which derives from ``BaseException`` (so ``except Exception``
+    misses it); the manager wraps it in this class so callers need only one ``except``.
+    """
+
+
+@dataclass(kw_only=True, frozen=True)
+class CheckpointConfig:
+    """Where checkpoints go and how they are written and retained."""
+
+    root: Path
+    """``--checkpoint-dir``: the directory that holds one sub-directory per run."""
+    run_name: str
+    """``--experiment-name``: checkpoints live in ``root/run_name/step-<N>/``."""
+    format: CheckpointFormat = "dcp"
+    """``dcp``: every rank writes its shard (torch.distributed.checkpoint). ``vanilla``: rank 0 torch.save."""
+    async_save: bool = False
+    """Write periodic saves in the background (DCP only); final saves are always synchronous."""
+    keep_last_k: int = 3
+    """How many of the newest committed checkpoints to keep (>= 2, so a corrupt newest has a fallback)."""
+    keep_every_n: int | None = None
+    """Additionally keep every checkpoint whose step is divisible by n (e.g. for evaluation later)."""
+    io_threads: int = 1
+    """DCP writer threads per rank (each writes its own file); more can help on parallel file systems."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.format not in FORMATS:
+            raise ValueError(f"CheckpointConfig.format must be one of {FORMATS}, got {self.format!r}")
+        if self.async_save and self.format != "dcp":
+            raise ValueError(
+                "CheckpointConfig.async_save needs format='dcp' (vanilla torch.save is synchronous)"
+            )
+        if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
+            raise ValueError(
+                f"CheckpointConfig.run_name must be a plain directory name, got {self.run_name!r}"
+            )
+        if self.keep_last_k < 2:
+            raise ValueError(f"CheckpointConfig.keep_last_k must be >= 2, got {self.keep_last_k}")
+        if self.keep_every_n is not None and self.keep_every_n < 1:
+            raise ValueError(f"CheckpointConfig.keep_every_n must be >= 1 or None, got {self.keep_every_n}")
+        if self.io_threads < 1:
+            raise ValueError(f"CheckpointConfig.io_threads must be >= 1, got {self.io_threads}")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / self.run_name
+
+
+@dataclass(frozen=True)
+class CommittedCheckpoint:
+    """A ``step-<N>`` directory whose manifest parses (its files are verified separately)."""
+
+    path: Path
+    step: int
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What one save cost and produced. ``stall_seconds`` is the time the caller was blocked."""
+
+    path: Path
+    step: int
+    format: str
+    size_bytes: int
+    save_seconds: float
+    stall_seconds: float
+    async_save: bool
+    tokens_seen: int
+    final: bool
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """Which checkpoint was loaded, how long it took, and what the caller should know about it."""
+
+    checkpoint: CommittedCheckpoint
+    load_seconds: float
+    warnings: list[str]
+    changed_fields: dict[str, tuple[Any, Any]]
+    """Config keys that differ from the checkpoint's (allowed ones only): key → (saved, current)."""
