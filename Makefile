@@ -32,8 +32,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy controller shared
 
+# pytest's exit 5 ("no tests collected") must fail too: an empty run proves nothing.
 test: lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -1,0 +1,136 @@
+"""Helpers for tests that run real worker processes (1 or 2 ranks, gloo on 127.0.0.1, a free port)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worker.checkpoint.storage import load_plain
+from worker.loss_log import read_losses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_args(
+    sample_data: tuple[Path, Path], ckpt_dir: Path, name: str, *, steps: int, fmt: str
+) -> list[str]:
+    parquet, tokenizer = sample_data
+    return [
+        "--dataset", str(parquet), "--tokenizer-name-or-path", str(tokenizer),
+        "--model-preset", "tiny", "--sequence-length", "32", "--batch-size", "4",
+        "--model-dtype", "fp32", "--seed", "7", "--learning-rate", "3e-3", "--lr-warmup-steps", "5",
+        "--training-steps", str(steps), "--logging-frequency", "10", "--checkpoint-frequency", "10",
+        "--checkpoint-dir", str(ckpt_dir), "--experiment-name", name, "--log-loss-to-csv",
+        "--use-torch-distributed-ckpt" if fmt == "dcp" else "--no-use-torch-distributed-ckpt",
+    ]  # fmt: skip
+
+
+@dataclass
+class Result:
+    returncodes: list[int]
+    stderr: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(rc == 0 for rc in self.returncodes)
+
+    def explain(self) -> str:
+        return "\n".join(
+            f"--- rank {r} rc={rc}\n{err[-3000:]}"
+            for r, (rc, err) in enumerate(zip(self.returncodes, self.stderr, strict=True))
+        )
+
+
+def run_worker(
+    args: list[str],
+    *,
+    world_size: int,
+    env: dict[str, str] | None = None,
+    while_running: Callable[[list[subprocess.Popen[bytes]]], None] | None = None,
+    timeout: float = 300.0,
+) -> Result:
+    """Start ``python -m worker ARGS`` once per rank, optionally act while they run, wait for all."""
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="worker-logs-"))
+    procs, logs = [], []
+    for rank in range(world_size):
+        penv = {**os.environ, **(env or {}), "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+        penv.pop("PYRECOVER_CONTROLLER_URL", None)
+        if world_size > 1:
+            penv |= {
+                "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            }  # fmt: skip
+        # stderr goes to files: a full pipe of one rank would block it inside a collective.
+        logs.append(log_dir / f"rank{rank}.err")
+        with open(logs[-1], "w") as err:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "worker", *args], env=penv, stdout=subprocess.DEVNULL, stderr=err
+                )
+            )
+    try:
+        if while_running is not None:
+            while_running(procs)
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    errs = [log.read_text() for log in logs]
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return Result(returncodes=[p.returncode for p in procs], stderr=errs)
+
+
+def wait_for_step(csv: Path, step: int, procs: list[subprocess.Popen[bytes]], timeout: float = 240.0) -> bool:
+    """Poll the loss CSV until it has a row for ``step`` (False if the workers ended first)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if csv.exists() and max(read_losses(csv), default=0) >= step:
+            return True
+        if any(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def signal_at_step(
+    csv: Path, step: int, sig: signal.Signals, rank: int
+) -> Callable[[list[subprocess.Popen[bytes]]], None]:
+    def act(procs: list[subprocess.Popen[bytes]]) -> None:
+        assert wait_for_step(csv, step, procs), "the workers ended before the signal could be sent"
+        procs[rank].send_signal(sig)
+
+    return act
+
+
+def tensors_equal(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(tensors_equal, a, b))
+    return a == b
+
+
+def load_checkpoint(path: Path) -> dict[str, object]:
+    """The plain (wrapper-independent) content of a committed checkpoint directory."""
+    return load_plain(path)

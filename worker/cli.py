@@ -1,0 +1,41 @@
+"""``pyrecover train`` / ``python -m worker``: parse, validate, train; returns the exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from shared.exit_codes import ExitCode
+from worker.config import ConfigError, build_parser, config_from_args
+
+
+def _init_logging() -> None:
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )  # a no-op when the host process (a test runner, a notebook) already configured logging
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point shared by ``pyrecover train`` and ``python -m worker``."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed why
+        return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG_ERROR)
+    _init_logging()
+    from worker.train import run_training  # torch is imported only when training really starts
+
+    return run_training(config)
