@@ -11,7 +11,9 @@ from typing import Any, Literal, Protocol
 
 from shared import envvars
 
-EventType = Literal["started", "progress", "checkpoint_committed", "stopping", "finished", "failed", "warning"]
+EventType = Literal[
+    "started", "progress", "checkpoint_committed", "stopping", "finished", "failed", "warning"
+]
 Action = Literal["none", "checkpoint", "stop"]
 
 

@@ -1,5 +1,16 @@
 """Wire schemas (pydantic) shared by the controller's API and the worker's reporter."""
 
+from shared.schemas.public import (
+    AttemptPublic,
+    CheckpointPublic,
+    EventPublic,
+    GoodputPublic,
+    Health,
+    MetricPoint,
+    Page,
+    RunAction,
+    RunPublic,
+)
 from shared.schemas.reports import (
     CheckpointCommittedEvent,
     FailedEvent,
@@ -16,15 +27,24 @@ from shared.schemas.reports import (
 from shared.schemas.spec import PolicySpec, ResourcesSpec, RunCreate, TrainingSpec, parse_time_limit
 
 __all__ = [
+    "AttemptPublic",
     "CheckpointCommittedEvent",
+    "CheckpointPublic",
+    "EventPublic",
     "FailedEvent",
     "FinishedEvent",
+    "GoodputPublic",
+    "Health",
+    "MetricPoint",
+    "Page",
     "PolicySpec",
     "ProgressEvent",
     "ReportBatch",
     "ReportReply",
     "ResourcesSpec",
+    "RunAction",
     "RunCreate",
+    "RunPublic",
     "StartedEvent",
     "StoppingEvent",
     "TrainingSpec",

@@ -50,7 +50,9 @@ class CheckpointCommittedEvent(_Event):
     format: Literal["dcp", "vanilla"]
     size_bytes: Annotated[int, Field(ge=0)]
     save_seconds: Annotated[float, Field(ge=0)]
-    stall_seconds: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Time the training loop was blocked.")
+    stall_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="Time the training loop was blocked."
+    )
     async_save: bool = False
     tokens_seen: Annotated[int, Field(ge=0)] = 0
     final: bool = False
@@ -104,4 +106,6 @@ WorkerAction = Literal["none", "checkpoint", "stop"]
 class ReportReply(BaseModel):
     accepted: int = Field(description="Events stored by this request.")
     duplicates: int = Field(description="Events already stored earlier (retries); ignored.")
-    action: WorkerAction = Field(default="none", description="What the controller asks the worker to do next.")
+    action: WorkerAction = Field(
+        default="none", description="What the controller asks the worker to do next."
+    )

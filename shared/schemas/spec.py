@@ -66,10 +66,15 @@ class _Spec(BaseModel):
 
 
 class TrainingSpec(_Spec):
-    """Training configuration; field names match the worker's flags (``--learning-rate`` ↔ ``learning_rate``)."""
+    """Training configuration.
+
+    Field names match the worker's flags (``--learning-rate`` ↔ ``learning_rate``).
+    """
 
     dataset: str = Field(description="Parquet file, directory or glob with a 'text' column.")
-    tokenizer_name_or_path: str = Field(description="Local HF tokenizer directory (or hub name on a networked cluster).")
+    tokenizer_name_or_path: str = Field(
+        description="Local HF tokenizer directory (or hub name on a networked cluster)."
+    )
     training_steps: Annotated[int, Field(gt=0, le=10_000_000)]
     model_preset: Literal["tiny", "small", "llama3-1b", "llama3-8b"] = "tiny"
     sequence_length: Annotated[int, Field(gt=1, le=131_072)] = 128
@@ -81,7 +86,10 @@ class TrainingSpec(_Spec):
     model_dtype: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1234
     logging_frequency: Annotated[int, Field(gt=0)] = 5
-    checkpoint_dir: str = Field(default="checkpoints", description="Root folder; the run's checkpoints go below <checkpoint_dir>/<run name>/.")
+    checkpoint_dir: str = Field(
+        default="checkpoints",
+        description="Root folder; the run's checkpoints go below <checkpoint_dir>/<run name>/.",
+    )
     checkpoint_frequency: Annotated[int, Field(ge=-1)] = 50
     use_torch_distributed_ckpt: bool = True
     async_checkpoint: bool = False
@@ -118,9 +126,13 @@ class ResourcesSpec(_Spec):
     """Where and how long each attempt runs."""
 
     scheduler: Literal["local", "slurm"]
-    time_limit: str | int = Field(description="Walltime of each attempt: '45s', '10' (minutes), '01:00:00', '1-00:00:00'.")
+    time_limit: str | int = Field(
+        description="Walltime of each attempt: '45s', '10' (minutes), '01:00:00', '1-00:00:00'."
+    )
     nodes: Annotated[int, Field(ge=1, le=4096)] = 1
-    ntasks_per_node: Annotated[int, Field(ge=1, le=64, description="Worker ranks per node (one per GPU).")] = 1
+    ntasks_per_node: Annotated[
+        int, Field(ge=1, le=64, description="Worker ranks per node (one per GPU).")
+    ] = 1
     gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 0
     cpus_per_task: Annotated[int, Field(ge=1, le=1024)] = 1
     mem: str | None = None
@@ -128,8 +140,12 @@ class ResourcesSpec(_Spec):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the worker.")
-    extra_sbatch_args: list[str] = Field(default_factory=list, description="Extra '--option=value' sbatch flags.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the worker."
+    )
+    extra_sbatch_args: list[str] = Field(
+        default_factory=list, description="Extra '--option=value' sbatch flags."
+    )
     signal_lead_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
 
     @field_validator("time_limit")
@@ -159,7 +175,9 @@ class ResourcesSpec(_Spec):
             if not _ENV_NAME_RE.fullmatch(key):
                 raise ValueError(f"environment variable name {key!r} is not a valid identifier")
             if key.startswith(_RESERVED_ENV_PREFIXES):
-                raise ValueError(f"environment variable {key!r} is reserved (PYRECOVER_* and SLURM_* are set by pyrecover)")
+                raise ValueError(
+                    f"environment variable {key!r} is reserved (PYRECOVER_* and SLURM_* are set by pyrecover)"
+                )
             if "\n" in value or "\x00" in value:
                 raise ValueError(f"environment variable {key!r} must not contain newlines or NUL bytes")
         return v
@@ -169,7 +187,9 @@ class ResourcesSpec(_Spec):
     def _extra(cls, v: list[str]) -> list[str]:
         for arg in v:
             if not _SBATCH_OPT_RE.fullmatch(arg):
-                raise ValueError(f"extra sbatch argument {arg!r} must look like '--option' or '--option=value'")
+                raise ValueError(
+                    f"extra sbatch argument {arg!r} must look like '--option' or '--option=value'"
+                )
         return v
 
     @property
@@ -186,10 +206,25 @@ class PolicySpec(_Spec):
 
     max_attempts: Annotated[int, Field(ge=1, le=10_000)] = 100
     max_failures_without_progress: Annotated[
-        int, Field(ge=1, le=100, description="Consecutive attempts that commit no new checkpoint before the run is FAILED.")
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="Consecutive attempts that commit no new checkpoint before the run is FAILED.",
+        ),
     ] = 3
-    backoff_seconds: Annotated[float, Field(ge=0, le=3600, description="Base delay before resubmitting after a failure; doubles each time.")] = 5.0
-    prequeue_successor: bool = Field(default=True, description="Queue the next attempt with --dependency=afterany as soon as the worker announces its stop.")
+    backoff_seconds: Annotated[
+        float,
+        Field(
+            ge=0, le=3600, description="Base delay before resubmitting after a failure; doubles each time."
+        ),
+    ] = 5.0
+    prequeue_successor: bool = Field(
+        default=True,
+        description=(
+            "Queue the next attempt with --dependency=afterany as soon as the worker announces its stop."
+        ),
+    )
 
 
 class RunCreate(_Spec):

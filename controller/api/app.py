@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the FastAPI application (REST API under ``/api/v1``, dashboard, ops).
+
+Nothing is created at import time. The lifespan refuses an unmigrated database and starts the
+reconciler (``settings.run_reconciler``), stopping it on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from controller.api import errors
+from controller.api.limits import BodySizeLimit
+from controller.api.routes import ops, reports, runs
+from controller.db import check_database_migrated, make_engine, make_session_factory
+from controller.metrics import LatencyHistogram
+from controller.settings import Settings
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+
+def _engine_of(session_factory: Callable[[], Session]) -> Engine:
+    with session_factory() as session:
+        bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def create_app(settings: Settings, *, session_factory: Callable[[], Session] | None = None) -> FastAPI:
+    owned_engine: Engine | None = None
+    if session_factory is None:
+        owned_engine = make_engine(settings)
+        session_factory = make_session_factory(owned_engine)
+    factory = session_factory
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_database_migrated(_engine_of(factory))
+        reconciler: Any = None
+        if settings.run_reconciler:
+            from controller.reconciler import Reconciler  # lazy: the API imports without it
+
+            reconciler = Reconciler(settings=settings, session_factory=factory)
+            reconciler.start()
+        app.state.reconciler = reconciler
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                reconciler.stop()
+            app.state.reconciler = None
+            if owned_engine is not None:
+                owned_engine.dispose()
+
+    app = FastAPI(
+        title="pyrecover controller",
+        version="1",
+        summary="Keeps LLM training runs alive across walltime limits, preemptions and failures.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = factory
+    app.state.reconciler = None
+    app.state.report_latency = LatencyHistogram()
+    app.state.report_events = Counter({"accepted": 0, "duplicates": 0})
+    errors.install(app)
+    app.include_router(runs.router, prefix=API_PREFIX)
+    app.include_router(reports.router, prefix=API_PREFIX)
+    app.include_router(ops.router, prefix=API_PREFIX)
+    app.include_router(ops.router)  # /healthz and /metrics where probes and Prometheus look
+    try:
+        from controller.web import web_router
+    except ImportError as exc:  # the dashboard's extra dependencies are missing: API only
+        log.warning("dashboard disabled: %s", exc)
+    else:
+        app.include_router(web_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,61 @@
+"""Rows → public schemas. Goodput is computed at read time from the attempts' times, so it is
+current for attempts the reconciler ended since the last report (one query per page of runs)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import Attempt, Run
+from controller.services import goodput
+from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
+
+
+def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list[RunPublic]:
+    if not runs:
+        return []
+    by_run: dict[int, list[Attempt]] = defaultdict(list)
+    for attempt in session.scalars(select(Attempt).where(Attempt.run_id.in_([r.id for r in runs]))):
+        by_run[attempt.run_id].append(attempt)
+    out = []
+    for run in runs:
+        attempts = by_run.get(run.id, [])
+        total = goodput.run_goodput(goodput.of_attempt(a, now) for a in attempts)
+        detail = GoodputPublic(
+            goodput=total.goodput,
+            allocated_s=total.allocated_s,
+            productive_committed_s=total.productive_committed_s,
+            lost_work_s=total.lost_work_s,
+            queue_wait_s=total.queue_wait_s,
+            checkpoint_stall_s=total.checkpoint_stall_s,
+        )
+        public = RunPublic.model_validate(run)
+        out.append(
+            public.model_copy(
+                update={
+                    "attempts_count": len(attempts),
+                    "goodput": total.goodput,
+                    "goodput_detail": detail,
+                }
+            )
+        )
+    return out
+
+
+def attempt_public(attempt: Attempt, *, now: datetime) -> AttemptPublic:
+    return AttemptPublic.model_validate(attempt).model_copy(update=asdict(goodput.of_attempt(attempt, now)))
+
+
+def downsample_indices(n: int, max_points: int) -> list[int]:
+    """At most ``max_points`` indices of ``range(n)``, evenly spaced, always keeping the first and last."""
+    if n <= max_points:
+        return list(range(n))
+    if max_points == 1:
+        return [n - 1]
+    step = (n - 1) / (max_points - 1)
+    return sorted({round(i * step) for i in range(max_points)})

@@ -1,0 +1,1 @@
+"""Routers of the REST API (``/api/v1``): runs, worker reports, operations."""

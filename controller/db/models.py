@@ -1,0 +1,221 @@
+"""SQLAlchemy 2 models: runs, attempts, checkpoints, metrics, worker events, the event log, tokens.
+
+The schema only changes through a migration in ``migrations/versions``. Invariants the database
+itself guards (on SQLite and PostgreSQL alike):
+
+* one attempt number per run: ``UNIQUE(run_id, number)``;
+* at most one *live* attempt (SUBMITTING, PENDING or RUNNING) per run: a partial unique index;
+* a worker event is stored at most once: ``UNIQUE(run_id, attempt, seq)`` — the idempotency key;
+* one checkpoint per step: ``UNIQUE(run_id, step)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
+
+from controller.db.types import UTCDateTime, str_enum, utcnow
+from shared.schemas import RunCreate
+from shared.states import AttemptState, EndReason, RunState
+
+LIVE_STATES_SQL = "state IN ('SUBMITTING', 'PENDING', 'RUNNING')"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_state_id", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    state: Mapped[RunState] = mapped_column(str_enum(RunState), default=RunState.PENDING)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``RunCreate.model_dump(mode="json")``: exactly what the user submitted, after validation."""
+    scheduler: Mapped[str] = mapped_column(String(16))
+    training_steps: Mapped[int] = mapped_column(Integer)
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    latest_checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
+    attempts_count: Mapped[int] = mapped_column(Integer, default=0)
+    failures_without_progress: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    next_submit_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    pending_action: Mapped[str] = mapped_column(String(16), default="none")
+    """``none`` | ``checkpoint`` | ``stop``: delivered once in the reply to the next worker report."""
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by ``cancel_run``; the reconciler cancels the scheduler job and ends the run CANCELLED."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    goodput_allocated_s: Mapped[float] = mapped_column(Float, default=0.0)
+    goodput_productive_s: Mapped[float] = mapped_column(Float, default=0.0)
+    goodput: Mapped[float | None] = mapped_column(Float, default=None)
+    """Σ productive committed time / Σ allocated time over the run's attempts (refreshed on reports)."""
+
+    error = synonym("last_error")
+
+    @property
+    def message(self) -> str | None:
+        return self.last_error
+
+    def spec_model(self) -> RunCreate:
+        return RunCreate.model_validate(self.spec)
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("run_id", "number", name="uq_attempts_run_number"),
+        Index(
+            "uq_attempts_one_live_per_run",
+            "run_id",
+            unique=True,
+            sqlite_where=text(LIVE_STATES_SQL),
+            postgresql_where=text(LIVE_STATES_SQL),
+        ),
+        Index("ix_attempts_state", "state"),
+        Index("ix_attempts_backend_external_id", "backend", "external_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(String(16))
+    job_name: Mapped[str] = mapped_column(String(128))
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    state: Mapped[AttemptState] = mapped_column(str_enum(AttemptState), default=AttemptState.SUBMITTING)
+    scheduler_state: Mapped[str | None] = mapped_column(String(32), default=None)
+    submit_time: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    stopping_time: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    step_at_start: Mapped[int | None] = mapped_column(Integer, default=None)
+    step_at_end: Mapped[int | None] = mapped_column(Integer, default=None)
+    resumed_from: Mapped[str | None] = mapped_column(Text, default=None)
+    end_reason: Mapped[EndReason | None] = mapped_column(str_enum(EndReason), default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    dependency_job_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Goodput inputs reported by the worker.
+    training_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_commit_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Goodput per attempt, seconds (see controller.services.goodput).
+    allocated_s: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_wait_s: Mapped[float] = mapped_column(Float, default=0.0)
+    startup_s: Mapped[float] = mapped_column(Float, default=0.0)
+    checkpoint_load_s: Mapped[float] = mapped_column(Float, default=0.0)
+    productive_committed_s: Mapped[float] = mapped_column(Float, default=0.0)
+    lost_work_s: Mapped[float] = mapped_column(Float, default=0.0)
+    checkpoint_stall_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+    # Names the dashboard reads.
+    submitted_at = synonym("submit_time")
+    started_at = synonym("start_time")
+    stopping_at = synonym("stopping_time")
+    ended_at = synonym("end_time")
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoints_run_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id", ondelete="SET NULL"))
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The attempt *number* that wrote it."""
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    save_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    stall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    async_save: Mapped[bool] = mapped_column(Boolean, default=False)
+    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    """The worker reports a checkpoint only after its manifest is written and checked."""
+    committed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    lr: Mapped[float | None] = mapped_column(Float, default=None)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, default=None)
+    step_time: Mapped[float | None] = mapped_column(Float, default=None)
+    grad_norm: Mapped[float | None] = mapped_column(Float, default=None)
+    mfu: Mapped[float | None] = mapped_column(Float, default=None)
+    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WorkerEventRecord(Base):
+    __tablename__ = "worker_events"
+    __table_args__ = (UniqueConstraint("run_id", "attempt", "seq", name="uq_worker_events_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Event(Base):
+    """The user-visible event log of a run, including every state transition."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+    created_at = synonym("time")
+
+
+class ApiToken(Base):
+    """A bearer token, stored as its SHA-256; ``kind`` is ``user`` or ``worker`` (scoped to ``run_id``)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,25 @@
+"""Domain errors. Services raise them; only the API edge maps them to HTTP status codes."""
+
+from __future__ import annotations
+
+from controller.state_machine import DomainError, InvalidTransition
+
+__all__ = ["AttemptNotFound", "Conflict", "DomainError", "InvalidTransition", "RunNotFound"]
+
+
+class RunNotFound(DomainError):
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"run {run_id} does not exist")
+        self.run_id = run_id
+
+
+class Conflict(DomainError):
+    """The request contradicts what is stored, e.g. a run name already taken (HTTP 409)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AttemptNotFound(DomainError):
+    """A report for an attempt number the run never had (HTTP 409: the worker is out of date)."""

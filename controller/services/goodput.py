@@ -1,0 +1,122 @@
+"""Goodput accounting: how much of the time a run held resources ended up in a committed checkpoint.
+
+Per attempt (seconds):
+
+* ``allocated``: start → end (→ now while running): what the cluster gave us;
+* ``queue_wait``: submit → start;
+* ``startup`` and ``checkpoint_load``: as the worker reported them in ``started``;
+* ``productive_committed``: training start (the ``started`` report) → the attempt's last committed
+  checkpoint: work that survives the attempt;
+* ``lost_work``: last commit (or training start) → end: work redone by the next attempt;
+* ``checkpoint_stall``: time the training loop was blocked by saves.
+
+Run goodput = Σ productive_committed / Σ allocated (``None`` before any time was allocated).
+The functions are pure; ``refresh_*`` copy the results onto the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from controller.db.models import Attempt, Run
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptGoodput:
+    allocated_s: float = 0.0
+    queue_wait_s: float = 0.0
+    startup_s: float = 0.0
+    checkpoint_load_s: float = 0.0
+    productive_committed_s: float = 0.0
+    lost_work_s: float = 0.0
+    checkpoint_stall_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunGoodput:
+    allocated_s: float
+    productive_committed_s: float
+    lost_work_s: float
+    queue_wait_s: float
+    checkpoint_stall_s: float
+
+    @property
+    def goodput(self) -> float | None:
+        return self.productive_committed_s / self.allocated_s if self.allocated_s > 0 else None
+
+
+def _span(a: datetime | None, b: datetime | None) -> float:
+    return max(0.0, (b - a).total_seconds()) if a is not None and b is not None else 0.0
+
+
+def attempt_goodput(
+    *,
+    submit: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+    training_started: datetime | None,
+    last_commit: datetime | None,
+    startup_s: float,
+    checkpoint_load_s: float,
+    checkpoint_stall_s: float,
+    now: datetime,
+) -> AttemptGoodput:
+    """The goodput figures of one attempt; ``end`` is ``now`` while it still holds resources."""
+    until = end or now
+    # A worker may report before the scheduler's start time is known: then training start bounds it.
+    begin = start or training_started
+    productive = _span(training_started, last_commit) if last_commit is not None else 0.0
+    work_end = last_commit if last_commit is not None else training_started
+    return AttemptGoodput(
+        allocated_s=_span(begin, until),
+        queue_wait_s=_span(submit, begin),
+        startup_s=startup_s,
+        checkpoint_load_s=checkpoint_load_s,
+        productive_committed_s=productive,
+        lost_work_s=_span(work_end, until) if work_end is not None else 0.0,
+        checkpoint_stall_s=checkpoint_stall_s,
+    )
+
+
+def of_attempt(attempt: Attempt, now: datetime) -> AttemptGoodput:
+    return attempt_goodput(
+        submit=attempt.submit_time,
+        start=attempt.start_time,
+        end=attempt.end_time,
+        training_started=attempt.training_started_at,
+        last_commit=attempt.last_commit_at,
+        startup_s=attempt.startup_s or 0.0,
+        checkpoint_load_s=attempt.checkpoint_load_s or 0.0,
+        checkpoint_stall_s=attempt.checkpoint_stall_s or 0.0,
+        now=now,
+    )
+
+
+def run_goodput(attempts: Iterable[AttemptGoodput]) -> RunGoodput:
+    items = list(attempts)
+    return RunGoodput(
+        allocated_s=sum(a.allocated_s for a in items),
+        productive_committed_s=sum(a.productive_committed_s for a in items),
+        lost_work_s=sum(a.lost_work_s for a in items),
+        queue_wait_s=sum(a.queue_wait_s for a in items),
+        checkpoint_stall_s=sum(a.checkpoint_stall_s for a in items),
+    )
+
+
+def refresh_attempt(attempt: Attempt, now: datetime) -> AttemptGoodput:
+    figures = of_attempt(attempt, now)
+    attempt.allocated_s = figures.allocated_s
+    attempt.queue_wait_s = figures.queue_wait_s
+    attempt.productive_committed_s = figures.productive_committed_s
+    attempt.lost_work_s = figures.lost_work_s
+    return figures
+
+
+def refresh_run(run: Run, attempts: Iterable[Attempt], now: datetime) -> RunGoodput:
+    total = run_goodput(refresh_attempt(a, now) for a in attempts)
+    run.goodput_allocated_s = total.allocated_s
+    run.goodput_productive_s = total.productive_committed_s
+    run.goodput = total.goodput
+    return total

@@ -1,0 +1,86 @@
+"""Controller settings: environment variables with the prefix ``PYRECOVER_``, or keywords in tests.
+
+Nothing is created at import time; ``Settings()`` reads the environment when called. Unsafe
+combinations are refused with a message that names the field: serving on a non-loopback address
+needs ``auth_required``, and the open read-only mode is for a loopback bind only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DB_FILE_NAME = "pyrecover.db"
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the controller (API, reconciler, backends) is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="PYRECOVER_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default=Path("var"), description="Where the database, run folders and logs live.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file in data_dir.")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    public_url: str = Field(default="", description="URL workers use to reach the controller.")
+    auth_required: bool = Field(default=False, description="Require a bearer token on every API call.")
+    open_read_only: bool = Field(default=False, description="Let GET requests through without a token.")
+    reconcile_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    run_reconciler: bool = True
+    local_kill_wait_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    local_signal_lead_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    worker_python: str = Field(default=sys.executable, description="Python interpreter that runs workers.")
+    checkpoint_root: Path | None = Field(
+        default=None, description="Root for relative checkpoint_dir values; default: <data_dir>/checkpoints."
+    )
+    slurm_cli_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    slurm_prologue: list[str] = Field(
+        default_factory=list, description="Admin lines added to sbatch scripts."
+    )
+    slurm_srun_args: list[str] = Field(default_factory=list, description="Extra srun arguments (admin).")
+    max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / DB_FILE_NAME).as_posix()}"
+        if not self.public_url:
+            host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            if ":" in host and not host.startswith("["):
+                host = f"[{host}]"
+            self.public_url = f"http://{host}:{self.port}"
+        if self.checkpoint_root is None:
+            self.checkpoint_root = self.data_dir / "checkpoints"
+        if self.open_read_only and not is_loopback(self.host):
+            raise ValueError(
+                f"open_read_only is only allowed on a loopback host (host={self.host!r}); "
+                "bind to 127.0.0.1 or turn open_read_only off"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def validate_for_serving(self) -> None:
+        """Refuse to serve an unauthenticated API beyond this machine (raise ``ValueError``)."""
+        if not is_loopback(self.host) and not self.auth_required:
+            raise ValueError(
+                f"refusing to listen on {self.host!r} without authentication: set PYRECOVER_AUTH_REQUIRED=1 "
+                "(and create tokens with `pyrecover token create`), or bind to 127.0.0.1"
+            )

@@ -1,0 +1,139 @@
+"""What the REST API returns (``GET /api/v1/runs`` …): read models, separate from the Create bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schemas.spec import RunCreate
+from shared.states import AttemptState, EndReason, RunState
+
+T = TypeVar("T")
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``items`` plus the total matching the filter, for ``limit``/``offset`` paging."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class GoodputPublic(_Public):
+    """Seconds summed over the run's attempts; ``goodput`` = productive_committed_s / allocated_s."""
+
+    goodput: float | None = None
+    allocated_s: float = 0.0
+    productive_committed_s: float = 0.0
+    lost_work_s: float = 0.0
+    queue_wait_s: float = 0.0
+    checkpoint_stall_s: float = 0.0
+
+
+class RunPublic(_Public):
+    id: int
+    name: str
+    state: RunState
+    scheduler: str
+    training_steps: int
+    current_step: int
+    tokens_seen: int
+    latest_checkpoint_step: int | None
+    attempts_count: int
+    failures_without_progress: int
+    last_error: str | None
+    cancel_requested: bool
+    pending_action: Literal["none", "checkpoint", "stop"]
+    next_submit_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    goodput: float | None = Field(default=None, description="Productive committed time / allocated time.")
+    goodput_detail: GoodputPublic = Field(default_factory=GoodputPublic)
+    spec: RunCreate
+
+
+class AttemptPublic(_Public):
+    id: int
+    number: int
+    backend: str
+    job_name: str
+    external_id: str | None
+    state: AttemptState
+    scheduler_state: str | None
+    submit_time: datetime | None
+    start_time: datetime | None
+    stopping_time: datetime | None
+    end_time: datetime | None
+    deadline: datetime | None
+    step_at_start: int | None
+    step_at_end: int | None
+    resumed_from: str | None
+    end_reason: EndReason | None
+    exit_code: int | None
+    error: str | None
+    dependency_job_id: str | None
+    last_report_at: datetime | None
+    allocated_s: float
+    queue_wait_s: float
+    startup_s: float
+    checkpoint_load_s: float
+    productive_committed_s: float
+    lost_work_s: float
+    checkpoint_stall_s: float
+
+
+class CheckpointPublic(_Public):
+    step: int
+    attempt: int | None
+    path: str
+    format: str
+    size_bytes: int
+    save_seconds: float
+    stall_seconds: float
+    async_save: bool
+    tokens_seen: int
+    final: bool
+    committed_at: datetime
+
+
+class MetricPoint(_Public):
+    step: int
+    attempt: int
+    time: datetime
+    loss: float | None
+    lr: float | None
+    tokens_per_s: float | None
+    step_time: float | None
+    grad_norm: float | None
+    mfu: float | None
+    tokens_seen: int
+
+
+class EventPublic(_Public):
+    id: int
+    time: datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class RunAction(BaseModel):
+    """Body of ``POST /runs/{id}/actions``: ask the running worker to checkpoint now or stop gracefully."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["checkpoint", "stop"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    reconciler: Literal["running", "off"]

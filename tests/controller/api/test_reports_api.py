@@ -1,0 +1,173 @@
+"""Worker reports: what each event records, idempotency, goodput on the run, the series endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from controller.db.models import Checkpoint, Event, Metric, WorkerEventRecord
+from shared.states import AttemptState
+from tests.controller.api.conftest import Api
+
+T0 = 1_800_000_000.0
+
+
+def _progress(seq: int, step: int, t: float) -> dict[str, Any]:
+    return {
+        "type": "progress",
+        "seq": seq,
+        "time": t,
+        "step": step,
+        "loss": 5.0 - step / 100,
+        "lr": 1e-3,
+        "tokens_seen": step * 1000,
+        "tokens_per_s": 500.0,
+        "step_time": 0.5,
+    }
+
+
+def _ckpt(seq: int, step: int, t: float, stall: float = 0.5) -> dict[str, Any]:
+    return {
+        "type": "checkpoint_committed",
+        "seq": seq,
+        "time": t,
+        "step": step,
+        "path": f"/c/step-{step}",
+        "format": "dcp",
+        "size_bytes": 123,
+        "save_seconds": 1.0,
+        "stall_seconds": stall,
+    }
+
+
+def _started(seq: int, t: float) -> dict[str, Any]:
+    return {
+        "type": "started",
+        "seq": seq,
+        "time": t,
+        "step": 0,
+        "world_size": 1,
+        "startup_seconds": 4.0,
+        "checkpoint_load_seconds": 1.0,
+    }
+
+
+def _counts(api: Api) -> tuple[int, ...]:
+    with api.factory() as s:
+        return tuple(
+            int(s.scalar(select(func.count()).select_from(m)) or 0)
+            for m in (WorkerEventRecord, Metric, Checkpoint, Event)
+        )
+
+
+def test_a_retried_batch_changes_nothing_twice(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    batch = {"attempt": 1, "events": [_started(0, T0), _progress(1, 10, T0 + 5), _ckpt(2, 10, T0 + 6)]}
+    url = f"/api/v1/runs/{run_id}/reports"
+    first = api.client.post(url, json=batch, headers=api.h(token))
+    assert first.status_code == 200 and first.json() == {"accepted": 3, "duplicates": 0, "action": "none"}
+    before = _counts(api)
+    run_before = api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()
+    again = api.client.post(url, json=batch, headers=api.h(token)).json()
+    assert again == {"accepted": 0, "duplicates": 3, "action": "none"}
+    assert _counts(api) == before
+    run_after = api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()
+    for key in ("current_step", "tokens_seen", "latest_checkpoint_step", "updated_at"):
+        assert run_after[key] == run_before[key]
+    # A batch mixing old and new events stores only the new one; a seq repeated inside a batch once.
+    mixed = {
+        "attempt": 1,
+        "events": [_progress(1, 10, T0 + 5), _progress(3, 20, T0 + 9), _progress(3, 20, T0 + 9)],
+    }
+    assert api.client.post(url, json=mixed, headers=api.h(token)).json()["accepted"] == 1
+
+
+def test_events_update_attempt_and_run(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    with api.factory() as s:
+        from controller.db.models import Attempt, Run
+        from controller.db.types import to_datetime
+
+        attempt = s.scalar(select(Attempt))
+        run = s.get(Run, run_id)
+        assert attempt is not None and run is not None
+        attempt.submit_time = to_datetime(T0 - 20)
+        run.state = "QUEUED"  # type: ignore[assignment]
+        s.commit()
+    url = f"/api/v1/runs/{run_id}/reports"
+    events = [
+        _started(0, T0),
+        _progress(1, 10, T0 + 10),
+        _ckpt(2, 10, T0 + 30),
+        _progress(3, 20, T0 + 40),
+        {
+            "type": "warning",
+            "seq": 4,
+            "time": T0 + 41,
+            "step": 20,
+            "kind": "corrupt_checkpoint",
+            "message": "skipped step-5",
+        },
+        {"type": "stopping", "seq": 5, "time": T0 + 45, "step": 20, "reason": "deadline"},
+    ]
+    reply = api.client.post(url, json={"attempt": 1, "events": events}, headers=api.h(token)).json()
+    assert reply["accepted"] == 6
+    run = api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()
+    assert run["state"] == "RUNNING" and run["current_step"] == 20 and run["tokens_seen"] == 20000
+    assert run["latest_checkpoint_step"] == 10 and run["attempts_count"] == 1
+    [job] = api.client.get(f"/api/v1/runs/{run_id}/jobs", headers=api.h()).json()["items"]
+    assert job["state"] == "STOPPING" and job["startup_s"] == 4.0 and job["checkpoint_load_s"] == 1.0
+    assert job["queue_wait_s"] == 15.0  # submitted T0-20, started T0-5 (T0 minus start-up and load)
+    assert job["productive_committed_s"] == 30.0 and job["checkpoint_stall_s"] == 0.5
+    [ckpt] = api.client.get(f"/api/v1/runs/{run_id}/checkpoints", headers=api.h()).json()["items"]
+    assert ckpt["step"] == 10 and ckpt["attempt"] == 1 and ckpt["path"] == "/c/step-10"
+    metrics = api.client.get(f"/api/v1/runs/{run_id}/metrics", headers=api.h()).json()
+    assert [m["step"] for m in metrics["items"]] == [10, 20] and metrics["items"][0]["loss"] == 4.9
+    kinds = [
+        e["kind"] for e in api.client.get(f"/api/v1/runs/{run_id}/events", headers=api.h()).json()["items"]
+    ]
+    assert "warning:corrupt_checkpoint" in kinds and "stopping" in kinds and "started" in kinds
+    failed = {
+        "type": "failed",
+        "seq": 6,
+        "time": T0 + 46,
+        "step": 20,
+        "error": "Traceback\nOSError: disk full",
+    }
+    api.client.post(url, json={"attempt": 1, "events": [failed]}, headers=api.h(token))
+    assert (
+        "OSError: disk full" in api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()["last_error"]
+    )
+
+
+def test_report_for_an_unknown_attempt_is_409_and_stores_nothing(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    before = _counts(api)
+    r = api.client.post(
+        f"/api/v1/runs/{run_id}/reports",
+        json={"attempt": 7, "events": [_progress(0, 1, T0)]},
+        headers=api.h(token),
+    )
+    assert r.status_code == 409 and r.json()["field"] == "attempt"
+    assert _counts(api) == before
+
+
+def test_metrics_downsampling_keeps_first_and_last(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id, state=AttemptState.RUNNING)
+    events = [_progress(i, i + 1, T0 + i) for i in range(500)]
+    api.client.post(
+        f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": events}, headers=api.h(token)
+    )
+    full = api.client.get(f"/api/v1/runs/{run_id}/metrics?limit=1000", headers=api.h()).json()
+    assert full["total"] == 500 and len(full["items"]) == 500
+    thin = api.client.get(f"/api/v1/runs/{run_id}/metrics?max_points=50", headers=api.h()).json()
+    steps = [m["step"] for m in thin["items"]]
+    assert len(steps) == 50 and steps[0] == 1 and steps[-1] == 500 and steps == sorted(steps)
+    paged = api.client.get(f"/api/v1/runs/{run_id}/metrics?limit=100&offset=450", headers=api.h()).json()
+    assert [m["step"] for m in paged["items"]] == list(range(451, 501))
+    assert api.client.get(f"/api/v1/runs/{run_id}/metrics?max_points=1", headers=api.h()).status_code == 422

@@ -1,0 +1,91 @@
+"""Bad input → 422 naming the field, and nothing stored; body size limit → 413."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from controller.db.models import Event, Run
+from tests.controller.api.conftest import Api, run_body
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = run_body("valid-name")
+    section, _, key = path.rpartition(".")
+    target: Any = body
+    for part in section.split(".") if section else []:
+        target = target.setdefault(part, {})
+    target[key] = value
+    return body
+
+
+CASES = [
+    ("name", "bad name", "name"),
+    ("name", "../etc", "name"),
+    ("name", "-leading-dash", "name"),
+    ("name", "x" * 64, "name"),
+    ("training.training_steps", -5, "training.training_steps"),
+    ("training.training_steps", 0, "training.training_steps"),
+    ("resources.scheduler", "kubernetes", "resources.scheduler"),
+    ("training.dataset", "data/$(rm -rf ~).parquet", "training.dataset"),
+    ("training.checkpoint_dir", "ckpt; reboot", "training.checkpoint_dir"),
+    ("training.tokenizer_name_or_path", "tok`id`", "training.tokenizer_name_or_path"),
+    ("resources.partition", "gpu && curl x", "resources.partition"),
+    ("resources.env", {"OK_NAME": "a\nb"}, "resources.env"),
+    ("resources.env", {"BAD-NAME": "1"}, "resources.env"),
+    ("resources.env", {"PYRECOVER_TOKEN_FILE": "/x"}, "resources.env"),
+    ("resources.extra_sbatch_args", ["--wrap=rm -rf /"], "resources.extra_sbatch_args"),
+    ("resources.time_limit", "forever", "resources.time_limit"),
+    ("training.surprise", 1, "training.surprise"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), CASES)
+def test_bad_run_is_422_naming_the_field_and_stores_nothing(
+    api: Api, path: str, value: Any, field: str
+) -> None:
+    r = api.client.post("/api/v1/runs", json=_with(path, value), headers=api.h())
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert field in [d["field"] for d in body["detail"]], body
+    assert body["message"].startswith(field) or f"; {field}" in body["message"]
+    assert all("input" not in d for d in body["detail"])  # never echo the rejected value back
+    with api.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
+        assert s.scalar(select(func.count()).select_from(Event)) == 0
+
+
+def test_bad_report_is_422_with_the_event_index(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    bad = {
+        "attempt": 1,
+        "events": [
+            {"type": "progress", "seq": -1, "time": 1.0, "step": 1, "loss": 1, "lr": 1, "tokens_seen": 1}
+        ],
+    }
+    r = api.client.post(f"/api/v1/runs/{run_id}/reports", json=bad, headers=api.h(token))
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "events[0].seq"
+    empty = api.client.post(
+        f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": []}, headers=api.h(token)
+    )
+    assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "events"
+
+
+def test_body_size_limit_is_413(api: Api) -> None:
+    huge = _with("training.dataset", "a" * (api.settings.max_request_bytes + 10))
+    r = api.client.post("/api/v1/runs", json=huge, headers=api.h())
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    chunked = api.client.post(
+        "/api/v1/runs", content=chunks(), headers=api.h() | {"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    with api.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0

@@ -1,0 +1,102 @@
+"""Migrations apply from empty on SQLite and PostgreSQL; the DB itself guards the invariants."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from controller.db import (
+    DatabaseNotMigrated,
+    check_database_migrated,
+    make_engine,
+    make_session_factory,
+    upgrade_database,
+)
+from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
+from controller.services import create_run
+from shared.schemas import RunCreate
+from shared.states import AttemptState
+
+
+def _spec(name: str = "run-a") -> RunCreate:
+    return RunCreate.model_validate(
+        {
+            "name": name,
+            "training": {"dataset": "d.parquet", "tokenizer_name_or_path": "tok", "training_steps": 10},
+            "resources": {"scheduler": "local", "time_limit": "1m"},
+        }
+    )
+
+
+def test_unmigrated_database_is_refused_with_the_fix(any_db_url: str) -> None:
+    engine = make_engine(any_db_url)
+    with pytest.raises(DatabaseNotMigrated, match=r"run `pyrecover db upgrade`"):
+        check_database_migrated(engine)
+    upgrade_database(any_db_url)
+    check_database_migrated(engine)  # now fine
+    upgrade_database(any_db_url)  # idempotent
+    tables = set(inspect(engine).get_table_names())
+    assert {"runs", "attempts", "checkpoints", "metrics", "worker_events", "events", "api_tokens"} <= tables
+    engine.dispose()
+
+
+def _attempt(run_id: int, number: int, state: AttemptState) -> Attempt:
+    return Attempt(run_id=run_id, number=number, backend="local", job_name=f"j{number}", state=state)
+
+
+def test_one_live_attempt_per_run_is_enforced_by_the_database(any_db_url: str) -> None:
+    upgrade_database(any_db_url)
+    engine = make_engine(any_db_url)
+    factory = make_session_factory(engine)
+    with factory() as s:
+        run = create_run(s, _spec())
+        other = create_run(s, _spec("run-b"))
+        s.add(_attempt(run.id, 1, AttemptState.RUNNING))
+        s.add(_attempt(other.id, 1, AttemptState.PENDING))  # another run: fine
+        s.commit()
+        run_id = run.id
+    for state in (AttemptState.SUBMITTING, AttemptState.PENDING, AttemptState.RUNNING):
+        with factory() as s:
+            s.add(_attempt(run_id, 2, state))
+            with pytest.raises(IntegrityError):
+                s.commit()
+    with factory() as s:
+        # A STOPPING predecessor does not block its pre-queued successor; ended ones never do.
+        live = s.scalar(select(Attempt).where(Attempt.run_id == run_id))
+        assert live is not None
+        live.state = AttemptState.STOPPING
+        s.add(_attempt(run_id, 2, AttemptState.PENDING))
+        s.add(_attempt(run_id, 3, AttemptState.ENDED))
+        s.commit()
+    with factory() as s:
+        s.add(_attempt(run_id, 2, AttemptState.ENDED))  # the number is taken
+        with pytest.raises(IntegrityError):
+            s.commit()
+    engine.dispose()
+
+
+def test_unique_worker_event_key_and_checkpoint_step(any_db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    upgrade_database(any_db_url)
+    engine = make_engine(any_db_url)
+    factory = make_session_factory(engine)
+    now = datetime.now(UTC)
+    with factory() as s:
+        run_id = create_run(s, _spec()).id
+        s.add(WorkerEventRecord(run_id=run_id, attempt=1, seq=0, type="progress", time=now, payload={}))
+        s.add(Checkpoint(run_id=run_id, step=5, path="/c/step-5", format="dcp"))
+        s.commit()
+    for row in (
+        WorkerEventRecord(run_id=run_id, attempt=1, seq=0, type="progress", time=now, payload={}),
+        Checkpoint(run_id=run_id, step=5, path="/c/other", format="dcp"),
+    ):
+        with factory() as s:
+            s.add(row)
+            with pytest.raises(IntegrityError):
+                s.commit()
+    with factory() as s:
+        run = s.get(Run, run_id)
+        assert run is not None and run.created_at.tzinfo is not None  # aware UTC on both backends
+    engine.dispose()
