@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import worker_cmds
+from controller.cli import admin_cmds, run_cmds, worker_cmds
 
 app = typer.Typer(
     name="pyrecover",
@@ -20,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+admin_cmds.register(app)
+run_cmds.register(app)
 worker_cmds.register(app)
 
 

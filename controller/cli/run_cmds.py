@@ -1,0 +1,269 @@
+"""``pyrecover submit | runs | show | cancel | resume | logs``: runs through the REST API."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from controller.cli.client import Api, CliError, default_data_dir, fail, items
+from controller.cli.views import attempts_table, pick, run_panel, run_progress
+from controller.launch import run_dir
+from shared.schemas import RunCreate
+
+console = Console()
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Controller URL (env PYRECOVER_URL).", show_default=False)
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="API token (env PYRECOVER_TOKEN).", show_default=False)
+]
+RunArg = Annotated[str, typer.Argument(help="Run id or name.")]
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def validation_lines(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+def load_body(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path} is not valid YAML: {exc}") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CliError(f"{path} must hold a mapping with name, training, resources and policy")
+    return data
+
+
+def absolutize_paths(body: dict[str, Any]) -> None:
+    """Dataset/tokenizer paths that exist relative to here are sent absolute (the worker runs elsewhere)."""
+    training = body.get("training")
+    if not isinstance(training, dict):
+        return
+    for key in ("dataset", "tokenizer_name_or_path"):
+        value = training.get(key)
+        if isinstance(value, str) and not value.startswith("/") and Path(value).exists():
+            training[key] = str(Path(value).resolve())
+
+
+def with_api(fn: Any) -> Any:
+    """Run ``fn`` and turn a ``CliError`` into one red line and exit status 1."""
+    try:
+        return fn()
+    except CliError as exc:
+        fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("submit")
+    def submit(
+        file: Annotated[
+            Path | None, typer.Argument(help="Run spec as YAML or JSON (name, training, resources, policy).")
+        ] = None,
+        name: Annotated[str | None, typer.Option(help="Run name (letters, digits, . _ -).")] = None,
+        dataset: Annotated[
+            str | None, typer.Option(help="Parquet file or directory with a 'text' column.")
+        ] = None,
+        tokenizer: Annotated[str | None, typer.Option(help="Tokenizer directory.")] = None,
+        steps: Annotated[int | None, typer.Option(help="training_steps.")] = None,
+        time_limit: Annotated[
+            str | None, typer.Option(help="Walltime per attempt: 45s, 10 (minutes), 01:00:00.")
+        ] = None,
+        scheduler: Annotated[str | None, typer.Option(help="local or slurm.")] = None,
+        preset: Annotated[
+            str | None, typer.Option(help="Model preset: tiny, small, llama3-1b, llama3-8b.")
+        ] = None,
+        ntasks: Annotated[int | None, typer.Option(help="Ranks per node.")] = None,
+        checkpoint_frequency: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Submit a run from a YAML/JSON file and/or flags (flags override the file); prints its id."""
+
+        def go() -> None:
+            body: dict[str, Any] = load_body(file) if file else {}
+            training = body.setdefault("training", {})
+            resources = body.setdefault("resources", {})
+            for target, key, value in (
+                (body, "name", name),
+                (training, "dataset", dataset),
+                (training, "tokenizer_name_or_path", tokenizer),
+                (training, "training_steps", steps),
+                (training, "model_preset", preset),
+                (training, "checkpoint_frequency", checkpoint_frequency),
+                (resources, "time_limit", time_limit),
+                (resources, "scheduler", scheduler),
+                (resources, "ntasks_per_node", ntasks),
+            ):
+                if value is not None:
+                    target[key] = value
+            absolutize_paths(body)
+            try:
+                spec = RunCreate.model_validate(body)
+            except ValidationError as exc:
+                raise CliError(f"invalid run spec: {validation_lines(exc)}") from exc
+            run = Api.resolve(url, token).post("/runs", spec.model_dump(mode="json"))
+            console.print(
+                f"submitted run [bold]{run.get('name')}[/] (id {run.get('id')}), state {run.get('state')}"
+            )
+
+        with_api(go)
+
+    @app.command("runs")
+    def runs(
+        state: Annotated[str | None, typer.Option(help="Only runs in this state (e.g. RUNNING).")] = None,
+        limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """List runs, newest first, as a table."""
+
+        def go() -> None:
+            rows = items(
+                Api.resolve(url, token).get("/runs", state=state.upper() if state else None, limit=limit)
+            )
+            table = Table("id", "name", "state", "progress", "attempts", "goodput", "updated")
+            for run in rows:
+                step, total = run_progress(run)
+                goodput = pick(run, "goodput")
+                table.add_row(
+                    str(run.get("id")),
+                    str(run.get("name")),
+                    str(run.get("state")),
+                    f"{step}/{total}",
+                    str(pick(run, "attempts_count", "attempts", "attempt_count", default="")),
+                    f"{float(goodput):.0%}" if isinstance(goodput, int | float) else "",
+                    str(pick(run, "updated_at", "created_at", default="")),
+                )
+            console.print(table)
+
+        with_api(go)
+
+    @app.command("show")
+    def show(
+        run: RunArg,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-f", help="Live progress until the run ends.")
+        ] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between refreshes with --follow.")] = 2.0,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Show a run: state, progress, goodput, latest checkpoint and its attempts."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            run_id = api.run_id(run)
+            if follow:
+                follow_run(api, run_id, interval)
+            detail = api.get(f"/runs/{run_id}")
+            console.print(run_panel(detail))
+            console.print(attempts_table(items(api.get(f"/runs/{run_id}/jobs"))))
+            if follow and detail.get("state") != "COMPLETED":
+                raise typer.Exit(1)
+
+        with_api(go)
+
+    @app.command("cancel")
+    def cancel(run: RunArg, url: UrlOpt = None, token: TokenOpt = None) -> None:
+        """Cancel a run: its live attempt is stopped and the run ends CANCELLED."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            result = api.post(f"/runs/{api.run_id(run)}/cancel")
+            console.print(f"run {run}: {(result or {}).get('state', 'cancel requested')}")
+
+        with_api(go)
+
+    @app.command("resume")
+    def resume(run: RunArg, url: UrlOpt = None, token: TokenOpt = None) -> None:
+        """Restart a FAILED or CANCELLED run from its latest committed checkpoint."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            result = api.post(f"/runs/{api.run_id(run)}/resume")
+            console.print(f"run {run}: {(result or {}).get('state', 'resumed')}")
+
+        with_api(go)
+
+    @app.command("logs")
+    def logs(
+        run: RunArg,
+        attempt: Annotated[int | None, typer.Option(help="Only this attempt (default: all).")] = None,
+        stderr: Annotated[bool, typer.Option("--stderr/--stdout", help="Which stream to print.")] = True,
+        data_dir: Annotated[
+            Path | None, typer.Option(help="Controller data dir (env PYRECOVER_DATA_DIR).")
+        ] = None,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Print the log files of a run's attempts (read from the controller's data directory)."""
+
+        def go() -> None:
+            run_id = int(run) if run.isdigit() else Api.resolve(url, token).run_id(run)
+            log_dir = run_dir(data_dir or default_data_dir(), run_id) / "logs"
+            suffix = ".err" if stderr else ".out"
+            files = sorted(log_dir.glob(f"attempt-*{suffix}"))
+            if attempt is not None:
+                files = [f for f in files if f.name == f"attempt-{attempt:04d}{suffix}"]
+            if not files:
+                raise CliError(f"no {suffix[1:]} log files for run {run} in {log_dir}")
+            for path in files:
+                console.rule(path.name)
+                console.out(path.read_text(errors="replace"), end="", highlight=False)
+
+        with_api(go)
+
+
+def follow_run(api: Api, run_id: int, interval: float) -> None:
+    """A live progress bar, and one line per attempt change, until the run is terminal."""
+    seen: dict[int, tuple[Any, Any]] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("run", total=None, info="")
+        while True:
+            detail = api.get(f"/runs/{run_id}")
+            step, total = run_progress(detail)
+            for job in items(api.get(f"/runs/{run_id}/jobs")):
+                key = int(pick(job, "number", "attempt", default=0))
+                now = (job.get("state"), job.get("end_reason"))
+                if seen.get(key) != now:
+                    seen[key] = now
+                    reason = f" ({now[1]})" if now[1] else ""
+                    progress.console.print(f"attempt {key}: {now[0]}{reason}")
+            loss = pick(detail, "last_loss", "loss")
+            info = f"{detail.get('state')}" + (
+                f"  loss {float(loss):.4f}" if isinstance(loss, int | float) else ""
+            )
+            progress.update(
+                task, description=str(detail.get("name")), completed=step, total=total or None, info=info
+            )
+            if detail.get("state") in TERMINAL:
+                return
+            time.sleep(interval)

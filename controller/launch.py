@@ -1,0 +1,114 @@
+"""What one attempt runs: the ``JobSpec`` handed to a scheduler backend.
+
+The worker command is ``<worker_python> -m worker <training flags> --experiment-name <run name>
+--resume-from-checkpoint latest`` with the run's checkpoint directory resolved to an absolute
+path, so every attempt of a run resumes from the same place. The run-scoped worker token goes
+into a 0600 file in the run's directory; the environment names that file, never the token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from controller.scheduler.base import JobSpec, job_name_for
+from shared import envvars
+from shared.paths import attempt_log_paths
+from shared.schemas import ResourcesSpec, TrainingSpec
+
+TOKEN_FILE_NAME = "worker.token"
+
+
+def run_dir(data_dir: Path, run_id: int) -> Path:
+    """The run's own directory under the data dir: token file, report spool, attempt logs."""
+    return Path(data_dir) / "runs" / str(run_id)
+
+
+def controller_url(settings: Any) -> str:
+    """The URL workers report to: ``public_url`` when set, else the address the API binds."""
+    public = getattr(settings, "public_url", None)
+    if public:
+        return str(public).rstrip("/")
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.port}"
+
+
+def resolve_checkpoint_dir(settings: Any, checkpoint_dir: str) -> Path:
+    """Absolute checkpoint root for a run: relative paths are taken below ``settings.checkpoint_root``."""
+    path = Path(checkpoint_dir)
+    if path.is_absolute():
+        return path
+    root = getattr(settings, "checkpoint_root", None) or Path(settings.data_dir) / "checkpoints"
+    return Path(root) / path
+
+
+def write_token_file(directory: Path, token: str) -> Path:
+    """Write ``token`` to ``<directory>/worker.token`` with mode 0600, atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / TOKEN_FILE_NAME
+    tmp = directory / f".{TOKEN_FILE_NAME}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, token.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)  # in case the file existed with wider permissions
+    os.replace(tmp, path)
+    return path
+
+
+def worker_argv(settings: Any, run_name: str, training: TrainingSpec) -> list[str]:
+    resolved = resolve_checkpoint_dir(settings, training.checkpoint_dir)
+    # model_copy skips validation on purpose: the resolved root is a trusted, controller-made path.
+    args = training.model_copy(update={"checkpoint_dir": str(resolved)}).to_worker_args()
+    python = str(getattr(settings, "worker_python", None) or "python3")
+    return [
+        python,
+        "-m",
+        "worker",
+        *args,
+        "--experiment-name",
+        run_name,
+        "--resume-from-checkpoint",
+        "latest",
+    ]
+
+
+def build_job_spec(
+    *,
+    settings: Any,
+    run_id: int,
+    run_name: str,
+    attempt: int,
+    training: TrainingSpec,
+    resources: ResourcesSpec,
+    token: str,
+    dependency: str | None = None,
+) -> JobSpec:
+    """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect."""
+    directory = run_dir(settings.data_dir, run_id)
+    token_file = write_token_file(directory, token)
+    stdout, stderr = attempt_log_paths(directory, attempt)
+    env = {
+        **resources.env,
+        "PYTHONUNBUFFERED": "1",
+        envvars.CONTROLLER_URL: controller_url(settings),
+        envvars.RUN_ID: str(run_id),
+        envvars.ATTEMPT: str(attempt),
+        envvars.TOKEN_FILE: str(token_file),
+    }
+    return JobSpec(
+        run_id=run_id,
+        run_name=run_name,
+        attempt=attempt,
+        job_name=job_name_for(run_id, attempt),
+        argv=worker_argv(settings, run_name, training),
+        env=env,
+        resources=resources,
+        workdir=directory,
+        stdout=stdout,
+        stderr=stderr,
+        dependency=dependency,
+    )

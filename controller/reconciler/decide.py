@@ -1,0 +1,168 @@
+"""Where resubmission is decided: pure functions of explicit facts (no DB, no scheduler, no clock).
+
+The reconciler gathers the facts (the run's committed progress, its policy, the attempt chain,
+what the worker reported, what the scheduler says, the time) and asks these functions what the
+attempt's end reason is and what happens to the run next. Keeping them pure makes every rule a
+row in a table test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.schemas import PolicySpec
+from shared.states import EndReason, SchedulerJobState
+
+# Endings that say something is wrong with the job itself; the next try waits (exponential backoff).
+# A walltime stop, a timeout kill, a preemption or a node failure is the cluster's doing: retry at once.
+BACKOFF_REASONS = frozenset({EndReason.FAILED, EndReason.LOST, EndReason.CANCELLED})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reported:
+    """What the worker reported during the attempt (from the stored worker events)."""
+
+    finished: bool = False
+    stopping_reason: str | None = None
+    """The ``reason`` of a ``stopping`` event: deadline, signal, stop_after_steps, controller_request."""
+    error: str | None = None
+    """The ``error`` of a ``failed`` event."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptOutcome:
+    """One ended attempt, as far as the failure budget is concerned."""
+
+    number: int
+    end_reason: EndReason
+    step_at_start: int
+    step_at_end: int
+    """The run's newest committed checkpoint step when the attempt ended."""
+    error: str | None = None
+
+    @property
+    def made_progress(self) -> bool:
+        return self.step_at_end > self.step_at_start
+
+
+class Verdict(StrEnum):
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RESUBMIT = "resubmit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    verdict: Verdict
+    message: str = ""
+    not_before: float | None = None
+    """For RESUBMIT: Unix time before which the next attempt must not be submitted (backoff)."""
+
+
+def end_reason(
+    job_state: SchedulerJobState, reported: Reported, *, reached_training_steps: bool, cancel_requested: bool
+) -> EndReason:
+    """Why an ended job ended, from the scheduler's final state and the worker's last reports.
+
+    The worker's word decides among clean exits (a stop it announced); the scheduler's decides
+    for everything the worker could not announce (killed, preempted, node lost, vanished).
+    """
+    if cancel_requested and job_state is not SchedulerJobState.COMPLETED:
+        return EndReason.CANCELLED
+    if reported.finished or reached_training_steps:
+        return EndReason.FINISHED
+    match job_state:
+        case SchedulerJobState.COMPLETED:
+            if reported.error is not None:
+                return EndReason.FAILED
+            if reported.stopping_reason in (None, "deadline"):
+                # A clean exit with steps left is by contract a graceful stop after a committed save.
+                return EndReason.DEADLINE_STOP
+            return EndReason.SIGNAL_STOP
+        case SchedulerJobState.TIMEOUT:
+            return EndReason.TIMEOUT_KILLED
+        case SchedulerJobState.PREEMPTED:
+            return EndReason.PREEMPTED
+        case SchedulerJobState.NODE_FAIL | SchedulerJobState.BOOT_FAIL:
+            return EndReason.NODE_FAIL
+        case SchedulerJobState.CANCELLED:
+            return EndReason.CANCELLED
+        case SchedulerJobState.LOST:
+            return EndReason.LOST
+        case _:
+            return EndReason.FAILED
+
+
+def failure_message(
+    job_state: SchedulerJobState, exit_code: int | None, reason: str | None, reported: Reported
+) -> str:
+    """The one line a user sees for a failed attempt: the worker's own error first."""
+    lines = (reported.error or "").strip().splitlines()
+    if lines:
+        return lines[-1][:500]  # a traceback's last line says what went wrong
+    parts = [f"job {job_state.value.lower()}"]
+    if exit_code not in (None, 0):
+        parts.append(f"exit code {exit_code}")
+    if reason and reason not in parts:
+        parts.append(reason)
+    return ", ".join(parts)
+
+
+def attempts_without_progress(history: Sequence[AttemptOutcome]) -> int:
+    """How many of the newest attempts in a row committed no new checkpoint."""
+    count = 0
+    for outcome in reversed(history):
+        if outcome.made_progress:
+            break
+        count += 1
+    return count
+
+
+def backoff_seconds(history: Sequence[AttemptOutcome], policy: PolicySpec) -> float:
+    """Delay before the next submission: base × 2^(k-1) for k trailing failures (capped at 1 h)."""
+    k = 0
+    for outcome in reversed(history):
+        if outcome.end_reason not in BACKOFF_REASONS:
+            break
+        k += 1
+    if k == 0 or policy.backoff_seconds <= 0:
+        return 0.0
+    return float(min(3600.0, policy.backoff_seconds * 2 ** (k - 1)))
+
+
+def next_step(
+    *,
+    training_steps: int,
+    committed_step: int,
+    history: Sequence[AttemptOutcome],
+    policy: PolicySpec,
+    now: float,
+    stalled: int | None = None,
+) -> Decision:
+    """What happens to a run whose newest attempt ended (``history`` is the whole chain, oldest first).
+
+    ``stalled``: attempts in a row without a new checkpoint, when the caller keeps that count itself
+    (a resumed run starts its failure budget afresh); by default it is read off ``history``.
+    """
+    if committed_step >= training_steps or (history and history[-1].end_reason is EndReason.FINISHED):
+        return Decision(verdict=Verdict.COMPLETE, message=f"trained all {training_steps} steps")
+    last_error = next((o.error for o in reversed(history) if o.error), None)
+    suffix = f"; last error: {last_error}" if last_error else ""
+    if stalled is None:
+        stalled = attempts_without_progress(history)
+    if stalled >= policy.max_failures_without_progress:
+        return Decision(
+            verdict=Verdict.FAIL,
+            message=f"{stalled} attempts in a row committed no new checkpoint "
+            f"(max_failures_without_progress={policy.max_failures_without_progress}){suffix}",
+        )
+    if len(history) >= policy.max_attempts:
+        return Decision(
+            verdict=Verdict.FAIL,
+            message=f"reached max_attempts={policy.max_attempts} "
+            f"at step {committed_step}/{training_steps}{suffix}",
+        )
+    delay = backoff_seconds(history, policy)
+    return Decision(verdict=Verdict.RESUBMIT, not_before=now + delay if delay else None)

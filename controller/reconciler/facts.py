@@ -1,0 +1,238 @@
+"""The reconciler's reads and writes on the database: queries take a session and never commit.
+
+Everything the reconciler knows about models lives here, so the pass logic (``tick``,
+``ending``, ``submission``) reads as the rules it implements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
+from controller.reconciler.decide import Reported
+from controller.scheduler.base import JobStatus
+from controller.services import issue_worker_token
+from controller.state_machine import record_run_event, transition_attempt, transition_run
+from shared.schemas import RunCreate
+from shared.states import LIVE_ATTEMPT_STATES, TERMINAL_RUN_STATES, AttemptState, EndReason, RunState
+
+SCHEDULER_OWNED = (AttemptState.PENDING, AttemptState.RUNNING, AttemptState.STOPPING)
+
+
+def ts(unix: float | None) -> datetime | None:
+    return datetime.fromtimestamp(unix, UTC) if unix is not None else None
+
+
+# ---------------------------------------------------------------- reads
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def get_attempt(session: Session, attempt_id: int) -> Attempt | None:
+    return session.get(Attempt, attempt_id)
+
+
+def run_spec(run: Run) -> RunCreate:
+    return run.spec_model()
+
+
+def is_cancel_requested(run: Run) -> bool:
+    return bool(run.cancel_requested)
+
+
+def committed_step(session: Session, run_id: int) -> int:
+    step = session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.run_id == run_id))
+    return int(step or 0)
+
+
+def last_attempt_number(session: Session, run_id: int) -> int:
+    return int(session.scalar(select(func.max(Attempt.number)).where(Attempt.run_id == run_id)) or 0)
+
+
+def has_live_attempt(session: Session, run_id: int) -> bool:
+    q = select(Attempt.id).where(Attempt.run_id == run_id, Attempt.state.in_(LIVE_ATTEMPT_STATES))
+    return session.scalar(q.limit(1)) is not None
+
+
+def runs_due(session: Session, now: float) -> Sequence[Run]:
+    """Runs waiting for their next attempt: PENDING/QUEUED, no attempt the scheduler owns, backoff over."""
+    busy = select(Attempt.run_id).where(Attempt.state.in_([*LIVE_ATTEMPT_STATES, AttemptState.STOPPING]))
+    q = select(Run).where(
+        Run.state.in_([RunState.PENDING, RunState.QUEUED]),
+        Run.cancel_requested.is_(False),
+        Run.id.not_in(busy),
+        (Run.next_submit_at.is_(None)) | (Run.next_submit_at <= ts(now)),
+    )
+    return session.scalars(q.order_by(Run.id)).all()
+
+
+def runs_to_cancel(session: Session) -> Sequence[Run]:
+    return session.scalars(
+        select(Run).where(Run.cancel_requested.is_(True), Run.state.not_in(list(TERMINAL_RUN_STATES)))
+    ).all()
+
+
+def submitting_attempts(session: Session) -> Sequence[Attempt]:
+    return session.scalars(select(Attempt).where(Attempt.state == AttemptState.SUBMITTING)).all()
+
+
+def attempts_to_poll(session: Session) -> Sequence[Attempt]:
+    return session.scalars(
+        select(Attempt).where(Attempt.state.in_(SCHEDULER_OWNED), Attempt.external_id.is_not(None))
+    ).all()
+
+
+def scheduler_owned_attempts(session: Session, run_id: int) -> Sequence[Attempt]:
+    return session.scalars(
+        select(Attempt).where(
+            Attempt.run_id == run_id, Attempt.state.in_([*SCHEDULER_OWNED, AttemptState.SUBMITTING])
+        )
+    ).all()
+
+
+def attempt_by_job(session: Session, backend: str, external_id: str) -> Attempt | None:
+    return session.scalar(
+        select(Attempt).where(Attempt.backend == backend, Attempt.external_id == external_id)
+    )
+
+
+def ended_attempts(session: Session, run_id: int) -> Sequence[Attempt]:
+    q = select(Attempt).where(Attempt.run_id == run_id, Attempt.state == AttemptState.ENDED)
+    return session.scalars(q.order_by(Attempt.number)).all()
+
+
+def successor_of(session: Session, attempt: Attempt) -> Attempt | None:
+    return session.scalar(
+        select(Attempt).where(
+            Attempt.run_id == attempt.run_id,
+            Attempt.number > attempt.number,
+            Attempt.state != AttemptState.ENDED,
+        )
+    )
+
+
+def _events(session: Session, attempt: Attempt, types: Sequence[str]) -> Sequence[WorkerEventRecord]:
+    q = select(WorkerEventRecord).where(
+        WorkerEventRecord.run_id == attempt.run_id,
+        WorkerEventRecord.attempt == attempt.number,
+        WorkerEventRecord.type.in_(types),
+    )
+    return session.scalars(q.order_by(WorkerEventRecord.seq)).all()
+
+
+def stop_announced(session: Session, attempt: Attempt) -> bool:
+    return bool(_events(session, attempt, ["stopping"]))
+
+
+def reported(session: Session, attempt: Attempt) -> Reported:
+    finished = stopping = error = None
+    for event in _events(session, attempt, ["stopping", "finished", "failed"]):
+        payload: dict[str, Any] = dict(event.payload or {})
+        if event.type == "finished":
+            finished = True
+        elif event.type == "stopping":
+            stopping = str(payload.get("reason") or "deadline")
+        else:
+            error = str(payload.get("error") or "the worker reported a failure")
+    return Reported(finished=bool(finished), stopping_reason=stopping, error=error)
+
+
+# ---------------------------------------------------------------- writes (the caller commits)
+def add_attempt(
+    session: Session,
+    run: Run,
+    *,
+    number: int,
+    backend: str,
+    job_name: str,
+    step_at_start: int,
+    dependency: str | None,
+    now: float,
+) -> Attempt:
+    run.attempts_count = max(run.attempts_count or 0, number)
+    attempt = Attempt(
+        run_id=run.id,
+        number=number,
+        backend=backend,
+        job_name=job_name,
+        state=AttemptState.SUBMITTING,
+        step_at_start=step_at_start,
+        dependency_job_id=dependency,
+        submit_time=ts(now),
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def issue_token(session: Session, run_id: int) -> str:
+    return issue_worker_token(session, run_id)
+
+
+def record_submitted(session: Session, run: Run, attempt: Attempt, external_id: str, now: float) -> None:
+    attempt.external_id = external_id
+    transition_attempt(session, attempt, AttemptState.PENDING)
+    if RunState(run.state) is RunState.PENDING or (
+        RunState(run.state) is RunState.QUEUED and run.next_submit_at is not None
+    ):
+        run.next_submit_at = None
+    if RunState(run.state) is RunState.PENDING:
+        transition_run(
+            session, run, RunState.QUEUED, reason=f"attempt {attempt.number} submitted as {external_id}"
+        )
+
+
+def mark_running(session: Session, run: Run, attempt: Attempt, status: JobStatus, now: float) -> None:
+    if attempt.state == AttemptState.PENDING:
+        transition_attempt(session, attempt, AttemptState.RUNNING)
+        attempt.start_time = ts(status.start_time or now)
+    if status.deadline is not None and attempt.deadline is None:
+        attempt.deadline = ts(status.deadline)
+    if RunState(run.state) is RunState.QUEUED:
+        transition_run(session, run, RunState.RUNNING, reason=f"attempt {attempt.number} started")
+
+
+def set_attempt_state(session: Session, attempt: Attempt, state: AttemptState) -> None:
+    transition_attempt(session, attempt, state)
+
+
+def end_attempt(
+    session: Session,
+    attempt: Attempt,
+    reason: EndReason,
+    status: JobStatus,
+    step_at_end: int,
+    error: str | None,
+    now: float,
+) -> None:
+    transition_attempt(session, attempt, AttemptState.ENDED, reason=reason.value)
+    attempt.end_reason = reason
+    attempt.exit_code = status.exit_code
+    attempt.error = error
+    attempt.end_time = ts(status.end_time or now)
+    attempt.step_at_end = step_at_end
+    if attempt.start_time is None and status.start_time is not None:
+        attempt.start_time = ts(status.start_time)
+    session.flush()  # sessions do not autoflush: the decision that follows queries the attempt chain
+
+
+def finish_run(session: Session, run: Run, state: RunState, message: str, now: float) -> None:
+    if state is RunState.FAILED:
+        run.last_error = message
+    run.next_submit_at = None
+    transition_run(session, run, state, reason=message)
+
+
+def requeue_run(session: Session, run: Run, not_before: float | None, message: str, now: float) -> None:
+    run.next_submit_at = ts(not_before)
+    if RunState(run.state) is not RunState.QUEUED:
+        transition_run(session, run, RunState.QUEUED, reason=message)
+
+
+def record_event(session: Session, run: Run, kind: str, message: str) -> None:
+    record_run_event(session, run, kind=kind, message=message)

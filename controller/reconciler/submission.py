@@ -1,0 +1,161 @@
+"""Submitting attempts without ever submitting one twice.
+
+Every submission is three steps: (1) record the intent — an attempt row in state SUBMITTING with
+its deterministic job name — and COMMIT; (2) call the scheduler; (3) record the job id (state
+PENDING) and the run QUEUED. The database's one-live-attempt-per-run index makes step 1 fail for
+a run that already has a live attempt. A controller that dies between (1) and (3) leaves a
+SUBMITTING row; the next pass looks the job up by name (``find_by_name``) and adopts it, or
+submits it then — the name was never used, so this is not a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from controller.launch import build_job_spec
+from controller.reconciler import facts
+from controller.reconciler.ending import TickContext, end_attempt
+from controller.scheduler.base import JobStatus, SchedulerError, job_name_for
+from controller.scheduler.registry import supports_dependencies
+from shared.states import AttemptState, RunState, SchedulerJobState
+
+log = logging.getLogger(__name__)
+
+
+def submit_due(ctx: TickContext) -> None:
+    """Submit the next attempt of every run that is waiting for one and whose backoff has passed."""
+    with ctx.session_factory() as session:
+        due = [run.id for run in facts.runs_due(session, ctx.now())]
+    for run_id in due:
+        attempt_id = _record_intent(ctx, run_id, dependency=None)
+        if attempt_id is not None:
+            _submit(ctx, attempt_id)
+
+
+def prequeue_successor(ctx: TickContext, run_id: int, stopping_attempt_id: int) -> None:
+    """Queue attempt n+1 behind a stopping attempt n (``afterany`` dependency), where supported."""
+    with ctx.session_factory() as session:
+        run = facts.get_run(session, run_id)
+        stopping = facts.get_attempt(session, stopping_attempt_id)
+        if run is None or stopping is None or RunState(run.state).terminal or facts.is_cancel_requested(run):
+            return
+        spec = facts.run_spec(run)
+        scheduler = ctx.scheduler(spec.resources.scheduler)
+        if not spec.policy.prequeue_successor or not supports_dependencies(scheduler):
+            return
+        if facts.successor_of(session, stopping) is not None or facts.has_live_attempt(session, run_id):
+            return
+        if facts.committed_step(session, run_id) >= spec.training.training_steps:
+            return
+        dependency = stopping.external_id
+    attempt_id = _record_intent(ctx, run_id, dependency=dependency)
+    if attempt_id is not None:
+        _submit(ctx, attempt_id, dependency=dependency)
+
+
+def recover_submitting(ctx: TickContext) -> None:
+    """Settle intents left by a controller that died mid-submission: adopt the job or submit it now."""
+    with ctx.session_factory() as session:
+        pending = [
+            (a.id, a.backend, a.job_name, a.dependency_job_id) for a in facts.submitting_attempts(session)
+        ]
+    for attempt_id, backend, job_name, dependency in pending:
+        try:
+            external_id = ctx.scheduler(backend).find_by_name(job_name)
+        except SchedulerError as exc:
+            log.warning("cannot look up job %s yet: %s", job_name, exc)
+            continue
+        if external_id is None:
+            log.info(
+                "attempt %s was never submitted (job %s unknown); submitting it now", attempt_id, job_name
+            )
+            _submit(ctx, attempt_id, dependency=dependency)
+            continue
+        with ctx.session_factory() as session:
+            attempt = facts.get_attempt(session, attempt_id)
+            run = facts.get_run(session, attempt.run_id) if attempt is not None else None
+            if attempt is None or run is None or attempt.state != AttemptState.SUBMITTING:
+                continue
+            log.info("adopting job %s (%s) for attempt %s after a restart", external_id, job_name, attempt_id)
+            facts.record_submitted(session, run, attempt, external_id, ctx.now())
+            session.commit()
+
+
+def _record_intent(ctx: TickContext, run_id: int, *, dependency: str | None) -> int | None:
+    """Step 1: the SUBMITTING row, committed. ``None`` if the run cannot take a new attempt now."""
+    with ctx.session_factory() as session:
+        run = facts.get_run(session, run_id)
+        if run is None or RunState(run.state).terminal:
+            return None
+        spec = facts.run_spec(run)
+        number = facts.last_attempt_number(session, run_id) + 1
+        attempt = facts.add_attempt(
+            session,
+            run,
+            number=number,
+            backend=spec.resources.scheduler,
+            job_name=job_name_for(run_id, number),
+            step_at_start=facts.committed_step(session, run_id),
+            dependency=dependency,
+            now=ctx.now(),
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            # Another live attempt exists (or this number was taken): the DB said no, which is the point.
+            session.rollback()
+            log.info("run %s already has a live attempt; not submitting", run_id)
+            return None
+        return int(attempt.id)
+
+
+def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None) -> None:
+    """Steps 2 and 3: call the scheduler, then record its job id (or the failure)."""
+    with ctx.session_factory() as session:
+        attempt = facts.get_attempt(session, attempt_id)
+        if attempt is None or attempt.state != AttemptState.SUBMITTING:
+            return
+        run = facts.get_run(session, attempt.run_id)
+        assert run is not None
+        spec = facts.run_spec(run)
+        token = facts.issue_token(session, run.id)
+        session.commit()  # the token must exist before a worker can use it
+        job = build_job_spec(
+            settings=ctx.settings,
+            run_id=run.id,
+            run_name=run.name,
+            attempt=attempt.number,
+            training=spec.training,
+            resources=spec.resources,
+            token=token,
+            dependency=dependency,
+        )
+        backend = attempt.backend
+    error: str | None = None
+    external_id: str | None = None
+    try:
+        external_id = ctx.scheduler(backend).submit(job)
+    except SchedulerError as exc:
+        error = str(exc) or type(exc).__name__
+    except Exception as exc:  # a bug or an OS error: same outcome, the attempt failed to start
+        log.exception("submitting attempt %s failed", attempt_id)
+        error = f"{type(exc).__name__}: {exc}"
+    with ctx.session_factory() as session:
+        attempt = facts.get_attempt(session, attempt_id)
+        run = facts.get_run(session, attempt.run_id) if attempt is not None else None
+        assert attempt is not None and run is not None
+        if external_id is not None:
+            facts.record_submitted(session, run, attempt, external_id, ctx.now())
+        else:
+            _submission_failed(ctx, session, run, attempt, error or "submission failed")
+        session.commit()
+
+
+def _submission_failed(ctx: TickContext, session: Any, run: Any, attempt: Any, error: str) -> None:
+    """The scheduler refused: the attempt ends ``failed`` with its message; the run decides as usual."""
+    status = JobStatus(job_id="", state=SchedulerJobState.FAILED, reason=f"submission refused: {error}")
+    facts.record_event(session, run, "submission_failed", f"attempt {attempt.number}: {error}")
+    end_attempt(ctx, session, run, attempt, status, ctx.now())

@@ -1,0 +1,90 @@
+"""One reconcile pass: recover, cancel, poll, decide, submit — each step in short transactions.
+
+Order matters: interrupted submissions are settled first (so nothing is submitted twice), then
+cancellations, then one batched poll per backend over every attempt the scheduler still owns, and
+last the submissions that became due (including those decided a moment ago in the same pass).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from controller.reconciler import facts
+from controller.reconciler.ending import TickContext, end_attempt
+from controller.reconciler.submission import prequeue_successor, recover_submitting, submit_due
+from controller.scheduler.base import JobStatus, SchedulerError
+from shared.states import AttemptState, RunState, SchedulerJobState
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once(ctx: TickContext) -> None:
+    recover_submitting(ctx)
+    cancel_requested(ctx)
+    poll_attempts(ctx)
+    submit_due(ctx)
+
+
+def cancel_requested(ctx: TickContext) -> None:
+    """Runs whose cancel was requested: stop their jobs; a run without a job ends CANCELLED now."""
+    with ctx.session_factory() as session:
+        targets = [
+            (run.id, [(a.backend, a.external_id) for a in facts.scheduler_owned_attempts(session, run.id)])
+            for run in facts.runs_to_cancel(session)
+        ]
+    for run_id, jobs in targets:
+        for backend, external_id in jobs:
+            if external_id:
+                try:
+                    ctx.scheduler(backend).cancel(external_id)
+                except SchedulerError as exc:
+                    log.warning("cancel of %s job %s failed: %s", backend, external_id, exc)
+        if not jobs:
+            with ctx.session_factory() as session:
+                run = facts.get_run(session, run_id)
+                if run is not None and not RunState(run.state).terminal:
+                    facts.finish_run(session, run, RunState.CANCELLED, "cancelled by the user", ctx.now())
+                    session.commit()
+
+
+def poll_attempts(ctx: TickContext) -> None:
+    """One batched ``poll`` per backend; apply what changed, attempt by attempt."""
+    with ctx.session_factory() as session:
+        by_backend: dict[str, list[str]] = defaultdict(list)
+        for attempt in facts.attempts_to_poll(session):
+            if attempt.external_id:
+                by_backend[attempt.backend].append(attempt.external_id)
+    for backend, job_ids in by_backend.items():
+        try:
+            statuses = ctx.scheduler(backend).poll(job_ids)
+        except SchedulerError as exc:
+            # Not knowing is not "lost": try again next pass rather than resubmit a live job.
+            log.warning("poll of %d %s jobs failed: %s", len(job_ids), backend, exc)
+            continue
+        for job_id, status in statuses.items():
+            try:
+                apply_status(ctx, backend, job_id, status)
+            except Exception:
+                log.exception("applying the status of %s job %s failed", backend, job_id)
+
+
+def apply_status(ctx: TickContext, backend: str, job_id: str, status: JobStatus) -> None:
+    with ctx.session_factory() as session:
+        attempt = facts.attempt_by_job(session, backend, job_id)
+        if attempt is None or attempt.state == AttemptState.ENDED:
+            return
+        run = facts.get_run(session, attempt.run_id)
+        assert run is not None
+        now = ctx.now()
+        if not status.state.finished:
+            if status.state is SchedulerJobState.RUNNING:
+                facts.mark_running(session, run, attempt, status, now)
+            if facts.stop_announced(session, attempt) and attempt.state == AttemptState.RUNNING:
+                facts.set_attempt_state(session, attempt, AttemptState.STOPPING)
+            session.commit()
+            if attempt.state == AttemptState.STOPPING:
+                prequeue_successor(ctx, run.id, attempt.id)
+            return
+        end_attempt(ctx, session, run, attempt, status, now)
+        session.commit()

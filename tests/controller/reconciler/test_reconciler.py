@@ -1,0 +1,315 @@
+"""The reconcile pass on a real SQLite database, with a fake scheduler and a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import FakeClock, FakeScheduler
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db import make_engine, make_session_factory, upgrade_database
+from controller.db.models import Attempt, Checkpoint, Event, Run, WorkerEventRecord
+from controller.db.types import to_datetime
+from controller.reconciler import Reconciler
+from controller.settings import Settings
+from shared.schemas import RunCreate
+from shared.states import AttemptState, RunState
+from shared.states import SchedulerJobState as J
+
+
+class World:
+    def __init__(self, tmp_path: Path, scheduler: FakeScheduler) -> None:
+        self.settings = Settings(data_dir=tmp_path, reconcile_interval_s=3600, worker_python="python3")
+        upgrade_database(self.settings.database_url)
+        self.factory: Callable[[], Session] = make_session_factory(make_engine(self.settings.database_url))
+        self.clock = FakeClock()
+        self.sched = scheduler
+        self.rec = Reconciler(
+            settings=self.settings,
+            session_factory=self.factory,
+            schedulers={scheduler.name: scheduler},
+            clock=self.clock,
+        )
+
+    def create(self, steps: int = 100, **policy: Any) -> int:
+        spec = RunCreate.model_validate(
+            {
+                "name": f"run{self.clock.now:.0f}",
+                "training": {
+                    "dataset": "d.parquet",
+                    "tokenizer_name_or_path": "tok",
+                    "training_steps": steps,
+                    "lr_warmup_steps": 1,
+                },
+                "resources": {"scheduler": self.sched.name, "time_limit": "1m"},
+                "policy": {"backoff_seconds": 10, "max_failures_without_progress": 2, **policy},
+            }
+        )
+        with self.factory() as s:
+            run = Run(
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                scheduler=self.sched.name,
+                training_steps=steps,
+            )
+            s.add(run)
+            s.commit()
+            return int(run.id)
+
+    def tick(self) -> None:
+        self.rec.run_once()
+
+    def run(self, run_id: int) -> Run:
+        with self.factory() as s:
+            run = s.get(Run, run_id)
+            assert run is not None
+            s.expunge(run)
+            return run
+
+    def attempts(self, run_id: int) -> list[Attempt]:
+        with self.factory() as s:
+            rows = s.scalars(select(Attempt).where(Attempt.run_id == run_id).order_by(Attempt.number)).all()
+            for r in rows:
+                s.expunge(r)
+            return list(rows)
+
+    def report(self, run_id: int, attempt: int, *events: dict[str, Any]) -> None:
+        """Worker events as the report endpoint stores them."""
+        with self.factory() as s:
+            for i, e in enumerate(events):
+                payload = {k: v for k, v in e.items() if k not in ("type", "seq")}
+                s.add(
+                    WorkerEventRecord(
+                        run_id=run_id,
+                        attempt=attempt,
+                        seq=e.get("seq", 100 + i),
+                        type=e["type"],
+                        time=to_datetime(self.clock.now),
+                        payload=payload,
+                    )
+                )
+            s.commit()
+
+    def checkpoint(self, run_id: int, attempt: int, step: int) -> None:
+        with self.factory() as s:
+            s.add(Checkpoint(run_id=run_id, attempt=attempt, step=step, path=f"/c/step-{step}", format="dcp"))
+            s.commit()
+
+    def cancel(self, run_id: int) -> None:
+        with self.factory() as s:
+            run = s.get(Run, run_id)
+            assert run is not None
+            run.cancel_requested = True
+            s.commit()
+
+    def events(self, run_id: int) -> list[Event]:
+        with self.factory() as s:
+            return list(s.scalars(select(Event).where(Event.run_id == run_id)).all())
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    yield World(tmp_path, FakeScheduler())
+
+
+def test_submit_then_running_then_walltime_stop_then_resubmit(world: World) -> None:
+    run_id = world.create()
+    world.tick()
+    [a1] = world.attempts(run_id)
+    assert (
+        a1.state == AttemptState.PENDING
+        and a1.external_id == "job-1"
+        and a1.job_name == f"pyrecover-r{run_id}-a1"
+    )
+    assert world.run(run_id).state == RunState.QUEUED
+    assert len(world.sched.submitted) == 1 and world.sched.submitted[0].attempt == 1
+
+    world.sched.set("job-1", J.RUNNING, deadline=world.clock.now + 60)
+    world.tick()
+    assert world.run(run_id).state == RunState.RUNNING
+    assert world.attempts(run_id)[0].state == AttemptState.RUNNING
+
+    world.checkpoint(run_id, 1, 40)
+    world.report(run_id, 1, {"type": "stopping", "step": 40, "reason": "deadline"})
+    world.tick()
+    assert world.attempts(run_id)[0].state == AttemptState.STOPPING
+    assert len(world.sched.submitted) == 1  # local backend: no pre-queue
+
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    a1, a2 = world.attempts(run_id)
+    assert a1.state == AttemptState.ENDED and a1.end_reason == "deadline_stop" and a1.step_at_end == 40
+    assert a2.number == 2 and a2.external_id == "job-2" and a2.step_at_start == 40
+    assert world.run(run_id).state == RunState.QUEUED
+
+
+def test_completes_when_all_steps_are_committed(world: World) -> None:
+    run_id = world.create(steps=50)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.checkpoint(run_id, 1, 50)
+    world.report(run_id, 1, {"type": "finished", "step": 50})
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    [a1] = world.attempts(run_id)
+    assert a1.end_reason == "finished"
+    assert world.run(run_id).state == RunState.COMPLETED
+    world.tick()
+    assert len(world.sched.submitted) == 1
+
+
+def test_failures_without_progress_fail_the_run_with_the_last_error_and_backoff(world: World) -> None:
+    run_id = world.create()
+    world.tick()
+    world.sched.set("job-1", J.FAILED, exit_code=1)
+    world.report(run_id, 1, {"type": "failed", "step": 0, "error": "Traceback\nValueError: bad shard"})
+    world.tick()
+    assert world.attempts(run_id)[0].end_reason == "failed"
+    assert world.attempts(run_id)[0].error == "ValueError: bad shard"
+    assert len(world.sched.submitted) == 1  # backoff: 10 s
+    world.clock.advance(9)
+    world.tick()
+    assert len(world.sched.submitted) == 1
+    world.clock.advance(2)
+    world.tick()
+    assert len(world.sched.submitted) == 2
+    world.sched.set("job-2", J.FAILED, exit_code=3)
+    world.tick()
+    run = world.run(run_id)
+    assert run.state == RunState.FAILED
+    assert "2 attempts in a row committed no new checkpoint" in (run.last_error or "")
+    assert "exit code 3" in (run.last_error or "")
+
+
+def test_timeout_is_counted_and_the_run_continues(world: World) -> None:
+    run_id = world.create()
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.checkpoint(run_id, 1, 30)
+    world.sched.set("job-1", J.TIMEOUT, exit_code=0, reason="killed at the time limit")
+    world.tick()
+    a1, a2 = world.attempts(run_id)
+    assert a1.end_reason == "timeout_killed" and a2.state == AttemptState.PENDING
+    assert any("missed" in (e.kind or "") or "time limit" in (e.message or "") for e in world.events(run_id))
+
+
+def test_scheduler_refusal_ends_the_attempt_failed_with_its_message(world: World) -> None:
+    world.sched.refuse = "sbatch: error: invalid partition specified: gpu"
+    run_id = world.create(max_failures_without_progress=1)
+    world.tick()
+    [a1] = world.attempts(run_id)
+    assert a1.state == AttemptState.ENDED and a1.end_reason == "failed"
+    assert "invalid partition" in (a1.error or "")
+    run = world.run(run_id)
+    assert run.state == RunState.FAILED and "invalid partition" in (run.last_error or "")
+
+
+def test_interrupted_submission_is_adopted_not_duplicated(world: World) -> None:
+    run_id = world.create()
+    # The controller died after recording the intent and after sbatch, before recording the id.
+    with world.factory() as s:
+        s.add(
+            Attempt(
+                run_id=run_id,
+                number=1,
+                backend="local",
+                job_name=f"pyrecover-r{run_id}-a1",
+                state=AttemptState.SUBMITTING,
+                step_at_start=0,
+            )
+        )
+        s.commit()
+    world.sched.by_name[f"pyrecover-r{run_id}-a1"] = "job-77"
+    world.sched.set("job-77", J.RUNNING)
+    world.tick()
+    [a1] = world.attempts(run_id)
+    assert a1.external_id == "job-77" and a1.state in (AttemptState.PENDING, AttemptState.RUNNING)
+    assert world.sched.submitted == []
+
+
+def test_interrupted_submission_never_sent_is_submitted_once(world: World) -> None:
+    run_id = world.create()
+    with world.factory() as s:
+        s.add(
+            Attempt(
+                run_id=run_id,
+                number=1,
+                backend="local",
+                job_name=f"pyrecover-r{run_id}-a1",
+                state=AttemptState.SUBMITTING,
+                step_at_start=0,
+            )
+        )
+        s.commit()
+    world.tick()
+    world.tick()
+    assert [a.external_id for a in world.attempts(run_id)] == ["job-1"]
+    assert len(world.sched.submitted) == 1
+
+
+def test_cancel(world: World) -> None:
+    run_id = world.create()
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.cancel(run_id)
+    world.tick()
+    assert world.sched.cancelled == ["job-1"]
+    world.tick()
+    assert world.attempts(run_id)[0].end_reason == "cancelled"
+    assert world.run(run_id).state == RunState.CANCELLED
+    assert len(world.sched.submitted) == 1
+
+
+def test_prequeued_successor_with_dependency_and_cancelled_when_finished(tmp_path: Path) -> None:
+    world = World(tmp_path, FakeScheduler(name="slurm", supports_dependencies=True))
+    run_id = world.create(steps=100)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.checkpoint(run_id, 1, 60)
+    world.report(run_id, 1, {"type": "stopping", "step": 60, "reason": "deadline"})
+    world.tick()
+    assert [s.dependency for s in world.sched.submitted] == [None, "job-1"]
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    a1, a2 = world.attempts(run_id)
+    assert a1.end_reason == "deadline_stop" and a2.state == AttemptState.PENDING  # the successor stays
+    assert len(world.sched.submitted) == 2
+    # Attempt 2 runs to the end, stops with steps done: nothing more is queued; a pre-queued 3 is cancelled.
+    world.sched.set("job-2", J.RUNNING)
+    world.tick()
+    world.report(run_id, 2, {"type": "stopping", "step": 100, "reason": "deadline"})
+    world.tick()
+    assert len(world.sched.submitted) == 3
+    world.checkpoint(run_id, 2, 100)
+    world.sched.set("job-2", J.COMPLETED, exit_code=0)
+    world.tick()
+    assert world.run(run_id).state == RunState.COMPLETED
+    assert world.sched.cancelled == ["job-3"]
+    assert world.attempts(run_id)[2].end_reason == "cancelled"
+
+
+def test_resumed_run_gets_its_failure_budget_afresh(world: World) -> None:
+    from controller.services import resume_run
+
+    run_id = world.create(backoff_seconds=0)
+    for job in ("job-1", "job-2"):
+        world.tick()
+        world.sched.set(job, J.FAILED, exit_code=1)
+    world.tick()
+    assert world.run(run_id).state == RunState.FAILED
+    with world.factory() as s:
+        resume_run(s, run_id)
+        s.commit()
+    world.tick()
+    world.sched.set("job-3", J.FAILED, exit_code=1)
+    world.tick()
+    assert world.run(run_id).state != RunState.FAILED  # one stalled attempt of a budget of 2
+    assert [a.number for a in world.attempts(run_id)] == [1, 2, 3, 4]

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+from controller.launch import build_job_spec, controller_url, resolve_checkpoint_dir, run_dir
+from shared.schemas import ResourcesSpec, TrainingSpec
+
+
+def settings(tmp_path: Path, **kw: object) -> SimpleNamespace:
+    base = dict(
+        data_dir=tmp_path,
+        host="127.0.0.1",
+        port=8123,
+        public_url=None,
+        worker_python="/venv/python",
+        checkpoint_root=tmp_path / "ckpt",
+    )
+    return SimpleNamespace(**(base | kw))
+
+
+def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:
+    training = TrainingSpec(dataset="/d/x.parquet", tokenizer_name_or_path="/d/tok", training_steps=50)
+    resources = ResourcesSpec(scheduler="local", time_limit="45s", env={"HF_HOME": "/hf"})
+    spec = build_job_spec(
+        settings=settings(tmp_path),
+        run_id=4,
+        run_name="demo",
+        attempt=2,
+        training=training,
+        resources=resources,
+        token="tok-SECRET",
+    )
+    argv = list(spec.argv)
+    assert argv[:3] == ["/venv/python", "-m", "worker"]
+    assert argv[-4:] == ["--experiment-name", "demo", "--resume-from-checkpoint", "latest"]
+    assert argv.count("--checkpoint-dir") == 1
+    assert argv[argv.index("--checkpoint-dir") + 1] == str(tmp_path / "ckpt" / "checkpoints")
+    assert argv[argv.index("--training-steps") + 1] == "50"
+    assert spec.job_name == "pyrecover-r4-a2"
+    token_file = Path(spec.env["PYRECOVER_TOKEN_FILE"])
+    assert token_file.read_text().strip() == "tok-SECRET"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert token_file.parent == run_dir(tmp_path, 4) == spec.workdir
+    assert not any("tok-SECRET" in v for v in [*argv, *spec.env.values()])
+    assert spec.env["PYRECOVER_CONTROLLER_URL"] == "http://127.0.0.1:8123"
+    assert spec.env["PYRECOVER_RUN_ID"] == "4" and spec.env["PYRECOVER_ATTEMPT"] == "2"
+    assert spec.env["HF_HOME"] == "/hf"
+    assert spec.stdout.name == "attempt-0002.out" and spec.stderr.parent == run_dir(tmp_path, 4) / "logs"
+
+
+def test_token_file_is_replaced_and_stays_private(tmp_path: Path) -> None:
+    training = TrainingSpec(dataset="x", tokenizer_name_or_path="t", training_steps=5, lr_warmup_steps=1)
+    res = ResourcesSpec(scheduler="local", time_limit="1m")
+    for n, tok in ((1, "a"), (2, "b")):
+        spec = build_job_spec(
+            settings=settings(tmp_path),
+            run_id=1,
+            run_name="r",
+            attempt=n,
+            training=training,
+            resources=res,
+            token=tok,
+        )
+    path = Path(spec.env["PYRECOVER_TOKEN_FILE"])
+    assert path.read_text().strip() == "b" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir() if p.is_file()] == ["worker.token"]
+
+
+def test_urls_and_checkpoint_roots(tmp_path: Path) -> None:
+    assert controller_url(settings(tmp_path, public_url="https://ctl.example/")) == "https://ctl.example"
+    assert controller_url(settings(tmp_path, host="0.0.0.0")) == "http://127.0.0.1:8123"
+    assert resolve_checkpoint_dir(settings(tmp_path), "/abs/ck") == Path("/abs/ck")
+    assert (
+        resolve_checkpoint_dir(settings(tmp_path, checkpoint_root=None), "ck")
+        == tmp_path / "checkpoints" / "ck"
+    )
