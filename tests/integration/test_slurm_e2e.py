@@ -1,0 +1,295 @@
+"""The whole chain on a real SLURM cluster: REST API → reconciler → sbatch → srun → worker → resubmit.
+
+Each test starts a real controller (API + reconciler, SQLite in a fresh data dir) in-process and
+submits runs with ``resources.scheduler = "slurm"`` and 1-minute attempts to the local cluster
+(``deploy/slurm-local/up.sh``). SLURM's own view of every attempt is read back through
+``SlurmScheduler.poll``. Waits are bounded polls; the step count comes from a calibration of this
+machine (as in ``pyrecover demo``), so the chain needs ≥ 3 walltime windows here and elsewhere.
+
+Skipped without a cluster or before the controller/worker pieces exist; a failure under
+``PYRECOVER_STRICT_INTEGRATION=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.scheduler.slurm import SlurmScheduler
+from shared.schemas import TrainingSpec
+from shared.states import SchedulerJobState as S
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+WINDOW_S = 60  # --time=1, SLURM's smallest limit
+
+
+def _need(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.skip(f"{module} is not available yet: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> SlurmScheduler:
+    if shutil.which("sinfo") is None:
+        pytest.skip("SLURM CLI not installed: run deploy/slurm-local/up.sh")
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    if out.returncode != 0 or not set(out.stdout.split()) & {"idle", "mixed", "allocated", "completing"}:
+        pytest.skip(f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()!r})")
+    return SlurmScheduler()
+
+
+@pytest.fixture(scope="module")
+def demo() -> Any:
+    needed = {
+        "controller.api": "create_app",
+        "controller.settings": "Settings",
+        "controller.db": "upgrade_database",
+        "controller.services": "create_user_token",
+        "worker.data.prepare": "ensure_sample_data",
+    }
+    for module, name in needed.items():
+        if not hasattr(_need(module), name):
+            pytest.skip(f"{module}.{name} is not available yet")
+    return _need("controller.demo")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    prepare = _need("worker.data.prepare")
+    dataset, tokenizer = prepare.ensure_sample_data(tmp_path_factory.mktemp("data"))
+    return Path(dataset), Path(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def calibration(demo: Any, sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return demo.calibrate(sample[0], sample[1], tmp_path_factory.mktemp("calibrate"))
+
+
+@pytest.fixture
+def api(demo: Any, cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
+    from controller.cli.client import Api
+
+    port = demo.free_port()
+    server, thread, token = demo.start_controller(tmp_path / "controller", port)
+    try:
+        yield Api(url=f"http://127.0.0.1:{port}", token=token)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def items(page: Any) -> list[dict[str, Any]]:
+    from controller.cli.client import items as _items
+
+    return list(_items(page))
+
+
+def submit(api: Any, demo: Any, sample: tuple[Path, Path], tmp_path: Path, name: str, **kw: Any) -> int:
+    training = demo.training_body(name, sample[0], sample[1], kw.pop("steps"), tmp_path / "ckpt")
+    training |= kw.pop("training", {})
+    body = {
+        "name": name,
+        "training": training,
+        "resources": {
+            "scheduler": "slurm",
+            "time_limit": "1",
+            "partition": "debug",
+            **kw.pop("resources", {}),
+        },
+        "policy": {"max_attempts": 12, "backoff_seconds": 1, **kw.pop("policy", {})},
+    }
+    assert not kw, kw
+    return int(api.post("/runs", body)["id"])
+
+
+def wait_run(api: Any, run_id: int, until: Any, limit: float) -> dict[str, Any]:
+    end = time.monotonic() + limit
+    while True:
+        detail = dict(api.get(f"/runs/{run_id}"))
+        if until(detail):
+            return detail
+        if time.monotonic() > end:
+            jobs = items(api.get(f"/runs/{run_id}/jobs"))
+            pytest.fail(f"run {run_id} still {detail.get('state')} after {limit} s; jobs: {jobs}")
+        time.sleep(2)
+
+
+def terminal(detail: dict[str, Any]) -> bool:
+    return detail.get("state") in TERMINAL
+
+
+def external_ids(jobs: list[dict[str, Any]]) -> list[str]:
+    return [
+        str(j.get("external_id") or j.get("job_id")) for j in jobs if j.get("external_id") or j.get("job_id")
+    ]
+
+
+def slurm_states(cluster: SlurmScheduler, jobs: list[dict[str, Any]]) -> dict[str, S]:
+    return {k: v.state for k, v in cluster.poll(external_ids(jobs)).items()}
+
+
+def ran(job: dict[str, Any]) -> bool:
+    """An attempt that actually ran (not a pre-queued successor cancelled because the run finished)."""
+    return job.get("end_reason") != "cancelled" or job.get("step_at_end") is not None
+
+
+def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
+    api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+) -> None:
+    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=2.4)
+    run_id = submit(
+        api, demo, sample, tmp_path, "e2e-chain", steps=steps, resources={"signal_lead_seconds": 0}
+    )
+    detail = wait_run(api, run_id, terminal, limit=900)
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert detail["state"] == "COMPLETED", (detail, jobs)
+    worked = [j for j in jobs if ran(j)]
+    assert len(worked) >= 3, f"expected ≥ 3 chained SLURM jobs, got {jobs}"
+    states = slurm_states(cluster, worked)
+    assert S.TIMEOUT not in states.values(), f"the time-aware stop missed: {states}"
+    assert set(states.values()) == {S.COMPLETED}, states
+    # No --signal backstop here (Slurm may send it up to 60 s early, i.e. anywhere in a 1-minute
+    # job): every stop before the last attempt is the worker's own deadline stop.
+    assert [j.get("end_reason") for j in worked] == ["deadline_stop"] * (len(worked) - 1) + ["finished"]
+    # The same training, uninterrupted and standalone, ends with exactly the same weights.
+    ref_dir = tmp_path / "reference"
+    spec = TrainingSpec(**demo.training_body("ref", sample[0], sample[1], steps, ref_dir))
+    argv = [sys.executable, "-m", "worker", *spec.to_worker_args(), "--experiment-name", "ref"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")}  # standalone: no reporter
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chained = tmp_path / "ckpt" / "e2e-chain" / f"step-{steps}"
+    reference = ref_dir / "ref" / f"step-{steps}"
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.checkpoint.cli",
+            "compare",
+            str(chained),
+            str(reference),
+            "--optimizer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
+def test_two_rank_srun_job_stops_and_resumes(
+    api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+) -> None:
+    # Two ranks share the two CPUs: each step takes about as long as one rank's; 1.4 windows.
+    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=1.4)
+    run_id = submit(
+        api,
+        demo,
+        sample,
+        tmp_path,
+        "e2e-ddp",
+        steps=steps,
+        resources={"ntasks_per_node": 2, "signal_lead_seconds": 0},
+    )
+    detail = wait_run(api, run_id, terminal, limit=600)
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert detail["state"] == "COMPLETED", (detail, jobs)
+    worked = [j for j in jobs if ran(j)]
+    assert len(worked) >= 2, f"the 2-rank run never stopped and resumed: {jobs}"
+    assert any(int(j.get("step_at_start") or 0) > 0 for j in worked[1:]), f"no attempt resumed: {jobs}"
+    assert set(slurm_states(cluster, worked).values()) == {S.COMPLETED}
+
+
+def test_always_crashing_job_fails_after_the_progress_budget(
+    api: Any, demo: Any, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_id = submit(
+        api,
+        demo,
+        sample,
+        tmp_path,
+        "e2e-crash",
+        steps=50,
+        training={"dataset": str(tmp_path / "no-such-dataset.parquet")},
+        policy={"max_failures_without_progress": 2, "backoff_seconds": 0},
+    )
+    detail = wait_run(api, run_id, terminal, limit=300)
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert detail["state"] == "FAILED", (detail, jobs)
+    assert len(jobs) == 2, f"the budget is 2 attempts without progress: {jobs}"
+    assert all(j.get("end_reason") == "failed" for j in jobs), jobs
+    visible = json.dumps(detail) + json.dumps(items(api.get(f"/runs/{run_id}/events")))
+    assert "no-such-dataset" in visible, "the worker's error is not visible through the API"
+
+
+def test_external_scancel_is_resubmitted_and_api_cancel_scancels(
+    api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+) -> None:
+    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=3.0)
+    run_id = submit(api, demo, sample, tmp_path, "e2e-cancel", steps=steps)
+
+    def running_job(detail: dict[str, Any]) -> bool:
+        jobs = items(api.get(f"/runs/{run_id}/jobs"))
+        return bool(jobs) and jobs[-1].get("state") == "RUNNING"
+
+    wait_run(api, run_id, running_job, limit=120)
+    first = items(api.get(f"/runs/{run_id}/jobs"))[-1]
+    # An admin (or the user, by hand) cancels the job behind the controller's back: the attempt
+    # ends `cancelled` and the run goes on with a new attempt (DESIGN: the controller owns retries).
+    subprocess.run(["scancel", external_ids([first])[0]], check=True, timeout=30)
+
+    def resubmitted(detail: dict[str, Any]) -> bool:
+        return len(items(api.get(f"/runs/{run_id}/jobs"))) >= 2
+
+    wait_run(api, run_id, resubmitted, limit=180)
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert jobs[0].get("end_reason") == "cancelled", jobs
+    assert slurm_states(cluster, jobs[:1]) == {external_ids(jobs[:1])[0]: S.CANCELLED}
+    # Cancelling through the API scancels the live attempt and ends the run CANCELLED.
+    wait_run(api, run_id, running_job, limit=120)
+    api.post(f"/runs/{run_id}/cancel")
+    detail = wait_run(api, run_id, terminal, limit=180)
+    assert detail["state"] == "CANCELLED"
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert slurm_states(cluster, jobs[-1:]) == {external_ids(jobs[-1:])[0]: S.CANCELLED}
+
+
+def test_timeout_without_time_aware_stop_resumes_from_last_commit(
+    api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+) -> None:
+    # Time-aware stop off and no --signal backstop: SLURM kills attempt 1 at its limit (TIMEOUT,
+    # ~90 s here); attempt 2 resumes from the newest periodic checkpoint and finishes.
+    # Calibrated for windows *with* their stop margin; without the stop a window trains longer, so
+    # ask for 3 of them to be sure attempt 1 cannot finish before the kill.
+    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=3.0)
+    run_id = submit(
+        api,
+        demo,
+        sample,
+        tmp_path,
+        "e2e-timeout",
+        steps=steps,
+        training={"timeaware_checkpointing": False, "checkpoint_frequency": max(5, steps // 8)},
+        resources={"signal_lead_seconds": 0},
+    )
+    detail = wait_run(api, run_id, terminal, limit=600)
+    jobs = items(api.get(f"/runs/{run_id}/jobs"))
+    assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert jobs[0].get("end_reason") == "timeout_killed", jobs
+    assert slurm_states(cluster, jobs[:1]) == {external_ids(jobs[:1])[0]: S.TIMEOUT}
+    resumed_at = int(jobs[1].get("step_at_start") or 0)
+    assert 0 < resumed_at < steps, f"attempt 2 did not resume from a committed checkpoint: {jobs}"
