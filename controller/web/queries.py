@@ -1,0 +1,248 @@
+"""Read queries behind the pages. Each takes a session and never commits (the caller owns it).
+
+The runs page must stay fast with 10,000 runs: it reads one page of runs by keyset on the
+primary key (``id < before``, newest first), then the attempts and latest metric of just those
+runs in one grouped query each; counting runs per state is one ``GROUP BY`` over the state index.
+Nothing here loads a whole table.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
+from controller.services import tokens
+from controller.web.formatting import to_unix
+from controller.web.views import (
+    AttemptTimes,
+    CheckpointRow,
+    EventRow,
+    RunDetail,
+    RunRow,
+    RunsPage,
+    eta_seconds,
+    restarts_by_cause,
+    timeline,
+)
+from shared.states import RunState
+
+EVENTS_SHOWN = 200
+CHECKPOINTS_SHOWN = 200
+
+
+def user_for_token(session: Session, token: str) -> str | None:
+    """The user a valid user token belongs to (worker tokens never sign a browser in)."""
+    return tokens.user_for_token(session, token)
+
+
+def _counts(session: Session) -> tuple[list[tuple[str, int]], int]:
+    rows: dict[str, int] = {
+        str(s): int(n) for s, n in session.execute(select(Run.state, func.count()).group_by(Run.state))
+    }
+    counts = [(str(s), int(rows.get(s, 0))) for s in RunState]
+    return counts, sum(c for _, c in counts)
+
+
+def runs_page(
+    session: Session,
+    *,
+    state: RunState | None,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    now: float,
+    base_url: str,
+) -> RunsPage:
+    """One page of runs, newest first, by keyset on id: ``before`` pages older, ``after`` newer."""
+    query = select(Run)
+    if state is not None:
+        query = query.where(Run.state == state)
+    if after is not None:
+        # The page just above ``after``: read upwards, then show newest first.
+        runs = list(session.scalars(query.where(Run.id > after).order_by(Run.id.asc()).limit(limit)))[::-1]
+    else:
+        if before is not None:
+            query = query.where(Run.id < before)
+        runs = list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+    rows = _rows(session, runs, now)
+    counts, total = _counts(session)
+
+    def url(**params: int) -> str:
+        return f"{base_url}?{urlencode(({'state': str(state)} if state else {}) | params)}"
+
+    newer = older = None
+    if runs:
+        base = select(Run.id)
+        if state is not None:
+            base = base.where(Run.state == state)
+        if session.scalar(base.where(Run.id > runs[0].id).limit(1)) is not None:
+            newer = url(after=runs[0].id)
+        if session.scalar(base.where(Run.id < runs[-1].id).limit(1)) is not None:
+            older = url(before=runs[-1].id)
+    return RunsPage(
+        rows=rows,
+        state=str(state) if state else None,
+        counts=counts,
+        total=total,
+        newer_url=newer,
+        older_url=older,
+    )
+
+
+def _rows(session: Session, runs: list[Run], now: float) -> list[RunRow]:
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    reasons: dict[int, list[str | None]] = {i: [] for i in ids}
+    attempts: dict[int, int] = dict.fromkeys(ids, 0)
+    for run_id, reason, n in session.execute(
+        select(Attempt.run_id, Attempt.end_reason, func.count())
+        .where(Attempt.run_id.in_(ids))
+        .group_by(Attempt.run_id, Attempt.end_reason)
+    ):
+        attempts[run_id] += n
+        reasons[run_id] += [reason] * n
+    pace = _recent_pace(session, runs)
+    rows = []
+    for run in runs:
+        step, total = _progress(run)
+        rows.append(
+            RunRow(
+                id=run.id,
+                name=run.name,
+                state=str(run.state),
+                step=step,
+                total_steps=total,
+                eta_seconds=eta_seconds(step, total, pace.get(run.id), str(run.state)),
+                attempts=attempts[run.id],
+                restarts=restarts_by_cause(reasons[run.id]),
+                goodput=_goodput(run),
+                updated_at=run.updated_at,
+            )
+        )
+    return rows
+
+
+def _newest_metric(session: Session, run_id: int) -> tuple[float | None, float | None]:
+    """(loss, seconds per step) of the run's newest point: one lookup on the (run_id, step) index."""
+    row = session.execute(
+        select(Metric.loss, Metric.step_time)
+        .where(Metric.run_id == run_id)
+        .order_by(Metric.step.desc(), Metric.id.desc())
+        .limit(1)
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def _recent_pace(session: Session, runs: list[Run]) -> dict[int, float]:
+    """Seconds per step at the newest point of each RUNNING run (the only ones with an ETA).
+
+    One query for the whole page: the newest step per run comes from the (run_id, step) index.
+    """
+    ids = [run.id for run in runs if run.state == RunState.RUNNING]
+    if not ids:
+        return {}
+    newest = (
+        select(Metric.run_id.label("run_id"), func.max(Metric.step).label("step"))
+        .where(Metric.run_id.in_(ids))
+        .group_by(Metric.run_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Metric.run_id, Metric.step_time).join(
+            newest, (Metric.run_id == newest.c.run_id) & (Metric.step == newest.c.step)
+        )
+    )
+    return {int(run_id): float(t) for run_id, t in rows if t}
+
+
+def _progress(run: Run) -> tuple[int, int]:
+    return int(run.current_step or 0), int(run.training_steps or 0)
+
+
+def _goodput(run: Run) -> float | None:
+    value = getattr(run, "goodput", None)
+    return None if value is None else float(value)
+
+
+def _attempt_times(session: Session, run_id: int) -> list[AttemptTimes]:
+    attempts = session.scalars(select(Attempt).where(Attempt.run_id == run_id).order_by(Attempt.number))
+    return [
+        AttemptTimes(
+            number=a.number,
+            backend=a.backend,
+            external_id=a.external_id,
+            state=str(a.state),
+            end_reason=a.end_reason,
+            submitted_at=to_unix(a.submitted_at),
+            started_at=to_unix(a.started_at),
+            stopping_at=to_unix(a.stopping_at),
+            ended_at=to_unix(a.ended_at),
+            step_at_start=a.step_at_start,
+            step_at_end=a.step_at_end,
+            error=a.error,
+        )
+        for a in attempts
+    ]
+
+
+def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None:
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    attempts = _attempt_times(session, run_id)
+    step, total = _progress(run)
+    last_loss, pace = _newest_metric(session, run_id)
+    checkpoints = [
+        CheckpointRow(
+            step=c.step,
+            path=c.path,
+            size_bytes=c.size_bytes,
+            save_seconds=c.save_seconds,
+            async_save=bool(c.async_save),
+            final=bool(c.final),
+            verified=bool(c.verified),
+            attempt=c.attempt,
+        )
+        for c in session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.run_id == run_id)
+            .order_by(Checkpoint.step.desc())
+            .limit(CHECKPOINTS_SHOWN)
+        )
+    ]
+    events = [
+        EventRow(time=e.created_at, kind=e.kind, message=e.message or "")
+        for e in session.scalars(
+            select(Event).where(Event.run_id == run_id).order_by(Event.id.desc()).limit(EVENTS_SHOWN)
+        )
+    ]
+    return RunDetail(
+        id=run.id,
+        name=run.name,
+        state=str(run.state),
+        step=step,
+        total_steps=total,
+        eta_seconds=eta_seconds(step, total, pace, str(run.state)),
+        attempts=len(attempts),
+        restarts=restarts_by_cause(a.end_reason for a in attempts if a.ended_at is not None),
+        goodput=_goodput(run),
+        updated_at=run.updated_at,
+        last_loss=last_loss,
+        latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
+        message=run.message,
+        config_json=json.dumps(run.spec, indent=2, sort_keys=False),
+        timeline=timeline(attempts, now),
+        checkpoints=checkpoints,
+        events=events,
+        cancel_requested=bool(run.cancel_requested),
+        pending_action=str(run.pending_action or "none"),
+    )
+
+
+def run_exists(session: Session, run_id: int) -> bool:
+    return session.scalar(select(Run.id).where(Run.id == run_id)) is not None
