@@ -29,19 +29,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# This script is named like the package it measures: take its own folder off the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-import httpx  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-
-from controller.db import make_engine, make_session_factory, upgrade_database  # noqa: E402
-from controller.db.models import Attempt, Run  # noqa: E402
-from controller.services import create_run, create_user_token, issue_worker_token  # noqa: E402
-from shared.schemas import RunCreate  # noqa: E402
-from shared.states import AttemptState, RunState  # noqa: E402
+from controller.db import make_engine, make_session_factory, upgrade_database
+from controller.db.models import Attempt, Run
+from controller.services import create_run, create_user_token, issue_worker_token
+from shared.schemas import RunCreate
+from shared.states import AttemptState, RunState
 
 RESULTS = Path(__file__).parent / "results" / "api_load.json"
 DEFAULT_PG = "postgresql+psycopg://pyrecover:pyrecover@127.0.0.1:5432/pyrecover_test"

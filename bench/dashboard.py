@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -28,11 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-# ``python bench/dashboard.py`` puts bench/ first on sys.path, where a script named like a package
-# (bench/api_load.py) would shadow the package measured here: import from the installed tree.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dashboard.json"
 GOAL_P99_MS = 300.0
