@@ -103,6 +103,9 @@ class TrainConfig:
     """Deadline override in Unix seconds (else PYRECOVER_DEADLINE, SLURM_JOB_END_TIME, squeue)."""
     deadline_margin: float = 15.0
     """Seconds of slack kept between the end of the final save and the deadline."""
+    exit_allowance: float = 5.0
+    """Seconds reserved after the final save for the exit (reporter flush, rank barrier, process-group
+    teardown); the time-aware stop budgets them, and a teardown step that overruns them is cut off."""
     deadline_refresh_seconds: float = 60.0
     """How often the deadline sources are re-read (an admin may change the time limit)."""
     stop_after_steps: int | None = None
@@ -161,6 +164,8 @@ class TrainConfig:
             raise bad("deadline", "must be Unix seconds > 0")
         if not (math.isfinite(self.deadline_margin) and self.deadline_margin >= 0):
             raise bad("deadline_margin", "must be >= 0 seconds")
+        if not (math.isfinite(self.exit_allowance) and 0 < self.exit_allowance <= 600):
+            raise bad("exit_allowance", "must be in (0, 600] seconds")
         if not (math.isfinite(self.deadline_refresh_seconds) and self.deadline_refresh_seconds >= 0):
             raise bad("deadline_refresh_seconds", "must be >= 0 seconds")
         if self.stop_after_steps is not None and self.stop_after_steps <= 0:
@@ -199,7 +204,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model_preset": PRESET_CHOICES,
 }
 _ALIASES: dict[str, tuple[str, ...]] = {"experiment_name": ("--experiment_name",)}
-_METAVARS: dict[str, str] = {"deadline": "UNIX_SECONDS", "deadline_margin": "SECONDS"}
+_METAVARS: dict[str, str] = {
+    "deadline": "UNIX_SECONDS",
+    "deadline_margin": "SECONDS",
+    "exit_allowance": "SECONDS",
+}
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:

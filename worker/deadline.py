@@ -5,9 +5,11 @@ Sources, in DESIGN.md's order after the ``--deadline`` flag: ``PYRECOVER_DEADLIN
 They are re-read every ``refresh_seconds`` because an admin may extend (or cut) a time limit.
 
 The policy stops *before* a step when the time left after one more step would not cover the final
-save plus a margin. Step time is a high quantile over a recent window after warm-up (a compiled or
-autotuned first step never poisons it, unlike the seed's running max); the save time comes from
-measured saves, or before the first one from the state's size and a measured write bandwidth.
+save, the exit after it (reporter flush, rank barrier, process-group teardown: bounded by the
+worker's ``exit_allowance``, see ``worker.shutdown``) and a margin. Step time is a high quantile
+over a recent window after warm-up (a compiled or autotuned first step never poisons it, unlike
+the seed's running max); the save time comes from measured saves, or before the first one from
+the state's size and a measured write bandwidth.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class StopPolicy:
         self,
         *,
         margin: float,
+        exit_allowance: float = 0.0,
         clock: Clock = time.time,
         warmup_steps: int = 3,
         window: int = 50,
@@ -158,7 +161,10 @@ class StopPolicy:
     ) -> None:
         if not 0 < quantile <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        if exit_allowance < 0:
+            raise ValueError(f"exit_allowance must be >= 0, got {exit_allowance}")
         self.margin = margin
+        self.exit_allowance = exit_allowance
         self._clock = clock
         self._warmup = warmup_steps
         self._quantile = quantile
@@ -222,8 +228,8 @@ class StopPolicy:
         return self._save_overhead
 
     def time_needed(self) -> float:
-        """Seconds that must remain at a step boundary to run one more step and still save in time."""
-        return self.step_estimate() + self.save_estimate() + self.margin
+        """Seconds that must remain at a step boundary to run one more step, save, and exit in time."""
+        return self.step_estimate() + self.save_estimate() + self.exit_allowance + self.margin
 
     def should_stop(self, deadline: float | None, now: float | None = None) -> bool:
         if deadline is None:

@@ -143,9 +143,14 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
 
 
-def teardown(info: DistInfo) -> None:
-    """Destroy the process group (safe to call twice, or after a failed init)."""
+def destroy_process_groups(info: DistInfo) -> None:
+    """Destroy every process group: the default one and the subgroups created after it, such as
+    the checkpoint manager's async-save group (safe to call twice, or after a failed init).
+
+    Local, no collective; ``worker.shutdown.teardown`` calls it after an exit barrier, bounded.
+    """
     if info.is_distributed and dist.is_initialized():
+        # With no argument, destroy_process_group shuts down every group, newest first.
         dist.destroy_process_group()
 
 

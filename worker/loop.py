@@ -58,7 +58,9 @@ class TrainingLoop:
             self.deadlines = DeadlineTracker(
                 override=config.deadline, refresh_seconds=config.deadline_refresh_seconds, clock=clock
             )
-            self.policy = StopPolicy(margin=config.deadline_margin, clock=clock)
+            self.policy = StopPolicy(
+                margin=config.deadline_margin, exit_allowance=config.exit_allowance, clock=clock
+            )
 
     # --- set-up ---------------------------------------------------------------------------------
     def _prime_save_estimate(self) -> None:

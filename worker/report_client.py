@@ -77,6 +77,7 @@ class HttpReporter:
         self._cond = threading.Condition()
         self._spool_lock = threading.Lock()
         self._closing = False
+        self._sending: list[dict[str, Any]] = []  # the batch the thread holds outside the queue
         self._action: Action = "none"
         self._failures = 0
         self._retry_at = 0.0
@@ -120,16 +121,23 @@ class HttpReporter:
             return action
 
     def close(self, timeout: float = 10.0) -> None:
+        """Flush for at most ``timeout`` seconds, then spool (fsynced) whatever is not delivered.
+
+        Bounded even when the thread is stuck in a request: the batch it holds is spooled too (the
+        controller stores each (attempt, seq) once, so a late delivery of it as well is harmless).
+        The process may exit right after this returns.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        self._thread.join(max(timeout, 0.0))
+        stuck = self._thread.is_alive()
         with self._cond:
-            leftover = list(self._queue)
+            leftover = (list(self._sending) if stuck else []) + list(self._queue)
             self._queue.clear()
         if leftover:  # the thread is stuck or the controller is down: keep them for later
             self._spool(leftover)
-        if not self._thread.is_alive():
+        if not stuck:
             self._client.close()
 
     # ------------------------------------------------------------------ seq
@@ -170,12 +178,14 @@ class HttpReporter:
                     self._cond.wait(self.flush_interval)
                 closing = self._closing
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                self._sending = batch
             try:
                 self._step(batch, closing)
             except Exception:  # a bug here must not kill reporting for the rest of the attempt
                 log.exception("reporter: unexpected error")
                 self._spool(batch)
             with self._cond:
+                self._sending = []
                 if closing and (not self._queue or self._failures):
                     return
 

@@ -22,10 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from shared.exit_codes import ExitCode
 from worker.config import IMMUTABLE_KEYS, ConfigError, TrainConfig
 from worker.deadline import Clock
-from worker.distributed import DistInfo, init_distributed, log_rank0, teardown
+from worker.distributed import DistInfo, init_distributed, log_rank0
 from worker.lr import apply_peak_lr, build_lr_scheduler
 from worker.precision import Precision, default_dtype, resolve_precision
 from worker.reporting import Reporter, make_reporter
+from worker.shutdown import teardown
 
 log = logging.getLogger("pyrecover.worker")
 
@@ -206,7 +207,11 @@ def _fail(code: ExitCode, message: str, reporter: Reporter | None, step: int) ->
 
 
 def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
-    """Train one attempt; returns the process exit code (shared.exit_codes)."""
+    """Train one attempt; returns the process exit code (shared.exit_codes).
+
+    Whatever happens, the reporter is closed and the process groups are destroyed before it
+    returns, within ``config.exit_allowance`` seconds (``worker.shutdown.teardown``).
+    """
     from worker.checkpoint import CheckpointError
     from worker.loop import TrainingLoop
 
@@ -214,6 +219,7 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     info: DistInfo | None = None
     reporter: Reporter | None = None
     loop: TrainingLoop | None = None
+    code: int = int(ExitCode.FAILURE)
     try:
         info = init_distributed()
         reporter = make_reporter(rank=info.rank)
@@ -230,18 +236,18 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
             reporter=reporter,
             clock=clock,
         )
-        return int(loop.run(restored=restored, startup_seconds=time.monotonic() - started))
+        code = int(loop.run(restored=restored, startup_seconds=time.monotonic() - started))
     except ConfigError as exc:
-        return _fail(ExitCode.CONFIG_ERROR, str(exc), reporter, loop.step if loop else 0)
+        code = _fail(ExitCode.CONFIG_ERROR, str(exc), reporter, loop.step if loop else 0)
     except CheckpointError as exc:
-        return _fail(ExitCode.CHECKPOINT_ERROR, f"checkpoint: {exc}", reporter, loop.step if loop else 0)
+        code = _fail(ExitCode.CHECKPOINT_ERROR, f"checkpoint: {exc}", reporter, loop.step if loop else 0)
     except KeyboardInterrupt:
-        return _fail(ExitCode.INTERRUPTED, "interrupted", reporter, loop.step if loop else 0)
+        code = _fail(ExitCode.INTERRUPTED, "interrupted", reporter, loop.step if loop else 0)
     except Exception as exc:
         log.exception("training failed")
-        return _fail(ExitCode.FAILURE, f"{type(exc).__name__}: {exc}", reporter, loop.step if loop else 0)
+        code = _fail(ExitCode.FAILURE, f"{type(exc).__name__}: {exc}", reporter, loop.step if loop else 0)
     finally:
-        if reporter is not None:
-            reporter.close()
-        if info is not None:
-            teardown(info)
+        # On success every rank committed the same final checkpoint and will meet in the exit
+        # barrier; after a failure the other ranks may be stuck or gone, so no barrier then.
+        teardown(info, reporter, allowance=config.exit_allowance, agree=code == ExitCode.OK)
+    return code

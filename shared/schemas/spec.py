@@ -16,7 +16,11 @@ from shared.names import validate_run_name
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
-_SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.,:=+@/-]+$")  # partition, account, qos, constraint, mem ...
+_SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.,:=+@/-]+$")  # partition, account, qos, mem ...
+# SLURM feature expressions: AND '&', OR '|', matching OR '[a|b]', counts 'a*2', grouping '(...)'.
+# They only ever go on an '#SBATCH --constraint=' line, which sbatch parses itself (no shell), and
+# the alphabet still excludes whitespace, quotes, '$', '`', ';', '%' and newlines.
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.,:=+@/&|()\[\]*-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
 _SBATCH_OPT_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=+@/%-]+)?$")
@@ -95,6 +99,18 @@ class TrainingSpec(_Spec):
     async_checkpoint: bool = False
     keep_last_k: Annotated[int, Field(ge=2, le=10_000)] = 3
     timeaware_checkpointing: bool = True
+    deadline_margin: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3600,
+            allow_inf_nan=False,
+            description=(
+                "Seconds of slack the time-aware stop keeps between the end of the final save (and the "
+                "worker's exit) and the deadline; the worker's --deadline-margin."
+            ),
+        ),
+    ] = 15.0
     compile: bool = False
     fused_optimizer: bool = False
     log_loss_to_csv: bool = True
@@ -161,11 +177,21 @@ class ResourcesSpec(_Spec):
             raise ValueError("mem must look like '16G', '512M' or '4000'")
         return v
 
-    @field_validator("partition", "account", "qos", "constraint")
+    @field_validator("partition", "account", "qos")
     @classmethod
     def _tokens(cls, v: str | None) -> str | None:
         if v is not None and not _SAFE_TOKEN_RE.fullmatch(v):
             raise ValueError("may contain only letters, digits and _ . , : = + @ / -")
+        return v
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 1024 or not _CONSTRAINT_RE.fullmatch(v)):
+            raise ValueError(
+                "must be a SLURM feature expression (e.g. 'a100&ib' or '[rack1|rack2]') of at most 1024 "
+                "characters: letters, digits and _ . , : = + @ / - & | ( ) [ ] *"
+            )
         return v
 
     @field_validator("env")

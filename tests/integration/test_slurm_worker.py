@@ -54,6 +54,9 @@ def attempt_spec(sample: tuple[Path, Path], root: Path, attempt: int) -> JobSpec
         checkpoint_dir=str(root / "ckpt"),
         checkpoint_frequency=-1,  # only the final (deadline) checkpoint
         log_loss_to_csv=False,
+        # Slurm 22.05 here kills a 1-minute job at ~62 s and two ranks may take 30+ s to start on a
+        # busy 2-core machine: the default 15 s margin would leave attempt 2 no time for a step.
+        deadline_margin=5.0,
     )
     argv = [sys.executable, "-m", "worker", *training.to_worker_args()]
     argv += ["--experiment-name", "ddp", "--resume-from-checkpoint", "latest"]

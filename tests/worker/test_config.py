@@ -33,6 +33,7 @@ def test_every_training_spec_field_round_trips_through_the_worker_parser() -> No
         async_checkpoint=False,
         keep_last_k=5,
         timeaware_checkpointing=False,
+        deadline_margin=42.5,
         compile=True,
         fused_optimizer=True,
         log_loss_to_csv=False,
@@ -67,6 +68,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in (
         "--stop-after-steps",
         "--deadline-margin",
+        "--exit-allowance",
         "--keep-every-n",
         "--pure-dtype",
         "--profile-dir",
@@ -87,11 +89,26 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         ({"async_checkpoint": True, "use_torch_distributed_ckpt": False}, "async_checkpoint"),
         ({"profile": True, "profile_step_start": 5, "profile_step_end": 2}, "profile_step_end"),
         ({"deadline": -5.0}, "deadline"),
+        ({"deadline_margin": -1.0}, "deadline_margin"),
+        ({"exit_allowance": 0.0}, "exit_allowance"),
+        ({"exit_allowance": float("inf")}, "exit_allowance"),
     ],
 )
 def test_validation_names_the_field(override: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}:"):
         TrainConfig(dataset="d", tokenizer_name_or_path="t", **override)  # type: ignore[arg-type]
+
+
+def test_training_spec_deadline_margin_defaults_to_the_workers_and_is_validated() -> None:
+    from pydantic import ValidationError
+
+    spec = TrainingSpec(dataset="d", tokenizer_name_or_path="t", training_steps=20)
+    assert spec.deadline_margin == TrainConfig.__dataclass_fields__["deadline_margin"].default
+    argv = spec.to_worker_args()
+    assert argv[argv.index("--deadline-margin") + 1] == "15.0"
+    for bad in (-1.0, float("nan"), 1e9):
+        with pytest.raises(ValidationError, match="deadline_margin"):
+            TrainingSpec(dataset="d", tokenizer_name_or_path="t", training_steps=20, deadline_margin=bad)
 
 
 def test_batch_must_divide_by_world_size() -> None:

@@ -92,6 +92,19 @@ def test_policy_ignores_the_compile_step_and_stops_just_in_time() -> None:
     assert not policy.should_stop(None)
 
 
+def test_policy_reserves_the_exit_allowance_after_the_final_save() -> None:
+    clock = FakeClock(0.0)
+    policy = StopPolicy(margin=5.0, exit_allowance=4.0, clock=clock, warmup_steps=0)
+    policy.record_save(10.0)
+    policy.record_step(1.0)
+    needed = 1.0 + 10.0 * 1.2 + 1.0 + 4.0 + 5.0  # step + save estimate + exit allowance + margin
+    assert policy.time_needed() == pytest.approx(needed)
+    assert not policy.should_stop(clock.now + needed + 0.1)
+    assert policy.should_stop(clock.now + needed - 0.1)
+    with pytest.raises(ValueError, match="exit_allowance"):
+        StopPolicy(margin=0.0, exit_allowance=-1.0)
+
+
 def test_policy_estimate_is_a_high_quantile_not_the_max() -> None:
     policy = StopPolicy(margin=0.0, warmup_steps=0, quantile=0.9)
     for i in range(100):

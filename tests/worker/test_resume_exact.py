@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 import signal
-import stat
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from train_launch import (
+    fake_squeue,
     load_checkpoint,
     run_worker,
     signal_at_step,
@@ -31,21 +31,6 @@ def stopped(stderr: str) -> tuple[int, str]:
     m = STOP_RE.search(stderr)
     assert m, stderr[-3000:]
     return int(m.group(1)), m.group(2)
-
-
-def fake_squeue(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A ``squeue`` whose ``%e`` answer the test controls (an admin cutting the time limit)."""
-    answer = tmp_path / "squeue.answer"
-    answer.write_text("2099-01-01T00:00:00\n")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "squeue"
-    script.write_text(f"#!/bin/sh\ncat {answer}\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    import os
-
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
-    return env, answer
 
 
 @pytest.mark.slow

@@ -6,12 +6,14 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +46,10 @@ def tiny_args(
 class Result:
     returncodes: list[int]
     stderr: list[str]
+    lines: list[list[tuple[float, str]]] = field(default_factory=list)
+    """With ``timestamps=True``: each rank's stderr lines with their arrival time (monotonic)."""
+    exited: list[float] = field(default_factory=list)
+    """With ``timestamps=True``: when each rank's process ended (monotonic)."""
 
     @property
     def ok(self) -> bool:
@@ -63,11 +69,19 @@ def run_worker(
     env: dict[str, str] | None = None,
     while_running: Callable[[list[subprocess.Popen[bytes]]], None] | None = None,
     timeout: float = 300.0,
+    timestamps: bool = False,
 ) -> Result:
-    """Start ``python -m worker ARGS`` once per rank, optionally act while they run, wait for all."""
+    """Start ``python -m worker ARGS`` once per rank, optionally act while they run, wait for all.
+
+    ``timestamps=True`` reads stderr through pipes (one draining thread per rank, so a rank never
+    blocks on a full pipe) and records when each line arrived and when each process ended.
+    """
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="worker-logs-"))
     procs, logs = [], []
+    lines: list[list[tuple[float, str]]] = [[] for _ in range(world_size)]
+    exited = [0.0] * world_size
+    threads: list[threading.Thread] = []
     for rank in range(world_size):
         penv = {**os.environ, **(env or {}), "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
         penv.pop("PYRECOVER_CONTROLLER_URL", None)
@@ -76,14 +90,19 @@ def run_worker(
                 "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
             }  # fmt: skip
+        cmd = [sys.executable, "-m", "worker", *args]
+        if timestamps:
+            proc = subprocess.Popen(cmd, env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            procs.append(proc)
+            threads.append(threading.Thread(target=_drain, args=(proc, lines[rank]), daemon=True))
+            threads.append(threading.Thread(target=_reap, args=(proc, exited, rank), daemon=True))
+            continue
         # stderr goes to files: a full pipe of one rank would block it inside a collective.
         logs.append(log_dir / f"rank{rank}.err")
         with open(logs[-1], "w") as err:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker", *args], env=penv, stdout=subprocess.DEVNULL, stderr=err
-                )
-            )
+            procs.append(subprocess.Popen(cmd, env=penv, stdout=subprocess.DEVNULL, stderr=err))
+    for t in threads:
+        t.start()
     try:
         if while_running is not None:
             while_running(procs)
@@ -94,9 +113,31 @@ def run_worker(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    errs = [log.read_text() for log in logs]
+        for t in threads:
+            t.join(timeout=10)
+    if timestamps:
+        errs = ["\n".join(text for _, text in rank_lines) for rank_lines in lines]
+    else:
+        errs = [log.read_text() for log in logs]
     shutil.rmtree(log_dir, ignore_errors=True)
-    return Result(returncodes=[p.returncode for p in procs], stderr=errs)
+    return Result(
+        returncodes=[p.returncode for p in procs],
+        stderr=errs,
+        lines=lines if timestamps else [],
+        exited=exited if timestamps else [],
+    )
+
+
+def _drain(proc: subprocess.Popen[bytes], out: list[tuple[float, str]]) -> None:
+    assert proc.stderr is not None
+    with proc.stderr:
+        for raw in proc.stderr:
+            out.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+
+def _reap(proc: subprocess.Popen[bytes], exited: list[float], rank: int) -> None:
+    proc.wait()
+    exited[rank] = time.monotonic()
 
 
 def wait_for_step(csv: Path, step: int, procs: list[subprocess.Popen[bytes]], timeout: float = 240.0) -> bool:
@@ -119,6 +160,19 @@ def signal_at_step(
         procs[rank].send_signal(sig)
 
     return act
+
+
+def fake_squeue(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A ``squeue`` whose ``%e`` answer the test controls (an admin cutting the time limit)."""
+    answer = tmp_path / "squeue.answer"
+    answer.write_text("2099-01-01T00:00:00\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "squeue"
+    script.write_text(f"#!/bin/sh\ncat {answer}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    return env, answer
 
 
 def tensors_equal(a: object, b: object) -> bool:
