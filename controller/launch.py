@@ -4,6 +4,11 @@ The worker command is ``<worker_python> -m worker <training flags> --experiment-
 --resume-from-checkpoint latest`` with the run's checkpoint directory resolved to an absolute
 path, so every attempt of a run resumes from the same place. The run-scoped worker token goes
 into a 0600 file in the run's directory; the environment names that file, never the token.
+
+Every path the worker sees is absolute: the worker runs in the run's directory, not in the
+controller's working directory, so a relative data dir (the default ``var``), checkpoint root,
+token file, dataset or tokenizer path would otherwise point somewhere else. Relative paths are
+taken against the controller's working directory.
 """
 
 from __future__ import annotations
@@ -40,7 +45,22 @@ def resolve_checkpoint_dir(settings: Any, checkpoint_dir: str) -> Path:
     if path.is_absolute():
         return path
     root = getattr(settings, "checkpoint_root", None) or Path(settings.data_dir) / "checkpoints"
-    return Path(root) / path
+    return (Path(root) / path).absolute()
+
+
+def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
+    """Dataset and tokenizer paths made absolute where they exist relative to the controller's cwd.
+
+    A value that does not exist here is left alone: it may be a Hugging Face hub name
+    (``meta-llama/Llama-3.1-8B``) or a path that only exists on the compute nodes.
+    """
+    updates: dict[str, str] = {}
+    for key in ("dataset", "tokenizer_name_or_path"):
+        value = str(getattr(training, key))
+        path = Path(value)
+        if not path.is_absolute() and path.exists():
+            updates[key] = str(path.absolute())
+    return updates
 
 
 def write_token_file(directory: Path, token: str) -> Path:
@@ -61,8 +81,9 @@ def write_token_file(directory: Path, token: str) -> Path:
 
 def worker_argv(settings: Any, run_name: str, training: TrainingSpec) -> list[str]:
     resolved = resolve_checkpoint_dir(settings, training.checkpoint_dir)
-    # model_copy skips validation on purpose: the resolved root is a trusted, controller-made path.
-    args = training.model_copy(update={"checkpoint_dir": str(resolved)}).to_worker_args()
+    # model_copy skips validation on purpose: the resolved paths are trusted, controller-made ones.
+    updates = {"checkpoint_dir": str(resolved), **absolute_inputs(training)}
+    args = training.model_copy(update=updates).to_worker_args()
     python = str(getattr(settings, "worker_python", None) or "python3")
     return [
         python,
@@ -88,7 +109,7 @@ def build_job_spec(
     dependency: str | None = None,
 ) -> JobSpec:
     """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect."""
-    directory = run_dir(settings.data_dir, run_id)
+    directory = run_dir(Path(settings.data_dir).absolute(), run_id)
     token_file = write_token_file(directory, token)
     stdout, stderr = attempt_log_paths(directory, attempt)
     env = {

@@ -8,6 +8,7 @@ needs ``auth_required``, and the open read-only mode is for a loopback bind only
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,18 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DB_FILE_NAME = "pyrecover.db"
+DATA_DIR_ENV = "PYRECOVER_DATA_DIR"
+DEFAULT_DATA_DIR = Path("var")
+"""The controller's data dir when ``PYRECOVER_DATA_DIR`` is unset (relative to the working directory).
+
+``pyrecover serve``, ``demo``, ``token create`` and ``logs`` all use it, so the CLI finds the
+database, ``cli.json`` and the run folders where the controller put them."""
+DEFAULT_PORT = 8000
+
+
+def default_data_dir() -> Path:
+    """``$PYRECOVER_DATA_DIR``, else ``DEFAULT_DATA_DIR``: the one rule every command follows."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 def is_loopback(host: str) -> bool:
@@ -33,10 +46,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PYRECOVER_", extra="ignore", validate_default=True)
 
-    data_dir: Path = Field(default=Path("var"), description="Where the database, run folders and logs live.")
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR, description="Where the database, run folders and logs live (default ./var)."
+    )
     database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file in data_dir.")
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_PORT
     public_url: str = Field(default="", description="URL workers use to reach the controller.")
     auth_required: bool = Field(default=False, description="Require a bearer token on every API call.")
     open_read_only: bool = Field(default=False, description="Let GET requests through without a token.")
@@ -57,6 +72,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
+        # Absolute from here on, against the working directory the controller starts in: workers,
+        # local job shims and sbatch scripts run elsewhere, and a relative ``var`` would name
+        # another directory there.
+        self.data_dir = self.data_dir.absolute()
+        if self.checkpoint_root is not None:
+            self.checkpoint_root = self.checkpoint_root.absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / DB_FILE_NAME).as_posix()}"
         if not self.public_url:

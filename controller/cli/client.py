@@ -1,8 +1,9 @@
 """The CLI's REST client: where the controller is, which token to send, and one-line errors.
 
 Connection settings, first found wins: the ``--url`` / ``--token`` flags, the environment
-(``PYRECOVER_URL``, ``PYRECOVER_TOKEN``), then ``cli.json`` in the data directory
-(``{"url": ..., "token": ...}``, written by ``pyrecover token create --save``), then
+(``PYRECOVER_URL``, ``PYRECOVER_TOKEN``), then ``cli.json`` in the controller's data directory
+(``$PYRECOVER_DATA_DIR``, else ``./var``: the same rule ``pyrecover serve`` follows;
+``{"url": ..., "token": ...}``, written by ``pyrecover token create --save``), then
 ``http://127.0.0.1:8000`` without a token.
 """
 
@@ -18,7 +19,10 @@ import httpx
 import typer
 from rich.console import Console
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from controller.settings import DEFAULT_PORT
+from controller.settings import default_data_dir as default_data_dir
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 CONFIG_NAME = "cli.json"
 err_console = Console(stderr=True)
 
@@ -30,11 +34,6 @@ class CliError(Exception):
 def fail(message: str) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
-
-
-def default_data_dir() -> Path:
-    """The data directory the CLI reads ``cli.json`` and log files from (``PYRECOVER_DATA_DIR``)."""
-    return Path(os.environ.get("PYRECOVER_DATA_DIR", "pyrecover-data"))
 
 
 def load_config(data_dir: Path) -> dict[str, str]:

@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
         attempt: Annotated[int | None, typer.Option(help="Only this attempt (default: all).")] = None,
         stderr: Annotated[bool, typer.Option("--stderr/--stdout", help="Which stream to print.")] = True,
         data_dir: Annotated[
-            Path | None, typer.Option(help="Controller data dir (env PYRECOVER_DATA_DIR).")
+            Path | None, typer.Option(help="Controller data dir (default: $PYRECOVER_DATA_DIR, else ./var).")
         ] = None,
         url: UrlOpt = None,
         token: TokenOpt = None,

@@ -4,6 +4,8 @@ import stat
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from controller.launch import build_job_spec, controller_url, resolve_checkpoint_dir, run_dir
 from shared.schemas import ResourcesSpec, TrainingSpec
 
@@ -76,3 +78,55 @@ def test_urls_and_checkpoint_roots(tmp_path: Path) -> None:
         resolve_checkpoint_dir(settings(tmp_path, checkpoint_root=None), "ck")
         == tmp_path / "checkpoints" / "ck"
     )
+
+
+def test_relative_paths_reach_the_worker_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's cwd is the run directory, so every relative path must be resolved by the controller.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "data" / "sample.parquet").write_bytes(b"")
+    training = TrainingSpec(
+        dataset="data/sample.parquet", tokenizer_name_or_path="data/tokenizer", training_steps=20
+    )
+    spec = build_job_spec(
+        settings=settings(Path("var"), checkpoint_root=None),
+        run_id=7,
+        run_name="rel",
+        attempt=1,
+        training=training,
+        resources=ResourcesSpec(scheduler="local", time_limit="45s"),
+        token="t",
+    )
+    argv = list(spec.argv)
+
+    def flag(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    assert flag("--dataset") == str(tmp_path / "data" / "sample.parquet")
+    assert flag("--tokenizer-name-or-path") == str(tmp_path / "data" / "tokenizer")
+    assert flag("--checkpoint-dir") == str(tmp_path / "var" / "checkpoints" / "checkpoints")
+    assert Path(spec.env["PYRECOVER_TOKEN_FILE"]) == tmp_path / "var" / "runs" / "7" / "worker.token"
+    assert spec.workdir == tmp_path / "var" / "runs" / "7" and spec.stdout.is_absolute()
+    # Seen from the worker's cwd, every path still names the same file.
+    monkeypatch.chdir(spec.workdir)
+    assert Path(spec.env["PYRECOVER_TOKEN_FILE"]).read_text().strip() == "t"
+    assert Path(flag("--dataset")).exists() and Path(flag("--tokenizer-name-or-path")).is_dir()
+
+
+def test_a_hub_name_or_remote_path_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    training = TrainingSpec(
+        dataset="shards/train", tokenizer_name_or_path="meta-llama/Llama-3.1-8B", training_steps=20
+    )
+    spec = build_job_spec(
+        settings=settings(tmp_path),
+        run_id=1,
+        run_name="hub",
+        attempt=1,
+        training=training,
+        resources=ResourcesSpec(scheduler="local", time_limit="45s"),
+        token="t",
+    )
+    argv = list(spec.argv)
+    assert argv[argv.index("--tokenizer-name-or-path") + 1] == "meta-llama/Llama-3.1-8B"
+    assert argv[argv.index("--dataset") + 1] == "shards/train"
