@@ -6,16 +6,15 @@ submits runs with ``resources.scheduler = "slurm"`` and 1-minute attempts to the
 ``SlurmScheduler.poll``. Waits are bounded polls; the step count comes from a calibration of this
 machine (as in ``pyrecover demo``), so the chain needs ≥ 3 walltime windows here and elsewhere.
 
-Skipped without a cluster or before the controller/worker pieces exist; a failure under
-``PYRECOVER_STRICT_INTEGRATION=1``.
+Skipped without a cluster; a failure under ``PYRECOVER_STRICT_INTEGRATION=1``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -25,21 +24,16 @@ from typing import Any
 
 import pytest
 
+from controller import demo as demo_module
 from controller.scheduler.slurm import SlurmScheduler
 from shared.schemas import TrainingSpec
 from shared.states import SchedulerJobState as S
+from worker.data.prepare import ensure_sample_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 WINDOW_S = 60  # --time=1, SLURM's smallest limit
-
-
-def _need(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pytest.skip(f"{module} is not available yet: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -54,42 +48,42 @@ def cluster() -> SlurmScheduler:
 
 @pytest.fixture(scope="module")
 def demo() -> Any:
-    needed = {
-        "controller.api": "create_app",
-        "controller.settings": "Settings",
-        "controller.db": "upgrade_database",
-        "controller.services": "create_user_token",
-        "worker.data.prepare": "ensure_sample_data",
-    }
-    for module, name in needed.items():
-        if not hasattr(_need(module), name):
-            pytest.skip(f"{module}.{name} is not available yet")
-    return _need("controller.demo")
+    """``pyrecover demo``'s planning and controller, reused so these runs are sized the same way."""
+    return demo_module
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prepare = _need("worker.data.prepare")
-    dataset, tokenizer = prepare.ensure_sample_data(tmp_path_factory.mktemp("data"))
+    dataset, tokenizer = ensure_sample_data(tmp_path_factory.mktemp("data"))
     return Path(dataset), Path(tokenizer)
 
 
 @pytest.fixture(scope="module")
-def calibration(demo: Any, sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo.calibrate(sample[0], sample[1], tmp_path_factory.mktemp("calibrate"))
+def calibration(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return demo_module.calibrate(sample[0], sample[1], tmp_path_factory.mktemp("calibrate"))
+
+
+def steps_for(calibration: Any, *, windows: float) -> int:
+    """Training steps that need ``windows`` 1-minute SLURM attempts on this machine."""
+    return demo_module.plan_steps(calibration, WINDOW_S, demo_module.worker_stop_overhead(), windows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
-def api(demo: Any, cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
+def api(cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
     from controller.cli.client import Api
 
-    port = demo.free_port()
-    server, thread, token = demo.start_controller(tmp_path / "controller", port)
+    ctl = demo_module.DemoController(demo_module.demo_settings(tmp_path / "controller", free_port()))
+    ctl.start()
     try:
-        yield Api(url=f"http://127.0.0.1:{port}", token=token)
+        yield Api(url=ctl.url)
     finally:
-        server.should_exit = True
-        thread.join(30)
+        ctl.stop()
 
 
 def items(page: Any) -> list[dict[str, Any]]:
@@ -99,7 +93,7 @@ def items(page: Any) -> list[dict[str, Any]]:
 
 
 def submit(api: Any, demo: Any, sample: tuple[Path, Path], tmp_path: Path, name: str, **kw: Any) -> int:
-    training = demo.training_body(name, sample[0], sample[1], kw.pop("steps"), tmp_path / "ckpt")
+    training = demo.training_body(sample[0], sample[1], kw.pop("steps"), str(tmp_path / "ckpt"))
     training |= kw.pop("training", {})
     body = {
         "name": name,
@@ -150,7 +144,7 @@ def ran(job: dict[str, Any]) -> bool:
 def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
     api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
 ) -> None:
-    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=2.4)
+    steps = steps_for(calibration, windows=2.4)
     run_id = submit(
         api, demo, sample, tmp_path, "e2e-chain", steps=steps, resources={"signal_lead_seconds": 0}
     )
@@ -167,7 +161,7 @@ def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
     assert [j.get("end_reason") for j in worked] == ["deadline_stop"] * (len(worked) - 1) + ["finished"]
     # The same training, uninterrupted and standalone, ends with exactly the same weights.
     ref_dir = tmp_path / "reference"
-    spec = TrainingSpec(**demo.training_body("ref", sample[0], sample[1], steps, ref_dir))
+    spec = TrainingSpec(**demo.training_body(sample[0], sample[1], steps, str(ref_dir)))
     argv = [sys.executable, "-m", "worker", *spec.to_worker_args(), "--experiment-name", "ref"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")}  # standalone: no reporter
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
@@ -195,7 +189,7 @@ def test_two_rank_srun_job_stops_and_resumes(
     api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
 ) -> None:
     # Two ranks share the two CPUs: each step takes about as long as one rank's; 1.4 windows.
-    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=1.4)
+    steps = steps_for(calibration, windows=1.4)
     run_id = submit(
         api,
         demo,
@@ -239,7 +233,7 @@ def test_always_crashing_job_fails_after_the_progress_budget(
 def test_external_scancel_is_resubmitted_and_api_cancel_scancels(
     api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
 ) -> None:
-    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=3.0)
+    steps = steps_for(calibration, windows=3.0)
     run_id = submit(api, demo, sample, tmp_path, "e2e-cancel", steps=steps)
 
     def running_job(detail: dict[str, Any]) -> bool:
@@ -275,7 +269,7 @@ def test_timeout_without_time_aware_stop_resumes_from_last_commit(
     # ~90 s here); attempt 2 resumes from the newest periodic checkpoint and finishes.
     # Calibrated for windows *with* their stop margin; without the stop a window trains longer, so
     # ask for 3 of them to be sure attempt 1 cannot finish before the kill.
-    steps = demo.steps_for(calibration, window_s=WINDOW_S, windows=3.0)
+    steps = steps_for(calibration, windows=3.0)
     run_id = submit(
         api,
         demo,

@@ -103,11 +103,15 @@ def run_worker(
             procs.append(subprocess.Popen(cmd, env=penv, stdout=subprocess.DEVNULL, stderr=err))
     for t in threads:
         t.start()
+    hung = False
     try:
         if while_running is not None:
             while_running(procs)
+        deadline = time.monotonic() + timeout
         for p in procs:
-            p.wait(timeout=timeout)
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        hung = True  # reported below with every rank's log: a bare TimeoutExpired says nothing
     finally:
         for p in procs:
             if p.poll() is None:
@@ -120,6 +124,9 @@ def run_worker(
     else:
         errs = [log.read_text() for log in logs]
     shutil.rmtree(log_dir, ignore_errors=True)
+    if hung:
+        tails = "\n".join(f"--- rank {r}\n{err[-2000:]}" for r, err in enumerate(errs))
+        raise AssertionError(f"worker ranks still running after {timeout:.0f} s (killed):\n{tails}")
     return Result(
         returncodes=[p.returncode for p in procs],
         stderr=errs,
