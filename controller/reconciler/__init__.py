@@ -4,6 +4,7 @@
 * ``ending``: the end of an attempt and the run's next step (and ``TickContext``).
 * ``facts``: every query and write on the database the reconciler makes (the caller commits).
 * ``submission``: recording the intent, calling the scheduler, recovering interrupted submissions.
+* ``runlock``: per-run locks, so several controllers on one PostgreSQL never act on a run twice.
 * ``tick``: one pass over the database (submit due runs, poll live attempts, apply decisions).
 * ``loop``: the ``Reconciler`` thread started by the app's lifespan (``start`` / ``wake`` / ``stop``).
 """

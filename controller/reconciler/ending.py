@@ -59,6 +59,10 @@ def end_attempt(
             f"attempt {attempt.number} was killed at its time limit (the time-aware stop missed)",
         )
     successor = facts.successor_of(session, attempt)
+    if successor is not None and (successor.step_at_start or 0) < committed:
+        # Pre-queued while this attempt was still saving: it resumes from what this one committed
+        # (its ``afterany`` dependency holds it until now), so progress is counted from there.
+        successor.step_at_start = committed
     if RunState(run.state).terminal:
         return
     if facts.is_cancel_requested(run):  # whatever the job made of the SIGTERM, the user asked to stop

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
@@ -59,16 +59,24 @@ def has_live_attempt(session: Session, run_id: int) -> bool:
     return session.scalar(q.limit(1)) is not None
 
 
-def runs_due(session: Session, now: float) -> Sequence[Run]:
-    """Runs waiting for their next attempt: PENDING/QUEUED, no attempt the scheduler owns, backoff over."""
+def _due(now: float) -> list[ColumnElement[bool]]:
     busy = select(Attempt.run_id).where(Attempt.state.in_([*LIVE_ATTEMPT_STATES, AttemptState.STOPPING]))
-    q = select(Run).where(
+    return [
         Run.state.in_([RunState.PENDING, RunState.QUEUED]),
         Run.cancel_requested.is_(False),
         Run.id.not_in(busy),
         (Run.next_submit_at.is_(None)) | (Run.next_submit_at <= ts(now)),
-    )
-    return session.scalars(q.order_by(Run.id)).all()
+    ]
+
+
+def runs_due(session: Session, now: float) -> Sequence[Run]:
+    """Runs waiting for their next attempt: PENDING/QUEUED, no attempt the scheduler owns, backoff over."""
+    return session.scalars(select(Run).where(*_due(now)).order_by(Run.id)).all()
+
+
+def is_due(session: Session, run_id: int, now: float) -> bool:
+    """``runs_due``'s test for one run, read afresh (a pass's list of due runs may be stale)."""
+    return session.scalar(select(Run.id).where(Run.id == run_id, *_due(now))) is not None
 
 
 def runs_to_cancel(session: Session) -> Sequence[Run]:

@@ -6,6 +6,11 @@ PENDING) and the run QUEUED. The database's one-live-attempt-per-run index makes
 a run that already has a live attempt. A controller that dies between (1) and (3) leaves a
 SUBMITTING row; the next pass looks the job up by name (``find_by_name``) and adopts it, or
 submits it then — the name was never used, so this is not a duplicate.
+
+Several controllers may share one PostgreSQL database. Each of the three paths below (due
+submission, pre-queued successor, recovery) runs under the run's lock (``runlock.run_claim``) from
+its checks to the recorded job id, and re-checks the run inside it: so no controller can take
+another's in-flight intent for an interrupted one, or act on a stale list of due runs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from controller.launch import build_job_spec
 from controller.reconciler import facts
 from controller.reconciler.ending import TickContext, end_attempt
+from controller.reconciler.runlock import run_claim
 from controller.scheduler.base import JobStatus, SchedulerError, job_name_for
 from controller.scheduler.registry import supports_dependencies
 from shared.states import AttemptState, RunState, SchedulerJobState
@@ -30,13 +36,23 @@ def submit_due(ctx: TickContext) -> None:
     with ctx.session_factory() as session:
         due = [run.id for run in facts.runs_due(session, ctx.now())]
     for run_id in due:
-        attempt_id = _record_intent(ctx, run_id, dependency=None)
-        if attempt_id is not None:
-            _submit(ctx, attempt_id)
+        with run_claim(ctx.session_factory, run_id) as claimed:
+            if not claimed:
+                continue
+            # The list above may be stale (another controller, or an earlier step of this pass).
+            attempt_id = _record_intent(ctx, run_id, dependency=None, only_if_due=True)
+            if attempt_id is not None:
+                _submit(ctx, attempt_id)
 
 
 def prequeue_successor(ctx: TickContext, run_id: int, stopping_attempt_id: int) -> None:
     """Queue attempt n+1 behind a stopping attempt n (``afterany`` dependency), where supported."""
+    with run_claim(ctx.session_factory, run_id) as claimed:
+        if claimed:
+            _prequeue_successor(ctx, run_id, stopping_attempt_id)
+
+
+def _prequeue_successor(ctx: TickContext, run_id: int, stopping_attempt_id: int) -> None:
     with ctx.session_factory() as session:
         run = facts.get_run(session, run_id)
         stopping = facts.get_attempt(session, stopping_attempt_id)
@@ -60,49 +76,71 @@ def recover_submitting(ctx: TickContext) -> None:
     """Settle intents left by a controller that died mid-submission: adopt the job or submit it now."""
     with ctx.session_factory() as session:
         pending = [
-            (a.id, a.backend, a.job_name, a.dependency_job_id) for a in facts.submitting_attempts(session)
+            (a.id, a.run_id, a.backend, a.job_name, a.dependency_job_id)
+            for a in facts.submitting_attempts(session)
         ]
-    for attempt_id, backend, job_name, dependency in pending:
-        try:
-            external_id = ctx.scheduler(backend).find_by_name(job_name)
-        except SchedulerError as exc:
-            log.warning("cannot look up job %s yet: %s", job_name, exc)
-            continue
-        if external_id is None:
-            log.info(
-                "attempt %s was never submitted (job %s unknown); submitting it now", attempt_id, job_name
-            )
-            _submit(ctx, attempt_id, dependency=dependency)
-            continue
-        with ctx.session_factory() as session:
-            attempt = facts.get_attempt(session, attempt_id)
-            run = facts.get_run(session, attempt.run_id) if attempt is not None else None
-            if attempt is None or run is None or attempt.state != AttemptState.SUBMITTING:
-                continue
-            log.info("adopting job %s (%s) for attempt %s after a restart", external_id, job_name, attempt_id)
-            facts.record_submitted(session, run, attempt, external_id, ctx.now())
-            session.commit()
+    for attempt_id, run_id, backend, job_name, dependency in pending:
+        # Under the run's lock the intent is either being submitted by its owner right now (the
+        # lock is taken: skip) or was abandoned by a controller that died (its lock went with it).
+        with run_claim(ctx.session_factory, run_id) as claimed:
+            if claimed and _still_submitting(ctx, attempt_id):
+                _recover(ctx, attempt_id, backend, job_name, dependency)
 
 
-def _record_intent(ctx: TickContext, run_id: int, *, dependency: str | None) -> int | None:
-    """Step 1: the SUBMITTING row, committed. ``None`` if the run cannot take a new attempt now."""
+def _still_submitting(ctx: TickContext, attempt_id: int) -> bool:
+    with ctx.session_factory() as session:
+        attempt = facts.get_attempt(session, attempt_id)
+        return attempt is not None and attempt.state == AttemptState.SUBMITTING
+
+
+def _recover(ctx: TickContext, attempt_id: int, backend: str, job_name: str, dependency: str | None) -> None:
+    try:
+        external_id = ctx.scheduler(backend).find_by_name(job_name)
+    except SchedulerError as exc:
+        log.warning("cannot look up job %s yet: %s", job_name, exc)
+        return
+    if external_id is None:
+        log.info("attempt %s was never submitted (job %s unknown); submitting it now", attempt_id, job_name)
+        _submit(ctx, attempt_id, dependency=dependency)
+        return
+    with ctx.session_factory() as session:
+        attempt = facts.get_attempt(session, attempt_id)
+        run = facts.get_run(session, attempt.run_id) if attempt is not None else None
+        if attempt is None or run is None or attempt.state != AttemptState.SUBMITTING:
+            return
+        log.info("adopting job %s (%s) for attempt %s after a restart", external_id, job_name, attempt_id)
+        facts.record_submitted(session, run, attempt, external_id, ctx.now())
+        session.commit()
+
+
+def _record_intent(
+    ctx: TickContext, run_id: int, *, dependency: str | None, only_if_due: bool = False
+) -> int | None:
+    """Step 1: the SUBMITTING row, committed. ``None`` if the run cannot take a new attempt now.
+
+    ``only_if_due``: re-check, in this transaction, that the run still waits for an attempt (not
+    cancelled, no attempt the scheduler owns, backoff over).
+    """
     with ctx.session_factory() as session:
         run = facts.get_run(session, run_id)
         if run is None or RunState(run.state).terminal:
             return None
+        if only_if_due and not facts.is_due(session, run_id, ctx.now()):
+            return None
         spec = facts.run_spec(run)
         number = facts.last_attempt_number(session, run_id) + 1
-        attempt = facts.add_attempt(
-            session,
-            run,
-            number=number,
-            backend=spec.resources.scheduler,
-            job_name=job_name_for(run_id, number),
-            step_at_start=facts.committed_step(session, run_id),
-            dependency=dependency,
-            now=ctx.now(),
-        )
         try:
+            # add_attempt flushes: a conflict surfaces there, before the commit.
+            attempt = facts.add_attempt(
+                session,
+                run,
+                number=number,
+                backend=spec.resources.scheduler,
+                job_name=job_name_for(run_id, number),
+                step_at_start=facts.committed_step(session, run_id),
+                dependency=dependency,
+                now=ctx.now(),
+            )
             session.commit()
         except IntegrityError:
             # Another live attempt exists (or this number was taken): the DB said no, which is the point.

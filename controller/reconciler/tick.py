@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from controller.reconciler import facts
 from controller.reconciler.ending import TickContext, end_attempt
+from controller.reconciler.runlock import lock_run_for_transaction
 from controller.reconciler.submission import prequeue_successor, recover_submitting, submit_due
 from controller.scheduler.base import JobStatus, SchedulerError
 from shared.states import AttemptState, RunState, SchedulerJobState
@@ -42,6 +43,8 @@ def cancel_requested(ctx: TickContext) -> None:
                     log.warning("cancel of %s job %s failed: %s", backend, external_id, exc)
         if not jobs:
             with ctx.session_factory() as session:
+                if not lock_run_for_transaction(session, run_id):
+                    continue
                 run = facts.get_run(session, run_id)
                 if run is not None and not RunState(run.state).terminal:
                     facts.finish_run(session, run, RunState.CANCELLED, "cancelled by the user", ctx.now())
@@ -72,7 +75,12 @@ def poll_attempts(ctx: TickContext) -> None:
 def apply_status(ctx: TickContext, backend: str, job_id: str, status: JobStatus) -> None:
     with ctx.session_factory() as session:
         attempt = facts.attempt_by_job(session, backend, job_id)
-        if attempt is None or attempt.state == AttemptState.ENDED:
+        # Another controller on the same database may be applying the same news: one does it, and
+        # the other reads the attempt as the lock's previous holder left it.
+        if attempt is None or not lock_run_for_transaction(session, attempt.run_id):
+            return
+        session.refresh(attempt)
+        if attempt.state == AttemptState.ENDED:
             return
         run = facts.get_run(session, attempt.run_id)
         assert run is not None

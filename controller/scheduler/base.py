@@ -60,6 +60,11 @@ class JobStatus:
 @runtime_checkable
 class Scheduler(Protocol):
     name: str
+    """The registry name the backend was made for (``local``, ``slurm``, ``pyslurm``)."""
+    supports_dependencies: bool
+    """Whether ``submit`` honours ``JobSpec.dependency`` (start only after that job ended, as
+    ``--dependency=afterany:<id>``). The reconciler pre-queues a successor only where it does;
+    a backend that cannot must say ``False`` and refuses a spec that asks for one."""
 
     def submit(self, spec: JobSpec) -> str:
         """Start (or queue) the job; return its external id. Raise ``SchedulerError`` on refusal."""

@@ -26,6 +26,9 @@ from shared.states import SchedulerJobState
 
 log = logging.getLogger(__name__)
 
+PYSLURM_SLURM_VERSION = "25.11"
+"""The Slurm release the pinned pyslurm (``pyrecover[pyslurm]``: ``pyslurm>=25.11``) is built for."""
+
 
 def _epoch(value: Any) -> float | None:
     """pyslurm returns Unix seconds (int) or None/0 for "not set"."""
@@ -41,7 +44,8 @@ def _epoch(value: Any) -> float | None:
 class PyslurmScheduler:
     """``Scheduler`` on top of pyslurm; constructed like ``SlurmScheduler`` (settings or kwargs)."""
 
-    name = "slurm"
+    name = "pyslurm"
+    supports_dependencies = True  # the rendered script carries ``--dependency=afterany:<id>``
 
     def __init__(
         self,
@@ -58,8 +62,9 @@ class PyslurmScheduler:
                 module = importlib.import_module("pyslurm")
             except ImportError as exc:
                 raise SchedulerError(
-                    "the pyslurm backend needs the pyslurm package matching this cluster's Slurm "
-                    "(pip install 'pyrecover[pyslurm]'); the CLI backend 'slurm' needs nothing"
+                    f"the pyslurm scheduler backend cannot import pyslurm ({exc}): install "
+                    f"pyrecover[pyslurm]; pyslurm needs Slurm {PYSLURM_SLURM_VERSION} (its version must "
+                    "match the cluster's libslurm). The 'slurm' backend (CLI) needs nothing extra."
                 ) from exc
         self._pyslurm = module
         # Script rendering and the script's location are shared with the CLI backend.

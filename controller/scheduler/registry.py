@@ -1,7 +1,8 @@
 """``make_scheduler(name, settings)``: the backend a run's ``resources.scheduler`` names.
 
 Backends are imported lazily, so a controller that only ever uses ``local`` never imports the
-SLURM code (and the other way round).
+SLURM code (and the other way round). ``pyslurm`` is optional: its bindings are imported only when
+that backend is made, and a controller without them refuses it with the fix in the message.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from controller.scheduler.base import Scheduler, SchedulerError
 
-SCHEDULER_NAMES = ("local", "slurm")
+SCHEDULER_NAMES = ("local", "slurm", "pyslurm")
 
 
 def local_state_dir(data_dir: Path) -> Path:
@@ -34,9 +35,23 @@ def make_scheduler(name: str, settings: Any) -> Scheduler:
         from controller.scheduler.slurm import SlurmScheduler
 
         return SlurmScheduler(settings)
+    if name == "pyslurm":
+        from controller.scheduler.pyslurm_backend import PyslurmScheduler
+
+        return PyslurmScheduler(settings)  # raises SchedulerError naming the fix without pyslurm
     raise SchedulerError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULER_NAMES)})")
 
 
 def supports_dependencies(scheduler: Scheduler) -> bool:
-    """Whether a backend can queue a job behind another (``afterany``); the local one cannot."""
-    return bool(getattr(scheduler, "supports_dependencies", scheduler.name != "local"))
+    """Whether a backend can queue a job behind another (``afterany``); the local one cannot.
+
+    Every backend declares it (``Scheduler.supports_dependencies``); one that does not is a bug,
+    reported here rather than guessed from its name.
+    """
+    declared = getattr(scheduler, "supports_dependencies", None)
+    if not isinstance(declared, bool):
+        raise TypeError(
+            f"scheduler backend {type(scheduler).__name__} ({scheduler.name!r}) must declare "
+            f"supports_dependencies as a bool, got {declared!r}"
+        )
+    return declared

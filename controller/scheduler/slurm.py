@@ -61,6 +61,7 @@ class SlurmScheduler:
     """``Scheduler`` implementation on top of the SLURM command-line tools."""
 
     name = "slurm"
+    supports_dependencies = True  # ``--dependency=afterany:<id>`` in the rendered script
 
     def __init__(
         self,

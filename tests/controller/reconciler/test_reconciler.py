@@ -313,3 +313,67 @@ def test_resumed_run_gets_its_failure_budget_afresh(world: World) -> None:
     world.tick()
     assert world.run(run_id).state != RunState.FAILED  # one stalled attempt of a budget of 2
     assert [a.number for a in world.attempts(run_id)] == [1, 2, 3, 4]
+
+
+def test_a_conflicting_intent_is_refused_by_the_database_not_raised(world: World) -> None:
+    from controller.reconciler.ending import TickContext
+    from controller.reconciler.submission import _record_intent
+
+    run_id = world.create()
+    world.tick()
+    ctx = TickContext(
+        settings=world.settings,
+        session_factory=world.factory,
+        scheduler=world.rec.scheduler,
+        now=world.clock,
+        wake=lambda: None,
+    )
+    # Attempt 1 is live: a second intent conflicts with the one-live-attempt index (at the flush).
+    assert _record_intent(ctx, run_id, dependency=None) is None
+    assert [a.number for a in world.attempts(run_id)] == [1]
+    # A stale "due" list (another controller's, or from earlier in the pass) is re-checked too.
+    assert _record_intent(ctx, run_id, dependency=None, only_if_due=True) is None
+
+
+def test_a_run_cancelled_after_the_due_list_was_read_is_not_submitted(world: World) -> None:
+    from controller.reconciler import facts
+
+    run_id = world.create()
+    with world.factory() as s:
+        assert [r.id for r in facts.runs_due(s, world.clock.now)] == [run_id]
+        assert facts.is_due(s, run_id, world.clock.now)
+    world.cancel(run_id)
+    with world.factory() as s:
+        assert not facts.is_due(s, run_id, world.clock.now)
+
+
+def test_prequeue_follows_the_declared_capability_not_the_backend_name(tmp_path: Path) -> None:
+    world = World(tmp_path, FakeScheduler(name="slurm", supports_dependencies=False))
+    run_id = world.create(steps=100)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.report(run_id, 1, {"type": "stopping", "step": 60, "reason": "deadline"})
+    world.tick()
+    assert world.attempts(run_id)[0].state == AttemptState.STOPPING
+    assert [s.dependency for s in world.sched.submitted] == [None]  # nothing queued behind job-1
+
+
+def test_prequeued_successor_counts_progress_from_the_final_checkpoint(tmp_path: Path) -> None:
+    world = World(tmp_path, FakeScheduler(name="slurm", supports_dependencies=True))
+    run_id = world.create(steps=100, max_failures_without_progress=1)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.checkpoint(run_id, 1, 40)
+    world.report(run_id, 1, {"type": "stopping", "step": 40, "reason": "deadline"})
+    world.tick()  # attempt 2 is pre-queued while attempt 1 still saves its final checkpoint
+    assert world.attempts(run_id)[1].step_at_start == 40
+    world.checkpoint(run_id, 1, 55)
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    assert world.attempts(run_id)[1].step_at_start == 55  # where it will resume
+    # It then crashes without committing anything: no progress, so a budget of 1 is used up.
+    world.sched.set("job-2", J.FAILED, exit_code=1)
+    world.tick()
+    assert world.run(run_id).state == RunState.FAILED

@@ -112,7 +112,7 @@ def make_spec(tmp_path: Path) -> JobSpec:
 
 def test_missing_pyslurm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyslurm", None)  # makes `import pyslurm` raise ImportError
-    with pytest.raises(SchedulerError, match=r"pyrecover\[pyslurm\]"):
+    with pytest.raises(SchedulerError, match=r"install pyrecover\[pyslurm\]; pyslurm needs Slurm 25\.11"):
         PyslurmScheduler()
 
 
@@ -120,7 +120,7 @@ def test_imports_pyslurm_lazily_from_sys_modules(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "pyslurm", fake)
     sched = PyslurmScheduler()
     assert isinstance(sched, Scheduler)
-    assert sched.name == "slurm"
+    assert sched.name == "pyslurm" and sched.supports_dependencies is True
 
 
 def test_submit_uses_rendered_script_and_minimal_env(
@@ -198,3 +198,12 @@ def test_cancel_and_find_by_name(tmp_path: Path, fake: FakePyslurm) -> None:
         sched.cancel("666")
     with pytest.raises(SchedulerError, match="not a SLURM job id"):
         sched.cancel("1;2")
+
+
+def test_dependency_reaches_the_script_pyslurm_loads(tmp_path: Path, fake: FakePyslurm) -> None:
+    import dataclasses
+
+    sched = PyslurmScheduler(module=fake)
+    sched.submit(dataclasses.replace(make_spec(tmp_path), dependency="41"))
+    script = Path(fake.submitted[0]["script"]).read_text()
+    assert "#SBATCH --dependency=afterany:41" in script.splitlines()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,7 +8,14 @@ import pytest
 
 from controller.scheduler.base import Scheduler, SchedulerError
 from controller.scheduler.local import LocalScheduler
-from controller.scheduler.registry import local_state_dir, make_scheduler, supports_dependencies
+from controller.scheduler.pyslurm_backend import PyslurmScheduler
+from controller.scheduler.registry import (
+    SCHEDULER_NAMES,
+    local_state_dir,
+    make_scheduler,
+    supports_dependencies,
+)
+from controller.scheduler.slurm import SlurmScheduler
 
 
 def test_local_backend_from_settings(tmp_path: Path) -> None:
@@ -31,3 +39,41 @@ def test_unknown_backend() -> None:
 def test_dependency_support(tmp_path: Path) -> None:
     assert not supports_dependencies(make_scheduler("local", SimpleNamespace(data_dir=tmp_path)))
     assert supports_dependencies(make_scheduler("slurm", SimpleNamespace(data_dir=tmp_path)))
+
+
+@pytest.mark.parametrize("backend", [LocalScheduler, SlurmScheduler, PyslurmScheduler])
+def test_every_backend_declares_dependency_support_in_the_class(backend: type) -> None:
+    # Declared on the class (not guessed from the name): the reconciler's pre-queue reads it.
+    assert isinstance(backend.__dict__.get("supports_dependencies"), bool)
+    assert backend.__dict__.get("name") in SCHEDULER_NAMES
+
+
+def test_a_backend_that_does_not_declare_dependency_support_is_a_bug() -> None:
+    undeclared = SimpleNamespace(name="pbs")
+    with pytest.raises(TypeError, match="must declare supports_dependencies"):
+        supports_dependencies(undeclared)  # type: ignore[arg-type]
+
+
+def test_pyslurm_is_selectable_and_imported_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_pyslurm_backend import FakePyslurm
+
+    monkeypatch.setitem(sys.modules, "pyslurm", FakePyslurm())
+    sched = make_scheduler("pyslurm", SimpleNamespace(data_dir=tmp_path, slurm_prologue=["module load x"]))
+    assert isinstance(sched, PyslurmScheduler) and isinstance(sched, Scheduler)
+    assert sched.name == "pyslurm" and supports_dependencies(sched)
+
+
+def test_pyslurm_without_the_bindings_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyslurm", None)  # `import pyslurm` raises ImportError
+    with pytest.raises(SchedulerError, match=r"install pyrecover\[pyslurm\]; pyslurm needs Slurm 25\.11"):
+        make_scheduler("pyslurm", SimpleNamespace(data_dir=tmp_path))
+
+
+def test_choosing_another_backend_never_imports_pyslurm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyslurm", None)
+    make_scheduler("slurm", SimpleNamespace(data_dir=tmp_path))
+    make_scheduler("local", SimpleNamespace(data_dir=tmp_path))
