@@ -6,7 +6,6 @@ reconciler (``settings.run_reconciler``), stopping it on shutdown.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,14 +16,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from controller.api import errors
-from controller.api.limits import BodySizeLimit
+from controller.api.limits import BodySizeLimit, ReportRateLimiter
 from controller.api.routes import ops, reports, runs
 from controller.db import check_database_migrated, make_engine, make_session_factory
 from controller.metrics import LatencyHistogram
 from controller.settings import Settings
+from controller.web import web_router
 
 API_PREFIX = "/api/v1"
-log = logging.getLogger(__name__)
 
 
 def _engine_of(session_factory: Callable[[], Session]) -> Engine:
@@ -70,16 +69,12 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.state.reconciler = None
     app.state.report_latency = LatencyHistogram()
     app.state.report_events = Counter({"accepted": 0, "duplicates": 0})
+    app.state.report_limiter = ReportRateLimiter()
     errors.install(app)
     app.include_router(runs.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)
     app.include_router(ops.router)  # /healthz and /metrics where probes and Prometheus look
-    try:
-        from controller.web import web_router
-    except ImportError as exc:  # the dashboard's extra dependencies are missing: API only
-        log.warning("dashboard disabled: %s", exc)
-    else:
-        app.include_router(web_router)
+    app.include_router(web_router)  # the dashboard is part of the product, never optional
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

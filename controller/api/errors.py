@@ -5,12 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
 
+from controller.api.limits import RateLimited, retry_after_header
 from controller.auth import AuthError
 from controller.db.migrate import DatabaseNotMigrated
-from controller.services.errors import AttemptNotFound, Conflict, InvalidTransition, RunNotFound
+from controller.services.errors import (
+    AttemptNotFound,
+    Conflict,
+    InvalidReport,
+    InvalidTransition,
+    RunNotFound,
+)
 
 _LOC_PREFIXES = ("body", "query", "path", "header")
 
@@ -59,6 +69,11 @@ def validation_body(errors: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     return {"detail": detail, "message": message}
 
 
+# FastAPI answers a body it cannot decode (not UTF-8) with this 400; the API promises 422 for bad
+# input, so it becomes one, naming the body.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 def _json(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
@@ -68,6 +83,23 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         # The default body echoes the rejected input; ours names fields and messages only.
         return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+            error = {"loc": ("body",), "msg": "the body is not valid UTF-8 JSON", "type": "json_invalid"}
+            return JSONResponse(validation_body([error]), status_code=422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(InvalidReport)
+    async def _invalid_report(_: Request, exc: InvalidReport) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers=headers)
 
     @app.exception_handler(RunNotFound)
     async def _not_found(_: Request, exc: RunNotFound) -> JSONResponse:
@@ -89,6 +121,18 @@ def install(app: FastAPI) -> None:
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        # The database is locked past its busy timeout or unreachable (a PostgreSQL restart): a
+        # clean, retryable 503 instead of a bare 500. The transaction was rolled back; nothing
+        # changed. The worker's reporter retries (and spools); users see what happened.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        return JSONResponse(
+            {"detail": f"database unavailable, nothing was changed; retry shortly ({reason[:200]})"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(DatabaseNotMigrated)
     async def _unmigrated(_: Request, exc: DatabaseNotMigrated) -> JSONResponse:

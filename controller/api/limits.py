@@ -1,8 +1,21 @@
-"""Request body size limit (413), as pure ASGI middleware so no route ever buffers a huge body."""
+"""Limits that keep one caller from hurting the others.
+
+* ``BodySizeLimit``: request bodies over ``max_bytes`` get 413, as pure ASGI middleware so no
+  route ever buffers a huge body (a ``Content-Length`` over the limit is refused unread).
+* ``ReportRateLimiter``: a token bucket per run for ``POST /runs/{id}/reports``. A worker flooding
+  reports gets 429 with ``Retry-After`` (the worker's client backs off and retries; nothing is
+  lost), and the requests it may still make are bounded, so other runs' reports keep flowing. A
+  batch that turns out to hold only duplicates is refunded (see ``ReportRateLimiter.refund``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,3 +74,93 @@ class BodySizeLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+REPORT_RATE_PER_S = 10.0
+"""Sustained report requests per second per run. A worker sends about two (a batch per 0.5 s)."""
+REPORT_BURST = 50
+"""Requests a run may make at once: a worker replaying its spool after an outage."""
+
+
+class RateLimited(Exception):
+    """Too many requests for one key (HTTP 429 with ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class ReportRateLimiter:
+    """A token bucket per run: ``rate_per_s`` refill, ``burst`` capacity. Thread-safe (sync routes
+    run in a thread pool); memory is bounded by the number of runs that reported recently."""
+
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = REPORT_RATE_PER_S,
+        burst: int = REPORT_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be positive and burst at least 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.clock = clock
+        self.refused = 0
+        self._buckets: dict[int, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, run_id: int) -> None:
+        """Take one request's token for ``run_id``, or raise ``RateLimited``."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.get(run_id)
+            if bucket is None:
+                if len(self._buckets) > 10_000:
+                    self._forget_full(now)
+                bucket = self._buckets[run_id] = _Bucket(tokens=float(self.burst), stamp=now)
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate_per_s)
+            bucket.stamp = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            self.refused += 1
+            wait = (1.0 - bucket.tokens) / self.rate_per_s
+        raise RateLimited(
+            f"too many reports for run {run_id}: at most {self.rate_per_s:g} requests/s "
+            f"(bursts of {self.burst}); retry after {wait:.2f} s",
+            retry_after_s=wait,
+        )
+
+    def refund(self, run_id: int) -> None:
+        """Give back the token of a request that stored nothing new (every event a duplicate).
+
+        A worker replaying its spool re-sends batches it already delivered when a later batch was
+        refused; charging for those again would let a large spool replay forever without getting
+        further (found by tests/security/test_limits.py). A duplicate-only batch costs one indexed
+        read, so leaving it free does not reopen the flood."""
+        with self._lock:
+            bucket = self._buckets.get(run_id)
+            if bucket is not None:
+                bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled completely: forgetting them changes nothing."""
+        full = [
+            key
+            for key, b in self._buckets.items()
+            if b.tokens + (now - b.stamp) * self.rate_per_s >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` takes whole seconds: round up, at least 1."""
+    return str(max(1, math.ceil(seconds)))

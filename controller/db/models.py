@@ -7,6 +7,9 @@ itself guards (on SQLite and PostgreSQL alike):
 * at most one *live* attempt (SUBMITTING, PENDING or RUNNING) per run: a partial unique index;
 * a worker event is stored at most once: ``UNIQUE(run_id, attempt, seq)`` — the idempotency key;
 * one checkpoint per step: ``UNIQUE(run_id, step)``.
+
+Counters that outgrow 32 bits in real training (tokens seen, checkpoint bytes) are ``BIGINT``:
+PostgreSQL's ``INTEGER`` stops at 2**31 - 1, about 2 billion tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -51,7 +55,7 @@ class Run(Base):
     scheduler: Mapped[str] = mapped_column(String(16))
     training_steps: Mapped[int] = mapped_column(Integer)
     current_step: Mapped[int] = mapped_column(Integer, default=0)
-    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     latest_checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts_count: Mapped[int] = mapped_column(Integer, default=0)
     failures_without_progress: Mapped[int] = mapped_column(Integer, default=0)
@@ -146,11 +150,11 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     save_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     stall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     async_save: Mapped[bool] = mapped_column(Boolean, default=False)
-    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     final: Mapped[bool] = mapped_column(Boolean, default=False)
     verified: Mapped[bool] = mapped_column(Boolean, default=True)
     """The worker reports a checkpoint only after its manifest is written and checked."""
@@ -172,7 +176,7 @@ class Metric(Base):
     step_time: Mapped[float | None] = mapped_column(Float, default=None)
     grad_norm: Mapped[float | None] = mapped_column(Float, default=None)
     mfu: Mapped[float | None] = mapped_column(Float, default=None)
-    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class WorkerEventRecord(Base):

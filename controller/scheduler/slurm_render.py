@@ -8,7 +8,7 @@ run is created; here every value is checked again and then:
 
 * values on ``#SBATCH`` lines (sbatch parses those itself, not the shell) must match a conservative
   alphabet without whitespace, quotes or ``%`` (sbatch expands ``%j`` and friends in file names),
-  otherwise ``ValueError`` names the field;
+  otherwise ``ValueError`` names the field; a constraint may also use SLURM's ``& | ( ) [ ] *``;
 * every exported value, path and worker argument goes through ``shlex.quote``;
 * environment variable names must be identifiers.
 
@@ -36,6 +36,9 @@ BACKSTOP_SIGNALS = frozenset({"USR1", "USR2", "TERM", "INT", "HUP"})
 """Signals the batch shell may forward to the ranks (``--signal=B:<sig>@<lead>``)."""
 
 _SBATCH_VALUE_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
+# A feature expression also needs & | ( ) [ ] *: harmless on an #SBATCH line (sbatch, not the shell,
+# reads it), and still no whitespace, quotes or '%'.
+_CONSTRAINT_VALUE_RE = re.compile(r"^[A-Za-z0-9_./+@:=,&|()\[\]*-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXTRA_OPT_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$")
 _SRUN_OPT_RE = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$")
@@ -55,12 +58,13 @@ def time_limit_minutes(seconds: int) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def _sbatch_value(what: str, value: object) -> str:
+def _sbatch_value(what: str, value: object, pattern: re.Pattern[str] = _SBATCH_VALUE_RE) -> str:
     text = str(value)
-    if not _SBATCH_VALUE_RE.fullmatch(text):
+    if not pattern.fullmatch(text):
+        extra = " & | ( ) [ ] *" if pattern is _CONSTRAINT_VALUE_RE else ""
         raise ValueError(
-            f"{what} {text!r} cannot go on an #SBATCH line: only letters, digits and _ . / + @ : = , - "
-            "are allowed"
+            f"{what} {text!r} cannot go on an #SBATCH line: only letters, digits and _ . / + @ : = , -"
+            f"{extra} are allowed"
         )
     return text
 
@@ -78,10 +82,12 @@ def _sbatch_lines(spec: JobSpec, signal: str) -> list[str]:
     if res.mem is not None:
         lines.append(f"--mem={_sbatch_value('mem', res.mem)}")
     lines.append(f"--time={time_limit_minutes(res.time_limit_seconds)}")
-    for field in ("partition", "account", "qos", "constraint"):
+    for field in ("partition", "account", "qos"):
         value = getattr(res, field)
         if value is not None:
             lines.append(f"--{field}={_sbatch_value(field, value)}")
+    if res.constraint is not None:
+        lines.append(f"--constraint={_sbatch_value('constraint', res.constraint, _CONSTRAINT_VALUE_RE)}")
     lines += [
         f"--chdir={_sbatch_value('workdir', spec.workdir)}",
         # One pair of files per attempt, appended to (an admin's requeue must not truncate them).

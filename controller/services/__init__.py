@@ -1,6 +1,13 @@
 """Domain operations on runs. Keyword arguments, a session from the caller, never a commit."""
 
-from controller.services.errors import AttemptNotFound, Conflict, DomainError, InvalidTransition, RunNotFound
+from controller.services.errors import (
+    AttemptNotFound,
+    Conflict,
+    DomainError,
+    InvalidReport,
+    InvalidTransition,
+    RunNotFound,
+)
 from controller.services.reports import IngestResult, ingest, ingest_report
 from controller.services.runs import (
     cancel_run,
@@ -16,9 +23,12 @@ from controller.services.runs import (
 )
 from controller.services.tokens import (
     authenticate_token,
+    check_token,
     create_user_token,
     hash_token,
     issue_worker_token,
+    parse_ttl,
+    refresh_worker_token,
     revoke_token,
     user_for_token,
 )
@@ -28,10 +38,12 @@ __all__ = [
     "Conflict",
     "DomainError",
     "IngestResult",
+    "InvalidReport",
     "InvalidTransition",
     "RunNotFound",
     "authenticate_token",
     "cancel_run",
+    "check_token",
     "create_run",
     "create_user_token",
     "get_run",
@@ -44,6 +56,8 @@ __all__ = [
     "list_events",
     "list_metrics",
     "list_runs",
+    "parse_ttl",
+    "refresh_worker_token",
     "request_action",
     "resume_run",
     "revoke_token",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from controller.state_machine import DomainError, InvalidTransition
 
-__all__ = ["AttemptNotFound", "Conflict", "DomainError", "InvalidTransition", "RunNotFound"]
+__all__ = [
+    "AttemptNotFound",
+    "Conflict",
+    "DomainError",
+    "InvalidReport",
+    "InvalidTransition",
+    "RunNotFound",
+]
 
 
 class RunNotFound(DomainError):
@@ -23,3 +30,13 @@ class Conflict(DomainError):
 
 class AttemptNotFound(DomainError):
     """A report for an attempt number the run never had (HTTP 409: the worker is out of date)."""
+
+
+class InvalidReport(DomainError):
+    """A report the schema admits but the store cannot hold or must not trust (HTTP 422): a time
+    outside the calendar, a counter past 64 bits, a checkpoint path with ``..`` or control characters.
+    ``field`` names the value the way request validation does (``events[3].time``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

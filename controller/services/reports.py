@@ -11,6 +11,9 @@ late-spooled batch changes nothing twice. Applying an event:
 * ``stopping``: attempt → STOPPING; ``finished`` / ``failed``: logged (error text kept);
 * ``warning``: an event in the run's log.
 
+Values the schema admits but the store cannot hold are refused (422) or made storable first: see
+``controller.services.report_checks``.
+
 The reconciler owns every decision (the end reason, the next attempt); reports only record facts.
 The reply carries the run's pending action (consumed once delivered), or ``stop`` after a cancel.
 """
@@ -27,6 +30,7 @@ from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, Worker
 from controller.db.types import to_datetime, utcnow
 from controller.services import goodput
 from controller.services.errors import AttemptNotFound, RunNotFound
+from controller.services.report_checks import check_batch, finite_or_none
 from controller.state_machine import record_run_event, transition_attempt, transition_run
 from shared.schemas import (
     CheckpointCommittedEvent,
@@ -61,6 +65,7 @@ def ingest(
     session: Session, run: Run | int, batch: ReportBatch, *, now: datetime | None = None
 ) -> IngestResult:
     now = now or utcnow()
+    batch = check_batch(batch)  # InvalidReport (422) before anything is read or stored
     if not isinstance(run, Run):
         found = session.get(Run, run)
         if found is None:
@@ -211,12 +216,13 @@ def _metric(run: Run, attempt: Attempt, event: ProgressEvent) -> dict[str, objec
         "attempt": attempt.number,
         "step": event.step,
         "time": to_datetime(event.time),
-        "loss": event.loss,
-        "lr": event.lr,
-        "tokens_per_s": event.tokens_per_s,
-        "step_time": event.step_time,
-        "grad_norm": event.grad_norm,
-        "mfu": event.mfu,
+        # NaN/inf (a diverged loss) cannot go out as JSON: stored as "no value", never a 500 later.
+        "loss": finite_or_none(event.loss),
+        "lr": finite_or_none(event.lr),
+        "tokens_per_s": finite_or_none(event.tokens_per_s),
+        "step_time": finite_or_none(event.step_time),
+        "grad_norm": finite_or_none(event.grad_norm),
+        "mfu": finite_or_none(event.mfu),
         "tokens_seen": event.tokens_seen,
     }
 

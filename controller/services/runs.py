@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
 from controller.services.errors import Conflict, InvalidTransition, RunNotFound
 from controller.state_machine import record_run_event, transition_run
+from shared.names import validate_run_name
 from shared.schemas import RunCreate
 from shared.states import AttemptState, RunState
 
@@ -68,6 +69,14 @@ def _resolve(session: Session, run: Run | int) -> Run:
     return run if isinstance(run, Run) else get_run(session, run)
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        validate_run_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def list_runs(
     session: Session,
     *,
@@ -77,6 +86,9 @@ def list_runs(
     offset: int = 0,
 ) -> tuple[Sequence[Run], int]:
     """One page of runs, newest first, and how many match in total."""
+    if name is not None and not _valid_name(name):
+        # No run can have it; and the database never sees it (PostgreSQL refuses NUL bytes in text).
+        return [], 0
     query = select(Run)
     count = select(func.count()).select_from(Run)
     if state is not None:

@@ -1,28 +1,73 @@
 """API tokens: user tokens (``pyrecover token create``) and run-scoped worker tokens.
 
 Only the SHA-256 of a token is stored; the plaintext is returned once. Lookup is by hash (a
-unique index), and the stored hash is compared with ``hmac.compare_digest`` on top.
+unique index), and the stored hash is compared with ``hmac.compare_digest`` on top, so neither the
+lookup nor the comparison depends on how much of a guessed token matches a real one.
+
+Expiry:
+
+* user tokens expire when created with a TTL (``pyrecover token create --expires-in 30d``);
+* worker tokens always expire. At issue the attempt may still wait in the queue, so the token lives
+  ``WORKER_QUEUE_ALLOWANCE_S`` + walltime + ``WORKER_GRACE_S``; each report of the running worker
+  sets it to that moment + walltime + ``WORKER_GRACE_S`` (``refresh_worker_token``). A token
+  copied out of a finished job's folder is useless an hour after the job's walltime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import ApiToken
+from controller.db.models import ApiToken, Attempt, Run
 from controller.db.types import utcnow
+from controller.services.runs import ACTIVE_ATTEMPT_STATES
+from shared.schemas.spec import parse_time_limit
 
 USER_PREFIX = "pyr_u_"
 WORKER_PREFIX = "pyr_w_"
+WORKER_QUEUE_ALLOWANCE_S = 7 * 86_400
+"""How long an attempt may wait in the queue before its token dies unused."""
+WORKER_GRACE_S = 3_600
+"""After the walltime: the final save, the last reports, a spool replayed by the same process."""
+REFRESH_STEP_S = 300
+"""A worker token's expiry is rewritten only when it moves by more than this."""
+MAX_TTL_S = 10 * 366 * 86_400
+_TTL_RE = re.compile(r"^(?P<n>\d+)(?P<u>[smhdw])$")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
+
+Problem = Literal["unknown", "revoked", "expired"]
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """The outcome of looking a presented token up: ``row`` when valid, else what is wrong."""
+
+    row: ApiToken | None
+    problem: Problem | None = None
+    expired_at: datetime | None = None
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def parse_ttl(text: str) -> int:
+    """``"30d"`` → seconds. Units ``s m h d w``; at most ten years. ``ValueError`` says what is allowed."""
+    m = _TTL_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"expected a duration such as '90m', '12h', '30d' or '2w', got {text!r}")
+    seconds = int(m["n"]) * _TTL_UNITS[m["u"]]
+    if not 0 < seconds <= MAX_TTL_S:
+        raise ValueError(f"the duration must be positive and at most ten years, got {text!r}")
+    return seconds
 
 
 def _new(
@@ -44,26 +89,73 @@ def _new(
 
 
 def create_user_token(session: Session, name: str, *, ttl_s: float | None = None) -> str:
-    """A new user token (plaintext, shown once). Caller commits."""
+    """A new user token (plaintext, shown once); ``ttl_s=None`` never expires. Caller commits."""
+    if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError("ttl_s must be positive and at most ten years")
     return _new(session, name=name, kind="user", prefix=USER_PREFIX, run_id=None, ttl_s=ttl_s)
 
 
+def walltime_s(run: Run) -> int:
+    """The run's per-attempt walltime in seconds (its spec was validated when the run was created)."""
+    return parse_time_limit(run.spec["resources"]["time_limit"])
+
+
 def issue_worker_token(session: Session, run_id: int, *, ttl_s: float | None = None) -> str:
-    """A token that may only ``POST /runs/{run_id}/reports``. Caller commits."""
+    """A token that may only ``POST /runs/{run_id}/reports``; it expires (see the module docstring).
+    ``ttl_s`` overrides the default lifetime. Caller commits."""
+    if ttl_s is None:
+        run = session.get(Run, run_id)
+        walltime = walltime_s(run) if run is not None else 0
+        ttl_s = WORKER_QUEUE_ALLOWANCE_S + walltime + WORKER_GRACE_S
     return _new(
         session, name=f"worker run {run_id}", kind="worker", prefix=WORKER_PREFIX, run_id=run_id, ttl_s=ttl_s
     )
 
 
-def authenticate_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken | None:
-    """The valid (known, unrevoked, unexpired) token row for ``token``, else ``None``."""
+def refresh_worker_token(
+    session: Session, token_id: int, run_id: int, attempt: int, *, now: datetime | None = None
+) -> None:
+    """A worker reported with its token: the token now expires ``now`` + walltime + grace.
+
+    The first report shrinks the queue allowance away; later ones slide the expiry along, but only
+    while the reporting attempt is live, so an admin's time-limit extension never locks a running
+    worker out, and a token outliving its job dies ``WORKER_GRACE_S`` past the walltime. Written at
+    most every ``REFRESH_STEP_S`` (both rows are in the session already). Caller commits."""
+    row = session.get(ApiToken, token_id)
+    run = session.get(Run, run_id)
+    if row is None or run is None or row.kind != "worker":
+        return
+    target = (now or utcnow()) + timedelta(seconds=walltime_s(run) + WORKER_GRACE_S)
+    current = row.expires_at
+    if current is not None and abs((target - current).total_seconds()) < REFRESH_STEP_S:
+        return
+    if current is not None and target > current:
+        live = session.scalar(
+            select(Attempt.id).where(
+                Attempt.run_id == run_id, Attempt.number == attempt, Attempt.state.in_(ACTIVE_ATTEMPT_STATES)
+            )
+        )
+        if live is None:
+            return
+    row.expires_at = target
+
+
+def check_token(session: Session, token: str, *, now: datetime | None = None) -> TokenCheck:
+    """Look ``token`` up: the valid row, or why it is refused (unknown, revoked, expired)."""
     digest = hash_token(token)
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if row is None or not hmac.compare_digest(row.token_hash, digest):
-        return None
-    if row.revoked or (row.expires_at is not None and row.expires_at <= (now or utcnow())):
-        return None
-    return row
+        return TokenCheck(row=None, problem="unknown")
+    if row.revoked:
+        return TokenCheck(row=None, problem="revoked")
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        return TokenCheck(row=None, problem="expired", expired_at=row.expires_at)
+    return TokenCheck(row=row)
+
+
+def authenticate_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken | None:
+    """The valid (known, unrevoked, unexpired) token row for ``token``, else ``None``."""
+    return check_token(session, token, now=now).row
 
 
 def user_for_token(session: Session, token: str) -> str | None:

@@ -16,6 +16,8 @@ from shared.names import validate_run_name
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
+_SAFE_GLOB_RE = re.compile(r"^[A-Za-z0-9_./+@:=,*?\[\]-]+$")
+"""A dataset may be a glob (``data/*.parquet``); it reaches scripts shell-quoted, never expanded there."""
 _SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.,:=+@/-]+$")  # partition, account, qos, mem ...
 # SLURM feature expressions: AND '&', OR '|', matching OR '[a|b]', counts 'a*2', grouping '(...)'.
 # They only ever go on an '#SBATCH --constraint=' line, which sbatch parses itself (no shell), and
@@ -29,9 +31,20 @@ _UNIT_RE = re.compile(r"^(?P<n>\d+)(?P<u>[smhd])$")
 _RESERVED_ENV_PREFIXES = ("PYRECOVER_", "SLURM_")
 
 
-def _check_safe_path(value: str, what: str = "path") -> str:
-    if not value or not _SAFE_PATH_RE.fullmatch(value):
-        raise ValueError(f"{what} may contain only letters, digits and _ . / + @ : = , - (got {value!r})")
+_MAX_PATH_CHARS = 4096  # PATH_MAX; an argument past 128 KiB cannot even be exec'd (MAX_ARG_STRLEN)
+_MAX_ENV_VARS = 256
+_MAX_ENV_VALUE_CHARS = 32 * 1024
+_MAX_EXTRA_ARGS = 64
+
+
+def _check_safe_path(value: str, what: str = "path", *, glob: bool = False) -> str:
+    if len(value) > _MAX_PATH_CHARS:
+        raise ValueError(f"{what} must be at most {_MAX_PATH_CHARS} characters")
+    pattern, extra = (_SAFE_GLOB_RE, " * ? [ ]") if glob else (_SAFE_PATH_RE, "")
+    if not value or not pattern.fullmatch(value):
+        raise ValueError(
+            f"{what} may contain only letters, digits and _ . / + @ : = , -{extra} (got {value!r})"
+        )
     if any(part == ".." for part in value.split("/")):
         raise ValueError(f"{what} must not contain '..' components")
     return value
@@ -115,10 +128,15 @@ class TrainingSpec(_Spec):
     fused_optimizer: bool = False
     log_loss_to_csv: bool = True
 
-    @field_validator("dataset", "tokenizer_name_or_path", "checkpoint_dir")
+    @field_validator("tokenizer_name_or_path", "checkpoint_dir")
     @classmethod
     def _paths(cls, v: str) -> str:
         return _check_safe_path(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _check_safe_path(v, glob=True)
 
     @model_validator(mode="after")
     def _combinations(self) -> TrainingSpec:
@@ -141,7 +159,7 @@ class TrainingSpec(_Spec):
 class ResourcesSpec(_Spec):
     """Where and how long each attempt runs."""
 
-    scheduler: Literal["local", "slurm"]
+    scheduler: Literal["local", "slurm", "pyslurm"]
     time_limit: str | int = Field(
         description="Walltime of each attempt: '45s', '10' (minutes), '01:00:00', '1-00:00:00'."
     )
@@ -197,7 +215,14 @@ class ResourcesSpec(_Spec):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > _MAX_ENV_VARS:
+            raise ValueError(f"at most {_MAX_ENV_VARS} environment variables")
         for key, value in v.items():
+            if len(key) > 256 or len(value) > _MAX_ENV_VALUE_CHARS:
+                raise ValueError(
+                    f"environment variable names are at most 256 characters, values at most "
+                    f"{_MAX_ENV_VALUE_CHARS} ({key[:40]!r} is longer)"
+                )
             if not _ENV_NAME_RE.fullmatch(key):
                 raise ValueError(f"environment variable name {key!r} is not a valid identifier")
             if key.startswith(_RESERVED_ENV_PREFIXES):
@@ -211,7 +236,11 @@ class ResourcesSpec(_Spec):
     @field_validator("extra_sbatch_args")
     @classmethod
     def _extra(cls, v: list[str]) -> list[str]:
+        if len(v) > _MAX_EXTRA_ARGS:
+            raise ValueError(f"at most {_MAX_EXTRA_ARGS} extra sbatch arguments")
         for arg in v:
+            if len(arg) > 1024:
+                raise ValueError("each extra sbatch argument must be at most 1024 characters")
             if not _SBATCH_OPT_RE.fullmatch(arg):
                 raise ValueError(
                     f"extra sbatch argument {arg!r} must look like '--option' or '--option=value'"

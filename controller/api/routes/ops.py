@@ -25,7 +25,14 @@ def healthz(session: SessionDep, request: Request) -> Health | JSONResponse:
     return Health(status="ok", database="ok", reconciler="running" if running else "off")
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        401: {"description": "Missing, invalid, expired or revoked token"},
+        403: {"description": "A worker token"},
+    },
+)
 def prometheus(session: SessionDep, _user: UserDep, request: Request) -> PlainTextResponse:
     state = request.app.state
     body = metrics.render(session, state.report_latency, now=utcnow(), events=dict(state.report_events))

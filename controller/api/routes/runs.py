@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
-from controller.api.deps import SessionDep, UserDep
+from controller.api.deps import RunId, SessionDep, UserDep
 from controller.api.presenters import attempt_public, downsample_indices, runs_public
 from controller.db.types import utcnow
 from controller.services import (
@@ -36,7 +36,7 @@ from shared.states import RunState
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip.")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid, expired or revoked token"},
     403: {"description": "A worker token on a user endpoint"},
@@ -84,12 +84,12 @@ def get_runs(
 
 
 @router.get("/{run_id}", responses=RUN_ERRORS)
-def get_one(run_id: int, session: SessionDep, _user: UserDep) -> RunPublic:
+def get_one(run_id: RunId, session: SessionDep, _user: UserDep) -> RunPublic:
     return _one(session, run_id)
 
 
 @router.post("/{run_id}/cancel", responses={**RUN_ERRORS, 409: {"description": "Already ended"}})
-def post_cancel(run_id: int, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
+def post_cancel(run_id: RunId, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
     """Cancel the live attempt (the reconciler stops the job) and end the run CANCELLED."""
     cancel_run(session, run_id)
     session.commit()
@@ -98,7 +98,7 @@ def post_cancel(run_id: int, session: SessionDep, _user: UserDep, request: Reque
 
 
 @router.post("/{run_id}/resume", responses={**RUN_ERRORS, 409: {"description": "Not FAILED/CANCELLED"}})
-def post_resume(run_id: int, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
+def post_resume(run_id: RunId, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
     """Restart a FAILED or CANCELLED run from its latest committed checkpoint."""
     resume_run(session, run_id)
     session.commit()
@@ -107,7 +107,7 @@ def post_resume(run_id: int, session: SessionDep, _user: UserDep, request: Reque
 
 
 @router.post("/{run_id}/actions", responses={**RUN_ERRORS, 409: {"description": "Run not RUNNING"}})
-def post_action(run_id: int, body: RunAction, session: SessionDep, _user: UserDep) -> RunPublic:
+def post_action(run_id: RunId, body: RunAction, session: SessionDep, _user: UserDep) -> RunPublic:
     """Ask the worker to checkpoint now or stop gracefully (delivered with its next report reply)."""
     request_action(session, run_id, body.action)
     session.commit()
@@ -115,7 +115,7 @@ def post_action(run_id: int, body: RunAction, session: SessionDep, _user: UserDe
 
 
 @router.get("/{run_id}/jobs", responses=RUN_ERRORS)
-def get_jobs(run_id: int, session: SessionDep, _user: UserDep) -> Page[AttemptPublic]:
+def get_jobs(run_id: RunId, session: SessionDep, _user: UserDep) -> Page[AttemptPublic]:
     """The attempt chain, oldest first."""
     now = utcnow()
     items = [attempt_public(a, now=now) for a in list_attempts(session, run_id)]
@@ -124,7 +124,7 @@ def get_jobs(run_id: int, session: SessionDep, _user: UserDep) -> Page[AttemptPu
 
 @router.get("/{run_id}/checkpoints", responses=RUN_ERRORS)
 def get_checkpoints(
-    run_id: int, session: SessionDep, _user: UserDep, limit: Limit = 100, offset: Offset = 0
+    run_id: RunId, session: SessionDep, _user: UserDep, limit: Limit = 100, offset: Offset = 0
 ) -> Page[CheckpointPublic]:
     rows, total = list_checkpoints(session, run_id, limit=limit, offset=offset)
     items = [CheckpointPublic.model_validate(c) for c in rows]
@@ -133,7 +133,7 @@ def get_checkpoints(
 
 @router.get("/{run_id}/metrics", responses=RUN_ERRORS)
 def get_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     _user: UserDep,
     max_points: Annotated[
@@ -154,7 +154,7 @@ def get_metrics(
 
 @router.get("/{run_id}/events", responses=RUN_ERRORS)
 def get_events(
-    run_id: int, session: SessionDep, _user: UserDep, limit: Limit = 100, offset: Offset = 0
+    run_id: RunId, session: SessionDep, _user: UserDep, limit: Limit = 100, offset: Offset = 0
 ) -> Page[EventPublic]:
     """The run's event log, oldest first (every state transition is one)."""
     rows, total = list_events(session, run_id, limit=limit, offset=offset)

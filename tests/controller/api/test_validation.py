@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -89,3 +90,38 @@ def test_body_size_limit_is_413(api: Api) -> None:
     assert chunked.status_code == 413
     with api.factory() as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 0
+
+
+def test_a_locked_database_is_a_clean_503_that_changes_nothing(api: Api, tmp_path: Any) -> None:
+    """SQLite busy past its timeout (or PostgreSQL away): 503 + Retry-After, never a bare 500."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine
+
+    from controller.api import create_app
+    from controller.db import make_session_factory
+
+    with contextlib.ExitStack() as stack:
+        db = tmp_path / "pyrecover.db"
+        assert db.exists()
+        # The same database through an engine that gives up on a lock after 0.2 s.
+        impatient = create_engine(f"sqlite:///{db}", connect_args={"timeout": 0.2})
+        stack.callback(impatient.dispose)
+        app = create_app(api.settings, session_factory=make_session_factory(impatient))
+        client = stack.enter_context(TestClient(app, base_url="http://127.0.0.1:8000"))
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            r = client.post("/api/v1/runs", json=run_body("locked-out"), headers=api.h())
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "2"
+        assert "database unavailable, nothing was changed" in r.json()["detail"]
+        with api.factory() as s:
+            assert s.scalar(select(func.count()).select_from(Run)) == 0
+        # Once the lock is gone, the same request goes through.
+        r = client.post("/api/v1/runs", json=run_body("locked-out"), headers=api.h())
+        assert r.status_code == 201, r.text

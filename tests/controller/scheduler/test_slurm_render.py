@@ -86,7 +86,7 @@ def test_golden_full() -> None:
         partition="gpu",
         account="proj-llm",
         qos="high",
-        constraint="a100",
+        constraint="[a100&ib|h100]",
         signal_lead_seconds=120,
         extra_sbatch_args=["--exclusive", "--container-image=images/pytorch-24.05.sqsh"],
         env={

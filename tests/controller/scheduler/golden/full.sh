@@ -11,7 +11,7 @@
 #SBATCH --partition=gpu
 #SBATCH --account=proj-llm
 #SBATCH --qos=high
-#SBATCH --constraint=a100
+#SBATCH --constraint=[a100&ib|h100]
 #SBATCH --chdir=/srv/pyrecover/runs/demo
 #SBATCH --output=/srv/pyrecover/runs/demo/logs/attempt-0003.out
 #SBATCH --error=/srv/pyrecover/runs/demo/logs/attempt-0003.err

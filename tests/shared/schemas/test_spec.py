@@ -1,0 +1,53 @@
+"""The run definition (``shared.schemas.spec``): what it accepts and how it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.schemas import RunCreate
+
+
+def _payload(**overrides: Any) -> dict[str, Any]:
+    training = {"dataset": "data/sample.parquet", "tokenizer_name_or_path": "tok", "training_steps": 10}
+    resources = {"scheduler": "local", "time_limit": "1m"}
+    training.update(overrides.pop("training", {}))
+    resources.update(overrides.pop("resources", {}))
+    return {"name": "run-a", "training": training, "resources": resources, **overrides}
+
+
+@pytest.mark.parametrize("dataset", ["data/*.parquet", "shards/part-0[0-4].parquet", "d/?.parquet", "d/"])
+def test_dataset_may_be_a_file_directory_or_glob(dataset: str) -> None:
+    spec = RunCreate.model_validate(_payload(training={"dataset": dataset}))
+    assert spec.training.dataset == dataset
+    # The glob reaches the worker as one argument: shell-quoted in scripts, never expanded there.
+    assert spec.training.to_worker_args()[spec.training.to_worker_args().index("--dataset") + 1] == dataset
+
+
+@pytest.mark.parametrize("dataset", ["data/$(id).parquet", "a;b", "../etc/*.parquet", "x`y`", "a b", ""])
+def test_dataset_with_shell_or_traversal_characters_is_refused_naming_the_field(dataset: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        RunCreate.model_validate(_payload(training={"dataset": dataset}))
+    assert info.value.errors()[0]["loc"] == ("training", "dataset")
+
+
+@pytest.mark.parametrize("path", ["ckpt/*", "ckpt/[a]"])
+def test_glob_characters_stay_refused_in_other_paths(path: str) -> None:
+    with pytest.raises(ValidationError, match="checkpoint_dir"):
+        RunCreate.model_validate(_payload(training={"checkpoint_dir": path}))
+
+
+@pytest.mark.parametrize("scheduler", ["local", "slurm", "pyslurm"])
+def test_every_registered_scheduler_is_accepted(scheduler: str) -> None:
+    from controller.scheduler.registry import SCHEDULER_NAMES
+
+    assert scheduler in SCHEDULER_NAMES
+    spec = RunCreate.model_validate(_payload(resources={"scheduler": scheduler}))
+    assert spec.resources.scheduler == scheduler
+
+
+def test_unknown_scheduler_is_refused() -> None:
+    with pytest.raises(ValidationError, match="scheduler"):
+        RunCreate.model_validate(_payload(resources={"scheduler": "kubernetes"}))
