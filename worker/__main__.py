@@ -3,8 +3,5 @@
 import sys
 
 from worker.cli import main
-from worker.shutdown import exit_now
 
-# exit_now, not sys.exit: CPython's finalization of the torch process takes seconds, after the final
-# checkpoint, where a SLURM time limit may already be close (see worker.shutdown).
-exit_now(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:], fast_exit=True))

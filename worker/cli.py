@@ -23,8 +23,14 @@ def _init_logging() -> None:
         root.setLevel(logging.INFO)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point shared by ``pyrecover train`` and ``python -m worker``."""
+def main(argv: list[str] | None = None, *, fast_exit: bool = False) -> int:
+    """Entry point shared by ``pyrecover train`` and ``python -m worker``; returns the exit code.
+
+    With ``fast_exit`` a training that really ran ends the process through
+    :func:`worker.shutdown.exit_now` (CPython's finalization of a torch process takes seconds after
+    the final checkpoint, when a SLURM time limit may be close). ``--help``, usage and configuration
+    errors always return normally, so a host process (a test's CLI runner) survives them.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -38,4 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     _init_logging()
     from worker.train import run_training  # torch is imported only when training really starts
 
-    return run_training(config)
+    code = run_training(config)
+    if fast_exit:
+        from worker.shutdown import exit_now
+
+        exit_now(code)
+    return code

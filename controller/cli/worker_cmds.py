@@ -17,11 +17,10 @@ def register(app: typer.Typer) -> None:
     def train(ctx: typer.Context) -> None:
         """Train a model (the worker; same as `python -m worker`). See `pyrecover train --help`."""
         from worker.cli import main as worker_main
-        from worker.shutdown import exit_now
 
-        # exit_now, not typer.Exit: interpreter finalization of a torch process takes seconds after
-        # the final checkpoint, when the walltime may be close (see worker.shutdown).
-        exit_now(worker_main(list(ctx.args)))
+        # fast_exit: once training ran, the process ends without CPython's slow finalization of
+        # torch (see worker.shutdown); --help and usage errors return here normally.
+        raise typer.Exit(worker_main(list(ctx.args), fast_exit=True))
 
     @app.command("data", context_settings=_PASSTHROUGH, add_help_option=False)
     def data(ctx: typer.Context) -> None:
