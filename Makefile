@@ -40,8 +40,13 @@ test: lint typecheck
 bench: setup
 	$(BIN)/python bench/run_all.py
 
+# The fault-injection suite with more trials than CI runs (PYRECOVER_CHAOS_TRIALS, default 100;
+# PYRECOVER_CHAOS_SEED replays a run); ends with the table of figures (docs/fault-results.md).
 chaos: setup
-	PYRECOVER_CHAOS_TRIALS=$${PYRECOVER_CHAOS_TRIALS:-100} $(BIN)/python -m pytest tests/fault -m "slow or not slow" $(PYTEST_ARGS)
+	@mkdir -p var && rm -f var/chaos-results.jsonl; rc=0; \
+	PYRECOVER_CHAOS_RESULTS=var/chaos-results.jsonl PYRECOVER_CHAOS_TRIALS=$${PYRECOVER_CHAOS_TRIALS:-100} \
+		$(BIN)/python -m pytest tests/fault -m "slow or not slow" -rfEs $(PYTEST_ARGS) || rc=$$?; \
+	$(BIN)/python tests/fault/results_table.py var/chaos-results.jsonl; exit $$rc
 
 clean:
 	rm -rf $(VENV) var data .pytest_cache .mypy_cache .ruff_cache

@@ -110,6 +110,27 @@ def failure_message(
     return ", ".join(parts)
 
 
+# What the OS says when a checkpoint does not fit (ENOSPC / EDQUOT, as Python and shells print them).
+_DISK_FULL = ("no space left on device", "disk quota exceeded", "errno 28]", "errno 122]", "enospc", "edquot")
+
+
+def remedy(error: str | None) -> str:
+    """What the user should do about a failure, when the error says (empty when it does not).
+
+    Retrying cannot help a full checkpoint file system: the run stops at its failure budget, and
+    the message says how to get it going again (the previous checkpoint is intact).
+    """
+    text = (error or "").lower()
+    if any(marker in text for marker in _DISK_FULL):
+        return (
+            "the checkpoint file system is full: free space there (or lower training.keep_last_k, "
+            "or point training.checkpoint_dir at a larger file system), then resume the run "
+            "(`pyrecover resume <run>` or POST /api/v1/runs/<id>/resume); it continues from its "
+            "newest committed checkpoint, which a failed save never touches"
+        )
+    return ""
+
+
 def attempts_without_progress(history: Sequence[AttemptOutcome]) -> int:
     """How many of the newest attempts in a row committed no new checkpoint."""
     count = 0
@@ -150,6 +171,8 @@ def next_step(
         return Decision(verdict=Verdict.COMPLETE, message=f"trained all {training_steps} steps")
     last_error = next((o.error for o in reversed(history) if o.error), None)
     suffix = f"; last error: {last_error}" if last_error else ""
+    if hint := remedy(last_error):
+        suffix += f". What to do: {hint}"
     if stalled is None:
         stalled = attempts_without_progress(history)
     if stalled >= policy.max_failures_without_progress:

@@ -3,16 +3,30 @@
 Verification happens *before* anything is loaded: a corrupt newest checkpoint is reported at
 ERROR level and the previous committed one is used, so a torn write or a flipped bit costs one
 checkpoint interval, never the run. Upstream checked its MD5 only after loading the state.
+
+Every anomaly that made "latest" older than it looks becomes a warning (the worker reports
+warnings as run events, so the user sees them on the run, not only in a log file):
+
+* a committed checkpoint whose files do not match its manifest (flipped bytes, truncation, a
+  missing file, a manifest whose checksums were forged or that leaves out data files). It is
+  moved aside to a temporary name, so that it no longer counts as committed (a later save of
+  the same step would otherwise keep the corrupt copy as "already committed") and is removed
+  like any abandoned temporary after the next commit;
+* a ``step-<N>`` directory newer than the checkpoint used that has no valid manifest (deleted,
+  unreadable, or naming another step). The commit protocol never leaves one behind (it renames
+  only after the manifest is written), so one is a sign of damage or of a hand-made copy.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.paths import parse_step
+from shared.paths import MANIFEST_NAME, TMP_PREFIX, parse_step
 
 from . import manifest as mf
 from . import storage
@@ -20,6 +34,10 @@ from .state import TrainState
 from .types import CheckpointError, CommittedCheckpoint
 
 log = logging.getLogger("pyrecover.worker.checkpoint")
+
+# Files a loader reads: one of these that the manifest does not list was never verified.
+_DATA_SUFFIXES = (".distcp", ".pt")
+_DATA_NAMES = frozenset({storage.DCP_METADATA, storage.VANILLA_FILE})
 
 
 def resolve(run_dir: Path, which: str | Path) -> Path:
@@ -48,14 +66,17 @@ def choose_checkpoint(
     if str(which) == "latest":
         candidates = mf.list_committed(run_dir)
         for ckpt in reversed(candidates):
-            problems = mf.verify(ckpt.path, ckpt.manifest)
+            problems = problems_of(ckpt)
             if not problems:
                 chosen = ckpt
                 break
             msg = (
                 f"checkpoint {ckpt.path} is corrupt ({'; '.join(problems[:3])}); "
-                "falling back to the previous committed checkpoint"
+                f"falling back to the previous committed checkpoint{_quarantine(ckpt.path, ckpt.step)}"
             )
+            log.error(msg)
+            warnings.append(msg)
+        for msg in _uncommitted_step_dirs(run_dir, newer_than=chosen.step if chosen else -1):
             log.error(msg)
             warnings.append(msg)
         if chosen is None:
@@ -69,11 +90,11 @@ def choose_checkpoint(
         except CheckpointError as e:
             choice["error"] = f"cannot resume from {path}: {e}"
             return choice
-        problems = mf.verify(path, manifest)
+        chosen = CommittedCheckpoint(path=path, step=int(manifest["step"]), manifest=manifest)
+        problems = problems_of(chosen)
         if problems:
             choice["error"] = f"cannot resume from {path}: corrupt: {'; '.join(problems)}"
             return choice
-        chosen = CommittedCheckpoint(path=path, step=int(manifest["step"]), manifest=manifest)
     choice["checkpoint"] = chosen
     if run_config is not None:
         changed = mf.diff_config(chosen.manifest.get("config") or {}, run_config)
@@ -86,6 +107,60 @@ def choose_checkpoint(
             return choice
         choice["changed"] = changed
     return choice
+
+
+def problems_of(ckpt: CommittedCheckpoint) -> list[str]:
+    """``manifest.verify`` plus what a forged manifest could hide: no files at all, or data files
+    (shards, DCP metadata, the vanilla file) present but not listed, hence never checked."""
+    problems = mf.verify(ckpt.path, ckpt.manifest)
+    if not ckpt.manifest["files"]:
+        problems.append(f"{MANIFEST_NAME} lists no files")
+    listed = set(ckpt.manifest["files"])
+    try:
+        names = sorted(p.relative_to(ckpt.path).as_posix() for p in ckpt.path.rglob("*") if p.is_file())
+    except OSError as e:
+        return [*problems, f"cannot list {ckpt.path}: {e}"]
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if name not in listed and (base in _DATA_NAMES or base.endswith(_DATA_SUFFIXES)):
+            problems.append(f"{name}: not listed in {MANIFEST_NAME} (forged or hand-edited manifest)")
+    return problems
+
+
+def _quarantine(path: Path, step: int) -> str:
+    """Move a corrupt checkpoint out of the committed namespace; returns a note for the message."""
+    hidden = path.with_name(f"{TMP_PREFIX}{step}-corrupt-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, hidden)
+    except OSError as e:
+        log.warning("could not move the corrupt checkpoint %s aside: %s", path, e)
+        return ""
+    return f"; moved it aside to {hidden.name}"
+
+
+def _uncommitted_step_dirs(run_dir: Path, *, newer_than: int) -> list[str]:
+    """A warning per ``step-<N>`` directory (N > ``newer_than``) that does not count as committed."""
+    found: list[str] = []
+    try:
+        entries = sorted(os.scandir(run_dir), key=lambda e: parse_step(e.name) or -1)
+    except OSError:
+        return found
+    for entry in entries:
+        step = parse_step(entry.name)
+        if step is None or step <= newer_than or not entry.is_dir():
+            continue
+        try:
+            manifest = mf.read_manifest(Path(entry.path))
+        except CheckpointError as e:
+            why = str(e).removeprefix(f"{entry.path}: ").removesuffix(" (not a committed checkpoint)")
+        else:
+            if manifest["step"] == step:
+                continue  # committed (and handled by the caller)
+            why = f"its {MANIFEST_NAME} names step {manifest['step']}"
+        found.append(
+            f"{entry.path} is newer than the checkpoint used but has no valid manifest ({why}); ignored it"
+        )
+    return found
 
 
 def load_into(state: TrainState, ckpt: CommittedCheckpoint, *, world_size: int) -> None:

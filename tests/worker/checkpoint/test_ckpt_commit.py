@@ -77,7 +77,11 @@ def test_latest_ignores_temporaries_and_dirs_without_manifest(tmp_path: Path) ->
     assert [c.step for c in m.committed()] == [5]
     fresh = make_state(seed=3)
     restored = m.restore(fresh)
-    assert restored is not None and restored.checkpoint.step == 5 and restored.warnings == []
+    assert restored is not None and restored.checkpoint.step == 5
+    # The commit protocol never leaves a step-<N> without a valid manifest: such a directory newer
+    # than the one used is damage worth telling the user about (a crashed temporary is not).
+    assert len(restored.warnings) == 2, restored.warnings
+    assert "step-60" in restored.warnings[0] and "step-70" in restored.warnings[1]
 
 
 def test_latest_sorts_steps_numerically(tmp_path: Path) -> None:
@@ -148,11 +152,9 @@ def test_corrupt_newest_falls_back_to_previous(
     with caplog.at_level(logging.ERROR, logger="pyrecover.worker.checkpoint"):
         restored = manager(tmp_path, format=fmt).restore(fresh)
     assert restored is not None and restored.checkpoint.step == 10 and fresh.progress["step"] == 10
-    if kind == "missing-manifest":
-        assert restored.warnings == []  # not committed at all: simply not a candidate
-    else:
-        assert len(restored.warnings) == 1 and "step-20" in restored.warnings[0]
-        assert any(r.levelno == logging.ERROR and "step-20" in r.getMessage() for r in caplog.records)
+    # A missing manifest makes step-20 no candidate at all, yet it is still reported as damage.
+    assert len(restored.warnings) == 1 and "step-20" in restored.warnings[0]
+    assert any(r.levelno == logging.ERROR and "step-20" in r.getMessage() for r in caplog.records)
 
 
 def test_explicit_corrupt_checkpoint_is_an_error(tmp_path: Path) -> None:
