@@ -41,6 +41,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+REPORT_RATE_PER_S = 10.0
+"""Sustained report requests per second per run. A worker sends about two (a batch per 0.5 s)."""
+REPORT_BURST = 50
+"""Requests a run may make at once: a worker replaying its spool after an outage."""
+
+
 class Settings(BaseSettings):
     """Everything the controller (API, reconciler, backends) is configured with."""
 
@@ -69,6 +75,13 @@ class Settings(BaseSettings):
     )
     slurm_srun_args: list[str] = Field(default_factory=list, description="Extra srun arguments (admin).")
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+    report_rate_per_s: Annotated[float, Field(gt=0, le=1e9)] = Field(
+        default=REPORT_RATE_PER_S,
+        description="Sustained report requests/s per run before 429 (a worker sends about 2).",
+    )
+    report_burst: Annotated[int, Field(ge=1, le=10**9)] = Field(
+        default=REPORT_BURST, description="Report requests a run may make at once (a spool replay)."
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

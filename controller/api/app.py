@@ -69,7 +69,9 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.state.reconciler = None
     app.state.report_latency = LatencyHistogram()
     app.state.report_events = Counter({"accepted": 0, "duplicates": 0})
-    app.state.report_limiter = ReportRateLimiter()
+    app.state.report_limiter = ReportRateLimiter(
+        rate_per_s=settings.report_rate_per_s, burst=settings.report_burst
+    )
     errors.install(app)
     app.include_router(runs.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)

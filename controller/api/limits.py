@@ -19,6 +19,17 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.settings import REPORT_BURST, REPORT_RATE_PER_S
+
+__all__ = [
+    "REPORT_BURST",
+    "REPORT_RATE_PER_S",
+    "BodySizeLimit",
+    "RateLimited",
+    "ReportRateLimiter",
+    "retry_after_header",
+]
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -74,12 +85,6 @@ class BodySizeLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
-
-
-REPORT_RATE_PER_S = 10.0
-"""Sustained report requests per second per run. A worker sends about two (a batch per 0.5 s)."""
-REPORT_BURST = 50
-"""Requests a run may make at once: a worker replaying its spool after an outage."""
 
 
 class RateLimited(Exception):

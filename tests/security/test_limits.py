@@ -330,3 +330,14 @@ def test_limiter_defaults_cover_a_real_worker() -> None:
     replay after an outage fits in the burst."""
     assert REPORT_RATE_PER_S >= 5 * 2
     assert REPORT_BURST >= 50
+
+
+def test_the_limiter_follows_the_settings(tmp_path: Path) -> None:
+    """PYRECOVER_REPORT_RATE_PER_S / PYRECOVER_REPORT_BURST tune it; the defaults are the module's."""
+    default = create_app(Settings(data_dir=tmp_path, run_reconciler=False)).state.report_limiter
+    assert (default.rate_per_s, default.burst) == (REPORT_RATE_PER_S, REPORT_BURST)
+    tuned = Settings(data_dir=tmp_path, run_reconciler=False, report_rate_per_s=3.5, report_burst=7)
+    limiter = create_app(tuned).state.report_limiter
+    assert (limiter.rate_per_s, limiter.burst) == (3.5, 7)
+    with pytest.raises(ValueError, match="report_burst"):
+        Settings(data_dir=tmp_path, report_burst=0)
