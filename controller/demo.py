@@ -91,14 +91,11 @@ class Calibration:
 
 # ------------------------------------------------------------------------------ planning
 def worker_stop_overhead() -> float:
-    """Seconds the worker keeps free before its deadline (stop margin + exit allowance)."""
-    margin = DEMO_MARGIN_S if "deadline_margin" in TrainingSpec.model_fields else None
+    """Seconds the worker keeps free before its deadline: the demo's stop margin + exit allowance."""
     from worker.config import TrainConfig  # torch-free: dataclass defaults only
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    if margin is None:
-        margin = float(defaults.get("deadline_margin", 15.0))  # type: ignore[arg-type]
-    return margin + float(defaults.get("exit_allowance", 0.0))  # type: ignore[arg-type]
+    allowance = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "exit_allowance")
+    return DEMO_MARGIN_S + float(allowance)  # type: ignore[arg-type]
 
 
 def useful_seconds(cal: Calibration, window_s: float, stop_overhead: float) -> float:
@@ -151,9 +148,8 @@ def training_body(
         "checkpoint_dir": checkpoint_dir,
         "checkpoint_frequency": max(10, steps // 4),
         "log_loss_to_csv": False,
+        "deadline_margin": DEMO_MARGIN_S,
     }
-    if "deadline_margin" in TrainingSpec.model_fields:
-        body["deadline_margin"] = DEMO_MARGIN_S
     return body
 
 
