@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("controller.api", reason="the REST API is not there yet")
 pytest.importorskip("worker.data.prepare", reason="the sample data preparation is not there yet")
 
-WINDOW_S = 50  # per attempt: start-up (7-25 s on a busy 2-core machine) + training + the 15 s stop margin
+WINDOW_S = 50  # per attempt: start-up (7-25 s on a busy 2-core machine) + training + the stop reserve
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,8 @@ def controller(tmp_path: Path) -> Iterator[Controller]:
 
 
 def training(sample: dict[str, Any], steps: int, checkpoint_dir: Path) -> dict[str, Any]:
+    from controller.demo import DEMO_MARGIN_S
+
     return {
         "dataset": str(sample["dataset"]),
         "tokenizer_name_or_path": str(sample["tokenizer"]),
@@ -66,13 +68,14 @@ def training(sample: dict[str, Any], steps: int, checkpoint_dir: Path) -> dict[s
         "checkpoint_dir": str(checkpoint_dir),
         "checkpoint_frequency": max(10, steps // 8),
         "seed": 7,
+        "deadline_margin": DEMO_MARGIN_S,  # what plan_steps() assumes (worker_stop_overhead)
     }
 
 
 def steps_for_windows(sample: dict[str, Any], windows: float) -> int:
-    from controller.demo import steps_for
+    from controller.demo import plan_steps, worker_stop_overhead
 
-    return steps_for(sample["cal"], window_s=WINDOW_S, windows=windows)
+    return plan_steps(sample["cal"], WINDOW_S, worker_stop_overhead(), windows)
 
 
 def submit(ctl: Controller, name: str, body: dict[str, Any]) -> int:
