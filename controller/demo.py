@@ -82,7 +82,7 @@ class DemoOptions:
 @dataclass(frozen=True)
 class Calibration:
     step_time: float
-    """Seconds per optimizer step (mean after warm-up: throughput is what counts)."""
+    """Seconds per optimizer step (median after warm-up)."""
     startup: float
     """Seconds from spawning the worker to its first training step (imports, data, model)."""
     save: float
@@ -184,7 +184,7 @@ class _Capture:
         self.server.server_close()
 
 
-def calibrate(dataset: Path, tokenizer: Path, work: Path, steps: int = 8) -> Calibration:
+def calibrate(dataset: Path, tokenizer: Path, work: Path, steps: int = 30) -> Calibration:
     """Run the real worker standalone for ``steps`` steps and read its reports."""
     capture = _Capture()
     token = work / "calibrate.token"
@@ -215,9 +215,10 @@ def calibrate(dataset: Path, tokenizer: Path, work: Path, steps: int = 8) -> Cal
     saves = [float(e["save_seconds"]) for e in events if e.get("type") == "checkpoint_committed"]
     if not times or not started:
         raise RuntimeError("the calibration worker reported no progress")
-    # The first steps include warm-up (allocator, caches); the stop policy ignores them as well.
+    # The first steps include warm-up (allocator, caches), and one slow step on a busy machine must
+    # not make the plan think every step is slow: the median after warm-up, like the stop policy.
     return Calibration(
-        step_time=statistics.fmean(times[2:] or times),
+        step_time=statistics.median(times[len(times) // 2 :]),
         startup=max(0.0, started[0] - t0),
         save=max(saves, default=1.0),
     )

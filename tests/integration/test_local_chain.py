@@ -115,10 +115,10 @@ def final_step_dir(checkpoint_dir: Path, name: str, steps: int) -> Path:
 def test_chain_of_three_attempts_is_bit_identical_to_uninterrupted(
     controller: Controller, sample: dict[str, Any], tmp_path: Path
 ) -> None:
-    steps = steps_for_windows(sample, 2.3)
+    steps = steps_for_windows(sample, 3.2)  # >= 3 attempts even if the calibration was 1.4x slow
     body = training(sample, steps, tmp_path / "ckpt")
     run_id = submit(controller, "chain", body)
-    run = controller.wait_terminal(run_id, limit=6 * WINDOW_S + 60)
+    run = controller.wait_terminal(run_id, limit=7 * WINDOW_S + 60)
     jobs = attempts(controller, run_id)
     assert run["state"] == "COMPLETED", (run, jobs)
     assert len(jobs) >= 3, jobs

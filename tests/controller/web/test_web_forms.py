@@ -28,7 +28,7 @@ def _valid_form() -> dict[str, str]:
 def test_defaults_and_choices_come_from_the_schemas() -> None:
     assert FIELDS["training.batch_size"].default == 8 and FIELDS["training.batch_size"].kind == "int"
     assert FIELDS["training.model_preset"].choices == ("tiny", "small", "llama3-1b", "llama3-8b")
-    assert FIELDS["resources.scheduler"].choices == ("local", "slurm")
+    assert FIELDS["resources.scheduler"].choices == ("local", "slurm", "pyslurm")
     assert FIELDS["training.async_checkpoint"].kind == "bool"
     assert FIELDS["resources.time_limit"].kind == "text"  # str | int: the API parses both
 
