@@ -25,6 +25,12 @@ deadline; once all ranks are gone the result comes from the exit-code files. A j
 processes vanished without leaving exit-code files (e.g. the machine rebooted, or the shim was
 killed by something other than us) is reported ``LOST``. An id without any state file is
 ``LOST`` as well.
+
+A controller killed *while spawning* has saved the job's intent but not (all) its pids, yet the
+ranks it did start run on. Every rank carries ``PYRECOVER_LOCAL_JOB_ID`` in its environment, so
+the restarted controller finds them in ``/proc`` (session leaders whose environment names the
+job) and adopts them instead of reporting the job ``LOST`` and starting a second worker of the
+same run next to them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -46,6 +53,8 @@ from typing import Any
 from controller.scheduler.base import JobSpec, JobStatus, SchedulerError
 from shared import envvars
 from shared.states import SchedulerJobState
+
+log = logging.getLogger(__name__)
 
 # Runs the rank as a child and records its exit status. A trap (not an ignore: an ignored signal
 # would be inherited by the worker) keeps the shell alive while the worker handles the signal;
@@ -67,6 +76,32 @@ def _proc_start_time(pid: int) -> int | None:
     if fields[0] == "Z":  # exited, waiting to be reaped: no longer running
         return None
     return int(fields[19])
+
+
+JOB_ID_ENV = "PYRECOVER_LOCAL_JOB_ID"
+"""Set on every rank of a local job: how a restarted controller finds ranks it never recorded."""
+
+
+def _job_session_leaders(job_id: str) -> list[int]:
+    """Pids of the session leaders (the ranks' shims) whose environment names ``job_id``.
+
+    Linux ``/proc`` only; elsewhere (or without permission) nothing is found."""
+    needle = f"{JOB_ID_ENV}={job_id}".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                if os.getsid(pid) != pid:
+                    continue
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(pid)
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return sorted(found)
 
 
 def _free_port() -> int:
@@ -165,6 +200,7 @@ class LocalScheduler:
                         "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": str(port),
                         envvars.DEADLINE: f"{record['deadline']:.3f}",
+                        JOB_ID_ENV: job_id,
                     }
                     argv = ["/bin/sh", "-c", _SHIM, "sh", str(self._exit_file(job_id, rank)), *spec.argv]
                     proc = subprocess.Popen(
@@ -263,6 +299,8 @@ class LocalScheduler:
             job = _Job(record=record)
             self._jobs[job_id] = job
         if record["result"] is None:
+            if len(record["pids"]) < int(record.get("world_size", 1)):
+                self._recover_unrecorded_ranks(job)
             if self._alive_pids(job):
                 self._start_supervisor(job)
             else:
@@ -288,6 +326,16 @@ class LocalScheduler:
             end_time=rec.get("end_time"),
             deadline=rec.get("deadline"),
         )
+
+    def _recover_unrecorded_ranks(self, job: _Job) -> None:
+        """The controller died between spawning ranks and recording them: find them by environment."""
+        rec = job.record
+        for pid in _job_session_leaders(rec["job_id"]):
+            if pid not in rec["pids"]:
+                rec["pids"].append(pid)
+                rec["start_ticks"].append(_proc_start_time(pid))
+                log.warning("local job %s: adopted rank process %d, never recorded", rec["job_id"], pid)
+        self._save(job)
 
     def _alive_pids(self, job: _Job) -> list[int]:
         """Recorded pids still running as the same processes (pid + kernel start time match)."""

@@ -222,3 +222,26 @@ def test_reused_pid_is_not_adopted(tmp_path: Path, worker_script: Path) -> None:
     state_file.write_text(json.dumps(record))
     (tmp_path / "jobs" / f"{job_id}.rank0.exit").unlink()
     assert LocalScheduler(tmp_path / "jobs").poll([job_id])[job_id].state is SchedulerJobState.LOST
+
+
+def test_ranks_spawned_but_never_recorded_are_adopted_not_lost(tmp_path: Path, worker_script: Path) -> None:
+    """The controller died between spawning a rank and writing its pid: the restarted controller
+    must find the rank (not report LOST and start a second worker of the run beside it)."""
+    first = LocalScheduler(tmp_path / "jobs", kill_wait_s=1.0)
+    job_id = first.submit(make_spec(tmp_path, worker_script, "ignore-term", "60", time_limit="3s", ranks=2))
+    state_file = tmp_path / "jobs" / f"{job_id}.json"
+    record = json.loads(state_file.read_text())
+    spawned = list(record["pids"])
+    assert len(spawned) == 2
+    record |= {"pids": [], "start_ticks": []}  # the intent as saved before any process existed
+    state_file.write_text(json.dumps(record))
+    second = LocalScheduler(tmp_path / "jobs", kill_wait_s=1.0)
+    try:
+        assert second.poll([job_id])[job_id].state is SchedulerJobState.RUNNING
+        assert sorted(json.loads(state_file.read_text())["pids"]) == sorted(spawned)
+        # Adopted for real: the walltime is still enforced on both ranks (they ignore SIGTERM, so
+        # only the adopting supervisor's SIGKILL ends them before their 60 s sleep).
+        assert wait_done(second, job_id).state is SchedulerJobState.TIMEOUT
+    finally:
+        second.shutdown(kill=True)
+        first.shutdown(kill=True)
