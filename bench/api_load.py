@@ -3,8 +3,9 @@ latency with 10,000 runs stored.
 
 The controller runs as ``uvicorn`` in a subprocess (as ``pyrecover serve`` would, reconciler off)
 so client threads do not share its interpreter. Simulated workers are threads, each with its own
-keep-alive ``httpx`` client and its own run + worker token. **A "report" is one event**; a
-request carries a batch of them. Two report phases:
+keep-alive ``httpx`` client (built and connected before the clock starts) and its own run +
+worker token. **A "report" is one event**; a request carries a batch of them. Every request is
+timed, the first ones after the controller started included. Two report phases:
 
 * **paced** (the goal's measurement): ``--paced-workers`` workers each post a batch of
   ``--paced-batch`` events every 0.5 s, the real reporter's flush interval (open loop: a late
@@ -132,50 +133,63 @@ def report_phase(
     back when ``interval`` is None."""
     latencies: list[list[float]] = [[] for _ in workers]
     errors = [0]
+    # Clients are built and connected before the clock starts: building an httpx client costs
+    # tens of ms of CPU (an SSL context), and inside the run it stole the GIL from the threads
+    # whose requests were being timed. A real worker keeps one connection for its whole run.
+    clients = [
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        for _, token in workers
+    ]
+    for client in clients:
+        client.get("/healthz").raise_for_status()
     begin = time.monotonic()
     stop_at = begin + seconds
 
-    def work(index: int, run_id: int, token: str) -> None:
+    def work(index: int, run_id: int, client: httpx.Client) -> None:
         seq = 0
         tick = 0
         # Spread the workers' phases over the interval, as independent workers would be.
         offset = (interval or 0.0) * index / len(workers)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
-            while time.monotonic() < stop_at:
-                if interval is not None:
-                    due = begin + offset + tick * interval
-                    tick += 1
-                    if due >= stop_at:
-                        break
-                    time.sleep(max(0.0, due - time.monotonic()))
-                events = []
-                for _ in range(batch):
-                    events.append(
-                        {
-                            "type": "progress",
-                            "seq": seq,
-                            "time": time.time(),
-                            "step": seq + 1,
-                            "loss": 3.0,
-                            "lr": 1e-3,
-                            "tokens_seen": seq * 4096,
-                            "tokens_per_s": 1e4,
-                            "step_time": 0.1,
-                        }
-                    )
-                    seq += 1
-                t0 = time.perf_counter()
-                r = client.post(f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": events})
-                latencies[index].append(time.perf_counter() - t0)
-                if r.status_code != 200 or r.json()["accepted"] != batch:
-                    errors[0] += 1
+        while time.monotonic() < stop_at:
+            if interval is not None:
+                due = begin + offset + tick * interval
+                tick += 1
+                if due >= stop_at:
+                    break
+                time.sleep(max(0.0, due - time.monotonic()))
+            events = []
+            for _ in range(batch):
+                events.append(
+                    {
+                        "type": "progress",
+                        "seq": seq,
+                        "time": time.time(),
+                        "step": seq + 1,
+                        "loss": 3.0,
+                        "lr": 1e-3,
+                        "tokens_seen": seq * 4096,
+                        "tokens_per_s": 1e4,
+                        "step_time": 0.1,
+                    }
+                )
+                seq += 1
+            t0 = time.perf_counter()
+            r = client.post(f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": events})
+            latencies[index].append(time.perf_counter() - t0)
+            if r.status_code != 200 or r.json()["accepted"] != batch:
+                errors[0] += 1
 
     started = time.monotonic()
-    threads = [threading.Thread(target=work, args=(i, *w)) for i, w in enumerate(workers)]
+    threads = [
+        threading.Thread(target=work, args=(i, run_id, client))
+        for i, ((run_id, _), client) in enumerate(zip(workers, clients, strict=True))
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for client in clients:
+        client.close()
     elapsed = time.monotonic() - started
     flat = [x for per in latencies for x in per]
     return {

@@ -6,6 +6,7 @@ reconciler (``settings.run_reconciler``), stopping it on shutdown.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 
 from controller.api import errors
 from controller.api.limits import BodySizeLimit, ReportRateLimiter
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_database_migrated(_engine_of(factory))
+        configure_mappers()  # now, not inside the first requests (tens of ms each after a restart)
         reconciler: Any = None
         if settings.run_reconciler:
             from controller.reconciler import Reconciler  # lazy: the API imports without it
@@ -69,6 +71,7 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.state.reconciler = None
     app.state.report_latency = LatencyHistogram()
     app.state.report_events = Counter({"accepted": 0, "duplicates": 0})
+    app.state.report_write_lock = threading.Lock()  # SQLite only: see routes/reports.py
     app.state.report_limiter = ReportRateLimiter(
         rate_per_s=settings.report_rate_per_s, burst=settings.report_burst
     )

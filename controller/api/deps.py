@@ -13,7 +13,7 @@ from controller.auth import Principal, authenticate, require_user
 from controller.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
+from controller.api.routes import reports as reports_route
 from controller.db.models import Checkpoint, Event, Metric, WorkerEventRecord
+from controller.services import ingest
 from shared.states import AttemptState
 from tests.controller.api.conftest import Api
 
@@ -171,3 +177,59 @@ def test_metrics_downsampling_keeps_first_and_last(api: Api) -> None:
     paged = api.client.get(f"/api/v1/runs/{run_id}/metrics?limit=100&offset=450", headers=api.h()).json()
     assert [m["step"] for m in paged["items"]] == list(range(451, 501))
     assert api.client.get(f"/api/v1/runs/{run_id}/metrics?max_points=1", headers=api.h()).status_code == 422
+
+
+class _WatchedLock:
+    """A lock that knows which thread holds it and how often it was taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+        self.entries = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+        self.entries += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = None
+        self._lock.release()
+
+
+def test_concurrent_reports_on_sqlite_are_written_one_at_a_time_and_all_land(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite admits one writer; concurrent report threads queue on the app's lock, not in SQLite's
+    # busy handler whose sleeps made a latency tail of seconds under load.
+    lock = _WatchedLock()
+    api.client.app.state.report_write_lock = lock  # type: ignore[attr-defined]
+    outside: list[int] = []
+
+    def watched_ingest(*args: Any, **kwargs: Any) -> Any:
+        if lock.owner != threading.get_ident():
+            outside.append(threading.get_ident())
+        time.sleep(0.002)  # widen the window another writer would slip into
+        return ingest(*args, **kwargs)
+
+    monkeypatch.setattr(reports_route, "ingest", watched_ingest)
+    workers = [(run_id, api.attempt(run_id)) for run_id in (api.create(f"w{i}")["id"] for i in range(6))]
+    batches = 5
+
+    def work(run_id: int, token: str) -> list[int]:
+        codes = []
+        for b in range(batches):
+            events = [_progress(b * 8 + k, b * 8 + k + 1, T0 + b * 8 + k) for k in range(8)]
+            r = api.client.post(
+                f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": events}, headers=api.h(token)
+            )
+            codes.append(r.status_code if r.json().get("accepted") == 8 else -r.status_code)
+        return codes
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        results = list(pool.map(lambda w: work(*w), workers))
+    assert results == [[200] * batches] * len(workers)
+    assert lock.entries == len(workers) * batches
+    assert outside == []
+    with api.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Metric)) == len(workers) * batches * 8
