@@ -153,14 +153,6 @@ def apply_rotary_emb(
     return q_out.type_as(xq), k_out.type_as(xk)
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B, H_kv, S, D] -> [B, H_kv * n_rep, S, D]: each key/value head serves n_rep query heads."""
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
-
-
 class Attention(nn.Module):
     """Causal self-attention with RoPE and grouped-query heads, through ``scaled_dot_product_attention``."""
 
@@ -182,10 +174,10 @@ class Attention(nn.Module):
         xv = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
         q, k, v = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)
-        # Expanding K/V explicitly lets SDPA pick its fused (flash) kernels on every backend;
-        # the expanded copies are views until the kernel reads them.
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # SDPA shares each K/V head among its query group itself (``enable_gqa``, no mask: the
+        # flash kernels on GPU and CPU take it). Expanding K/V beforehand, as upstream did, copies
+        # them n_rep times and costs ~20 % of an attention layer's forward + backward on CPU.
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_rep > 1)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
