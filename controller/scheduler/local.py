@@ -330,12 +330,13 @@ class LocalScheduler:
     def _recover_unrecorded_ranks(self, job: _Job) -> None:
         """The controller died between spawning ranks and recording them: find them by environment."""
         rec = job.record
-        for pid in _job_session_leaders(rec["job_id"]):
-            if pid not in rec["pids"]:
-                rec["pids"].append(pid)
-                rec["start_ticks"].append(_proc_start_time(pid))
-                log.warning("local job %s: adopted rank process %d, never recorded", rec["job_id"], pid)
-        self._save(job)
+        found = [pid for pid in _job_session_leaders(rec["job_id"]) if pid not in rec["pids"]]
+        for pid in found:
+            rec["pids"].append(pid)
+            rec["start_ticks"].append(_proc_start_time(pid))
+            log.warning("local job %s: adopted rank process %d, never recorded", rec["job_id"], pid)
+        if found:
+            self._save(job)
 
     def _alive_pids(self, job: _Job) -> list[int]:
         """Recorded pids still running as the same processes (pid + kernel start time match)."""
