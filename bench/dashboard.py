@@ -105,7 +105,6 @@ def bulk_seed(factory: Any, *, runs: int, points: int) -> int:
                 "training_steps": 200_000,
                 "current_step": (i * 37) % 200_000,
                 "attempts_count": n_attempts,
-                "goodput": 0.5 + (i % 50) / 100,
                 "created_at": t0,
                 "updated_at": t0 + timedelta(seconds=i),
             }

@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--margin", type=float, default=TrainConfig.__dataclass_fields__["deadline_margin"].default
-    )
+    parser.add_argument("--margin", type=float, default=TrainConfig.model_fields["deadline_margin"].default)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "deadline.json")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
-from controller.services.goodput import attempt_goodput, run_goodput
+from controller.services import goodput
 from shared.states import EndReason, RunState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,29 +73,7 @@ def render(session: Session, latency: LatencyHistogram, *, now: datetime, events
         "pyrecover_missed_deadlines_total", "counter", "Attempts killed at their time limit (goal: zero)."
     )
     lines.append(f"pyrecover_missed_deadlines_total {int(reasons.get(EndReason.TIMEOUT_KILLED, 0))}")
-    total = run_goodput(
-        attempt_goodput(
-            submit=row.submit_time,
-            start=row.start_time,
-            end=row.end_time,
-            training_started=row.training_started_at,
-            last_commit=row.last_commit_at,
-            startup_s=0.0,
-            checkpoint_load_s=0.0,
-            checkpoint_stall_s=row.checkpoint_stall_s or 0.0,
-            now=now,
-        )
-        for row in session.execute(
-            select(
-                Attempt.submit_time,
-                Attempt.start_time,
-                Attempt.end_time,
-                Attempt.training_started_at,
-                Attempt.last_commit_at,
-                Attempt.checkpoint_stall_s,
-            )
-        )
-    )
+    total = goodput.overall(session, now=now)
     lines += _family("pyrecover_allocated_seconds", "gauge", "Seconds attempts held resources (all runs).")
     lines.append(f"pyrecover_allocated_seconds {total.allocated_s!r}")
     lines += _family(

@@ -107,10 +107,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
     def validate_for_serving(self) -> None:
         """Refuse to serve an unauthenticated API beyond this machine (raise ``ValueError``)."""
         if not is_loopback(self.host) and not self.auth_required:

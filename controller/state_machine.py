@@ -1,4 +1,7 @@
-"""The run and attempt state machines: one table each, and the only functions that change state.
+"""The run and attempt state machines: the only functions that change state.
+
+The tables themselves (``RUN_TRANSITIONS``, ``ATTEMPT_TRANSITIONS``) are contracts and live in
+``shared.states``.
 
 Every change goes through ``transition_run`` / ``transition_attempt``, which check the table
 (raising ``InvalidTransition``), update the row and append an ``Event`` to the run's log in the
@@ -14,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Event, Run
 from controller.db.types import utcnow
-from shared.states import TERMINAL_RUN_STATES, AttemptState, RunState
+from shared.states import ATTEMPT_TRANSITIONS, RUN_TRANSITIONS, TERMINAL_RUN_STATES, AttemptState, RunState
 
 
 class DomainError(Exception):
@@ -23,36 +26,6 @@ class DomainError(Exception):
 
 class InvalidTransition(DomainError):
     """A state change the transition table does not allow (HTTP 409)."""
-
-
-_R = RunState
-RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    # Waiting for the first submission; may be cancelled or fail on a refused submission.
-    _R.PENDING: frozenset({_R.QUEUED, _R.FAILED, _R.CANCELLED}),
-    # An attempt is queued (or due after a backoff); a short attempt may end before we saw it run.
-    _R.QUEUED: frozenset({_R.RUNNING, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
-    # Back to QUEUED between attempts (walltime stop, preemption, failure within budget).
-    _R.RUNNING: frozenset({_R.QUEUED, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
-    _R.COMPLETED: frozenset(),
-    # ``resume``: restart from the latest committed checkpoint.
-    _R.FAILED: frozenset({_R.PENDING}),
-    _R.CANCELLED: frozenset({_R.PENDING}),
-}
-
-_A = AttemptState
-ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
-    # The recorded intent: submitted (PENDING), or ended when the scheduler refused / it was cancelled.
-    _A.SUBMITTING: frozenset({_A.PENDING, _A.ENDED}),
-    # PENDING → STOPPING: a worker may announce its stop before the reconciler's poll saw it run.
-    _A.PENDING: frozenset({_A.RUNNING, _A.STOPPING, _A.ENDED}),
-    _A.RUNNING: frozenset({_A.STOPPING, _A.ENDED}),
-    _A.STOPPING: frozenset({_A.ENDED}),
-    _A.ENDED: frozenset(),
-}
-
-
-def can_transition_run(current: RunState, new: RunState) -> bool:
-    return new in RUN_TRANSITIONS[current]
 
 
 def record_run_event(

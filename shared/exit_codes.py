@@ -1,4 +1,4 @@
-"""Worker exit codes (DESIGN.md): 0 is a clean exit, anything else a failure.
+"""Worker exit codes (docs/architecture.md, "Exit codes"): 0 is a clean exit, anything else a failure.
 
 The controller never decides from the exit code alone: a clean exit with steps left means the
 worker stopped gracefully (deadline, signal, ``--stop-after-steps``) after a committed checkpoint.

@@ -1,8 +1,12 @@
-"""Run-directory and checkpoint-directory conventions (DESIGN.md, "Checkpoint directory").
+"""Where things live on disk: the controller's run directories and the checkpoint layout.
 
-``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
-``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
-place, so a reader never sees a half-written ``step-<N>``.
+* ``<data_dir>/runs/<run id>/``: the run's own directory on the controller's side — the worker
+  token file (0600), the reporter's spool, ``logs/attempt-<NNNN>.{out,err}``; workers run there.
+* ``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
+  ``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
+  place, so a reader never sees a half-written ``step-<N>``.
+
+See docs/architecture.md, "Checkpoint layout".
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ import uuid
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
+TOKEN_FILE_NAME = "worker.token"
+"""The run-scoped worker token, in the run directory (never on a command line or in the environment)."""
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def run_dir(data_dir: Path, run_id: int) -> Path:
+    """The run's own directory under the controller's data dir (token file, spool, attempt logs)."""
+    return Path(data_dir) / "runs" / str(run_id)
 
 
 def run_checkpoint_dir(checkpoint_root: Path, run_name: str) -> Path:

@@ -1,4 +1,8 @@
-"""Run and attempt states, and why an attempt ended (DESIGN.md, "Contracts")."""
+"""Run and attempt states, their transition tables and every set of them; why an attempt ended.
+
+This is the one place a set of run or attempt states is declared (a test refuses one elsewhere).
+``controller.state_machine`` applies the tables; see docs/architecture.md, "States".
+"""
 
 from __future__ import annotations
 
@@ -48,6 +52,43 @@ class AttemptState(StrEnum):
 
 
 LIVE_ATTEMPT_STATES = frozenset({AttemptState.SUBMITTING, AttemptState.PENDING, AttemptState.RUNNING})
+"""At most one per run (a partial unique index): the attempt that runs, or is about to."""
+ACTIVE_ATTEMPT_STATES = frozenset(AttemptState) - {AttemptState.ENDED}
+"""Not ended yet: the live ones plus STOPPING (a worker saving its final checkpoint)."""
+SCHEDULER_OWNED_ATTEMPT_STATES = ACTIVE_ATTEMPT_STATES - {AttemptState.SUBMITTING}
+"""Attempts with a job the scheduler knows about: polled each pass, cancelled with the run."""
+WAITING_RUN_STATES = frozenset({RunState.PENDING, RunState.QUEUED})
+"""Runs that wait for their next attempt to be submitted (when no attempt is active)."""
+
+
+_R = RunState
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    # Waiting for the first submission; may be cancelled or fail on a refused submission.
+    _R.PENDING: frozenset({_R.QUEUED, _R.FAILED, _R.CANCELLED}),
+    # An attempt is queued (or due after a backoff); a short attempt may end before we saw it run.
+    _R.QUEUED: frozenset({_R.RUNNING, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
+    # Back to QUEUED between attempts (walltime stop, preemption, failure within budget).
+    _R.RUNNING: frozenset({_R.QUEUED, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
+    _R.COMPLETED: frozenset(),
+    # ``resume``: restart from the latest committed checkpoint.
+    _R.FAILED: frozenset({_R.PENDING}),
+    _R.CANCELLED: frozenset({_R.PENDING}),
+}
+"""Which run state may follow which; ``controller.state_machine.transition_run`` enforces it."""
+
+_A = AttemptState
+ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
+    # The recorded intent: submitted (PENDING), or ended when the scheduler refused / it was cancelled.
+    _A.SUBMITTING: frozenset({_A.PENDING, _A.ENDED}),
+    # PENDING → STOPPING: a worker may announce its stop before the reconciler's poll saw it run.
+    _A.PENDING: frozenset({_A.RUNNING, _A.STOPPING, _A.ENDED}),
+    _A.RUNNING: frozenset({_A.STOPPING, _A.ENDED}),
+    _A.STOPPING: frozenset({_A.ENDED}),
+    _A.ENDED: frozenset(),
+}
+"""Which attempt state may follow which; ``controller.state_machine.transition_attempt`` enforces it."""
+RESUMABLE_RUN_STATES = frozenset(s for s, nxt in RUN_TRANSITIONS.items() if RunState.PENDING in nxt)
+"""Ended runs a user may resume (FAILED, CANCELLED): read off the table, never listed again."""
 
 
 class EndReason(StrEnum):

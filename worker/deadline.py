@@ -1,6 +1,6 @@
 """When must this attempt stop? Deadline sources and the stop policy.
 
-Sources, in DESIGN.md's order after the ``--deadline`` flag: ``PYRECOVER_DEADLINE``,
+Sources, in docs/architecture.md's order after the ``--deadline`` flag: ``PYRECOVER_DEADLINE``,
 ``SLURM_JOB_END_TIME`` (Slurm >= 23.02), ``squeue -h -j $SLURM_JOB_ID -o %e`` (Slurm 22.05), none.
 They are re-read every ``refresh_seconds`` because an admin may extend (or cut) a time limit.
 

@@ -163,15 +163,6 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return [float(x) for x in t.tolist()]
 
 
-def agree_flags(flags: list[int], info: DistInfo) -> list[int]:
-    """Element-wise MAX of small integer flags over all ranks (one collective per step boundary)."""
-    if not info.is_distributed:
-        return list(flags)
-    t = torch.tensor(flags, dtype=torch.int64, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [int(x) for x in t.tolist()]
-
-
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
         dist.barrier()

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from shared.events import EventType, StopReason, WorkerAction
 from shared.exit_codes import ExitCode
+from worker.components import Components
 from worker.config import TrainConfig
 from worker.deadline import Clock, DeadlineTracker, StopPolicy, measure_write_bandwidth
 from worker.distributed import DistInfo, all_reduce_sum, log_rank0
@@ -24,7 +26,6 @@ from worker.loss_log import LossCSV
 from worker.profiling import StepProfiler
 from worker.reporting import Reporter
 from worker.signals import StopSignals
-from worker.train import Components
 
 log = logging.getLogger("pyrecover.worker")
 IGNORE_INDEX = -100
@@ -115,7 +116,7 @@ class TrainingLoop:
             # A background save's full duration is what a synchronous final save would take.
             self.policy.record_save(result.save_seconds)
         self.reporter.emit(
-            "checkpoint_committed",
+            EventType.CHECKPOINT_COMMITTED,
             step=result.step,
             path=str(result.path),
             format=result.format,
@@ -156,7 +157,7 @@ class TrainingLoop:
         if self.deadlines is not None:
             log_rank0(info, "deadline: %s (source: %s)", deadline, self.deadlines.source)
         self.reporter.emit(
-            "started",
+            EventType.STARTED,
             step=resume_step,
             world_size=info.world_size,
             resumed_from=str(restored.checkpoint.path) if restored is not None else None,
@@ -186,15 +187,16 @@ class TrainingLoop:
         flags = [0.0, 0.0, 0.0, 0.0]
         flags[_SIGNAL] = float(signals.requested)
         action = self.reporter.requested_action()  # "none" except on rank 0 with a controller
-        flags[_CTRL_STOP] = float(action == "stop")
-        flags[_CTRL_CKPT] = float(action == "checkpoint")
+        flags[_CTRL_STOP] = float(action == WorkerAction.STOP)
+        flags[_CTRL_CKPT] = float(action == WorkerAction.CHECKPOINT)
         if self.policy is not None and self.deadlines is not None:
             flags[_DEADLINE] = float(self.policy.should_stop(self.deadlines.current()))
         return flags
 
     def _loop(
         self, signals: StopSignals, profiler: StepProfiler, csv: LossCSV | None, resume_step: int
-    ) -> str:
+    ) -> StopReason | None:
+        """Train until the last step (``None``) or a stop (its reason; the final save is ``_finish``'s)."""
         config, info, comp = self.config, self.info, self.comp
         comp.model.train()
         batches = iter(comp.dataset)
@@ -231,9 +233,11 @@ class TrainingLoop:
                 now = time.perf_counter()
                 self._log(loss, lr, grad_norm, (self.step - log_step) / max(now - log_t, 1e-9))
                 log_t, log_step = now, self.step
+            if self.step >= config.training_steps:
+                return None  # done: the final (synchronous) save happens in _finish
             reason = self._stop_reason(flags, resume_step)
             if reason is not None:
-                return reason  # the final (synchronous) save happens in _finish
+                return reason  # likewise
             periodic = config.checkpoint_frequency > 0 and self.step % config.checkpoint_frequency == 0
             if periodic or flags[_CTRL_CKPT]:
                 self._save(final=False)
@@ -245,20 +249,21 @@ class TrainingLoop:
                     return reason
             else:
                 self._drain_completed()
-        return "finished"
+        return None
 
-    def _stop_reason(self, flags: list[bool], resume_step: int) -> str | None:
+    def _stop_reason(self, flags: list[bool], resume_step: int) -> StopReason | None:
+        """Why to stop after this step; ``None`` to go on (or, at the last step, to finish)."""
         if self.step >= self.config.training_steps:
-            return "finished"
+            return None
         if flags[_SIGNAL]:
-            return "signal"
+            return StopReason.SIGNAL
         if flags[_CTRL_STOP]:
-            return "controller_request"
+            return StopReason.CONTROLLER_REQUEST
         if flags[_DEADLINE]:
-            return "deadline"
+            return StopReason.DEADLINE
         stop_after = self.config.stop_after_steps
         if stop_after is not None and self.step - resume_step >= stop_after:
-            return "stop_after_steps"
+            return StopReason.STOP_AFTER_STEPS
         return None
 
     def _log(self, loss: float, lr: float, grad_norm: float, steps_per_s: float) -> None:
@@ -283,7 +288,7 @@ class TrainingLoop:
             f" | MFU {device_mfu:.1%}" if device_mfu is not None else "",
         )
         self.reporter.emit(
-            "progress",
+            EventType.PROGRESS,
             step=self.step,
             loss=loss,
             lr=lr,
@@ -294,11 +299,12 @@ class TrainingLoop:
             mfu=device_mfu,
         )
 
-    def _finish(self, reason: str) -> ExitCode:
+    def _finish(self, reason: StopReason | None) -> ExitCode:
+        """The final checkpoint (unless this step is saved already), then ``finished`` or a clean stop."""
         info = self.info
-        if reason != "finished":
+        if reason is not None:
             deadline = self.deadlines.deadline if self.deadlines else None
-            self.reporter.emit("stopping", step=self.step, reason=reason, deadline=deadline)
+            self.reporter.emit(EventType.STOPPING, step=self.step, reason=reason, deadline=deadline)
         result = None
         if self.step != self.last_saved_step:
             result = self._save(final=True)
@@ -306,16 +312,16 @@ class TrainingLoop:
         self._drain_completed()
         self.manager.close()
         where = str(result.path) if result is not None else f"step {self.last_saved_step} (already saved)"
-        if reason == "finished":
+        if reason is None:
             log_rank0(info, "finished %d steps; final checkpoint committed at %s", self.step, where)
-            self.reporter.emit("finished", step=self.step)
+            self.reporter.emit(EventType.FINISHED, step=self.step)
         else:
             log_rank0(
                 info,
                 "stopped at step %d (%s): checkpoint committed at %s; "
                 "resume with --resume-from-checkpoint latest",
                 self.step,
-                reason,
+                reason.value,
                 where,
             )
         return ExitCode.OK

@@ -32,8 +32,8 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from shared import envvars
+from shared.events import DROPPABLE_EVENT_TYPES, EventType, WorkerAction
 from shared.schemas import ReportReply, WorkerEvent
-from worker.reporting import Action, EventType
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: one line per batch would drown the training log.
@@ -41,7 +41,6 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 _EVENT_ADAPTER: TypeAdapter[WorkerEvent] = TypeAdapter(WorkerEvent)
 _SEQ_BLOCK = 1000
-_NEVER_DROP = frozenset({"started", "checkpoint_committed", "stopping", "finished", "failed", "warning"})
 
 
 class HttpReporter:
@@ -78,7 +77,7 @@ class HttpReporter:
         self._spool_lock = threading.Lock()
         self._closing = False
         self._sending: list[dict[str, Any]] = []  # the batch the thread holds outside the queue
-        self._action: Action = "none"
+        self._action = WorkerAction.NONE
         self._failures = 0
         self._retry_at = 0.0
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -106,18 +105,24 @@ class HttpReporter:
     def emit(self, type: EventType, *, step: int, **fields: Any) -> None:
         try:
             with self._cond:
-                event = {"type": type, "seq": self._take_seq(), "time": time.time(), "step": step, **fields}
+                event = {
+                    "type": str(type),
+                    "seq": self._take_seq(),
+                    "time": time.time(),
+                    "step": step,
+                    **fields,
+                }
                 self._queue.append(event)
                 if len(self._queue) > self.max_queue:
                     self._drop_oldest_progress()
-                if type != "progress":
+                if type not in DROPPABLE_EVENT_TYPES:
                     self._cond.notify()  # lifecycle events go out at once (the reconciler waits on them)
         except Exception:  # never let reporting crash training
             log.exception("reporter: could not queue a %s event", type)
 
-    def requested_action(self) -> Action:
+    def requested_action(self) -> WorkerAction:
         with self._cond:
-            action, self._action = self._action, "none"
+            action, self._action = self._action, WorkerAction.NONE
             return action
 
     def close(self, timeout: float = 10.0) -> None:
@@ -164,7 +169,7 @@ class HttpReporter:
 
     def _drop_oldest_progress(self) -> None:
         for i, event in enumerate(self._queue):
-            if event["type"] not in _NEVER_DROP:
+            if event["type"] in DROPPABLE_EVENT_TYPES:
                 del self._queue[i]
                 self.dropped += 1
                 return
@@ -284,8 +289,8 @@ class HttpReporter:
         try:
             action = ReportReply.model_validate(resp.json()).action
         except (ValueError, ValidationError):
-            action = "none"
-        if action != "none":
+            action = WorkerAction.NONE
+        if action is not WorkerAction.NONE:
             with self._cond:
                 self._action = action
         return True

@@ -7,14 +7,10 @@ The training loop talks to a ``Reporter``; without ``PYRECOVER_CONTROLLER_URL`` 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from shared import envvars
-
-EventType = Literal[
-    "started", "progress", "checkpoint_committed", "stopping", "finished", "failed", "warning"
-]
-Action = Literal["none", "checkpoint", "stop"]
+from shared.events import EventType, WorkerAction
 
 
 class Reporter(Protocol):
@@ -22,8 +18,8 @@ class Reporter(Protocol):
         """Queue an event (the reporter assigns ``seq`` and ``time``). Never blocks, never raises."""
         ...
 
-    def requested_action(self) -> Action:
-        """The newest action the controller asked for in a reply ("none" once consumed)."""
+    def requested_action(self) -> WorkerAction:
+        """The newest action the controller asked for in a reply (``NONE`` once consumed)."""
         ...
 
     def close(self, timeout: float = 10.0) -> None:
@@ -37,8 +33,8 @@ class NullReporter:
     def emit(self, type: EventType, *, step: int, **fields: Any) -> None:
         return None
 
-    def requested_action(self) -> Action:
-        return "none"
+    def requested_action(self) -> WorkerAction:
+        return WorkerAction.NONE
 
     def close(self, timeout: float = 10.0) -> None:
         return None
@@ -48,6 +44,6 @@ def make_reporter(*, rank: int) -> Reporter:
     """The reporter for this process: only rank 0 reports, and only when a controller is configured."""
     if rank != 0 or not os.environ.get(envvars.CONTROLLER_URL):
         return NullReporter()
-    from worker.report_client import HttpReporter  # the HTTP client is built by the controller work
+    from worker.report_client import HttpReporter  # httpx is imported only where a controller exists
 
     return HttpReporter.from_env()

@@ -21,6 +21,7 @@ from controller.services.errors import (
     InvalidTransition,
     RunNotFound,
 )
+from shared.events import EventType
 
 _LOC_PREFIXES = ("body", "query", "path", "header")
 
@@ -44,9 +45,7 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return "".join(out)
 
 
-_EVENT_TAGS = frozenset(
-    {"started", "progress", "checkpoint_committed", "stopping", "finished", "failed", "warning"}
-)
+_EVENT_TAGS = frozenset(t.value for t in EventType)
 
 
 def _clean(msg: str) -> str:

@@ -1,5 +1,6 @@
-"""Rows → public schemas. Goodput is computed at read time from the attempts' times, so it is
-current for attempts the reconciler ended since the last report (one query per page of runs)."""
+"""Rows → public schemas. Derived figures come from their one owner, at read time: goodput from
+``controller.services.goodput``, the failure budget spent from ``controller.reconciler.decide``
+(one query for the attempts of a whole page of runs)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
+from controller.reconciler.decide import AttemptOutcome, attempts_without_progress
 from controller.services import goodput
 from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
+from shared.states import AttemptState
 
 
 def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list[RunPublic]:
@@ -24,8 +27,9 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
         by_run[attempt.run_id].append(attempt)
     out = []
     for run in runs:
-        attempts = by_run.get(run.id, [])
+        attempts = sorted(by_run.get(run.id, []), key=lambda a: a.number)
         total = goodput.run_goodput(goodput.of_attempt(a, now) for a in attempts)
+        ended = [AttemptOutcome.of(a) for a in attempts if a.state == AttemptState.ENDED]
         detail = GoodputPublic(
             goodput=total.goodput,
             allocated_s=total.allocated_s,
@@ -39,6 +43,7 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             public.model_copy(
                 update={
                     "attempts_count": len(attempts),
+                    "failures_without_progress": attempts_without_progress(ended, run.resumed_after_attempt),
                     "goodput": total.goodput,
                     "goodput_detail": detail,
                 }

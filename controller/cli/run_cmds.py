@@ -14,9 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from controller.cli.client import Api, CliError, default_data_dir, fail, items
-from controller.cli.views import attempts_table, pick, run_panel, run_progress
-from controller.launch import run_dir
+from controller.cli.views import attempts_table, run_panel, run_progress
+from shared.paths import run_dir
 from shared.schemas import RunCreate
+from shared.states import TERMINAL_RUN_STATES
 
 console = Console()
 UrlOpt = Annotated[
@@ -26,7 +27,6 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", help="API token (env PYRECOVER_TOKEN).", show_default=False)
 ]
 RunArg = Annotated[str, typer.Argument(help="Run id or name.")]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
 def validation_lines(exc: ValidationError) -> str:
@@ -145,15 +145,15 @@ def register(app: typer.Typer) -> None:
             table = Table("id", "name", "state", "progress", "attempts", "goodput", "updated")
             for run in rows:
                 step, total = run_progress(run)
-                goodput = pick(run, "goodput")
+                goodput = run.get("goodput")
                 table.add_row(
                     str(run.get("id")),
                     str(run.get("name")),
                     str(run.get("state")),
                     f"{step}/{total}",
-                    str(pick(run, "attempts_count", "attempts", "attempt_count", default="")),
+                    str(run.get("attempts_count", "")),
                     f"{float(goodput):.0%}" if isinstance(goodput, int | float) else "",
-                    str(pick(run, "updated_at", "created_at", default="")),
+                    str(run.get("updated_at", "")),
                 )
             console.print(table)
 
@@ -251,19 +251,16 @@ def follow_run(api: Api, run_id: int, interval: float) -> None:
             detail = api.get(f"/runs/{run_id}")
             step, total = run_progress(detail)
             for job in items(api.get(f"/runs/{run_id}/jobs")):
-                key = int(pick(job, "number", "attempt", default=0))
+                key = int(job.get("number") or 0)
                 now = (job.get("state"), job.get("end_reason"))
                 if seen.get(key) != now:
                     seen[key] = now
                     reason = f" ({now[1]})" if now[1] else ""
                     progress.console.print(f"attempt {key}: {now[0]}{reason}")
-            loss = pick(detail, "last_loss", "loss")
-            info = f"{detail.get('state')}" + (
-                f"  loss {float(loss):.4f}" if isinstance(loss, int | float) else ""
-            )
+            info = str(detail.get("state"))
             progress.update(
                 task, description=str(detail.get("name")), completed=step, total=total or None, info=info
             )
-            if detail.get("state") in TERMINAL:
+            if detail.get("state") in TERMINAL_RUN_STATES:
                 return
             time.sleep(interval)

@@ -1,4 +1,4 @@
-"""Rich renderings of API replies shared by ``show``, ``runs`` and ``demo``."""
+"""Rich renderings of API replies (``RunPublic``, ``AttemptPublic``) for ``show``, ``runs``, ``demo``."""
 
 from __future__ import annotations
 
@@ -8,29 +8,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 
-def pick(data: Any, *keys: str, default: Any = None) -> Any:
-    """The first of ``keys`` present (and not None) in ``data``; dotted keys reach into nested dicts."""
-    for key in keys:
-        value: Any = data
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            return value
-    return default
-
-
 def run_progress(run: dict[str, Any]) -> tuple[int, int]:
-    """(committed or current step, training steps) of a run reply."""
-    step = pick(run, "current_step", "progress.step", "step", default=0)
-    total = pick(
-        run,
-        "training_steps",
-        "progress.training_steps",
-        "spec.training.training_steps",
-        "training.training_steps",
-        default=0,
-    )
-    return int(step or 0), int(total or 0)
+    """(current step, training steps) of a ``RunPublic`` reply."""
+    return int(run.get("current_step") or 0), int(run.get("training_steps") or 0)
 
 
 def _fmt_time(value: Any) -> str:
@@ -43,15 +23,15 @@ def _fmt_time(value: Any) -> str:
 def attempts_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table("#", "job", "state", "end reason", "steps", "start", "end", "error", title="attempts")
     for job in jobs:
-        start, end = pick(job, "step_at_start"), pick(job, "step_at_end")
+        start, end = job.get("step_at_start"), job.get("step_at_end")
         table.add_row(
-            str(pick(job, "number", "attempt", default="")),
-            str(pick(job, "external_id", "job_id", default="")),
+            str(job.get("number", "")),
+            str(job.get("external_id") or ""),
             str(job.get("state", "")),
             str(job.get("end_reason") or ""),
             f"{start if start is not None else ''}→{end if end is not None else ''}",
-            _fmt_time(pick(job, "start_time", "started_at", "submit_time", "submitted_at")),
-            _fmt_time(pick(job, "end_time", "ended_at")),
+            _fmt_time(job.get("start_time") or job.get("submit_time")),
+            _fmt_time(job.get("end_time")),
             str(job.get("error") or "")[:80],
         )
     return table
@@ -63,16 +43,13 @@ def run_panel(run: dict[str, Any]) -> Panel:
         f"[bold]{run.get('name')}[/] (id {run.get('id')})   state [bold]{run.get('state')}[/]",
         f"progress   {step}/{total} steps",
     ]
-    goodput = pick(run, "goodput", "goodput.goodput")
+    goodput = run.get("goodput")
     if isinstance(goodput, int | float):
         lines.append(f"goodput    {goodput:.1%}")
-    ckpt = pick(run, "latest_checkpoint_step", "latest_checkpoint.step")
+    ckpt = run.get("latest_checkpoint_step")
     if ckpt is not None:
         lines.append(f"checkpoint step {ckpt} (latest committed)")
-    loss = pick(run, "last_loss", "loss")
-    if isinstance(loss, int | float):
-        lines.append(f"loss       {loss:.4f}")
-    error = pick(run, "last_error", "error")
+    error = run.get("last_error")
     if error:
         lines.append(f"[red]error      {error}[/]")
     return Panel("\n".join(lines), expand=False)

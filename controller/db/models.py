@@ -30,13 +30,21 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from controller.db.types import UTCDateTime, str_enum, utcnow
+from shared.events import WorkerAction
 from shared.schemas import RunCreate
-from shared.states import AttemptState, EndReason, RunState
+from shared.states import LIVE_ATTEMPT_STATES, AttemptState, EndReason, RunState
 
-LIVE_STATES_SQL = "state IN ('SUBMITTING', 'PENDING', 'RUNNING')"
+
+def _state_in(states: frozenset[AttemptState]) -> str:
+    """``state IN ('A', 'B')`` for a partial index, in the enum's declaration order (stable SQL)."""
+    return "state IN ({})".format(", ".join(f"'{s.value}'" for s in AttemptState if s in states))
+
+
+LIVE_STATES_SQL = _state_in(LIVE_ATTEMPT_STATES)
+"""The one-live-attempt index's condition, generated from ``shared.states.LIVE_ATTEMPT_STATES``."""
 
 
 class Base(DeclarativeBase):
@@ -58,26 +66,18 @@ class Run(Base):
     tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     latest_checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts_count: Mapped[int] = mapped_column(Integer, default=0)
-    failures_without_progress: Mapped[int] = mapped_column(Integer, default=0)
+    resumed_after_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    """The run's last attempt number when a user last resumed it (0: never). The failure budget and
+    ``max_attempts`` count only later attempts (``controller.reconciler.decide.since_resume``)."""
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     next_submit_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    pending_action: Mapped[str] = mapped_column(String(16), default="none")
+    pending_action: Mapped[WorkerAction] = mapped_column(str_enum(WorkerAction), default=WorkerAction.NONE)
     """``none`` | ``checkpoint`` | ``stop``: delivered once in the reply to the next worker report."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     """Set by ``cancel_run``; the reconciler cancels the scheduler job and ends the run CANCELLED."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    goodput_allocated_s: Mapped[float] = mapped_column(Float, default=0.0)
-    goodput_productive_s: Mapped[float] = mapped_column(Float, default=0.0)
-    goodput: Mapped[float | None] = mapped_column(Float, default=None)
-    """Σ productive committed time / Σ allocated time over the run's attempts (refreshed on reports)."""
-
-    error = synonym("last_error")
-
-    @property
-    def message(self) -> str | None:
-        return self.last_error
 
     def spec_model(self) -> RunCreate:
         return RunCreate.model_validate(self.spec)
@@ -119,23 +119,13 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     dependency_job_id: Mapped[str | None] = mapped_column(String(64), default=None)
     last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    # Goodput inputs reported by the worker.
+    # Goodput inputs reported by the worker; the figures themselves are derived when read
+    # (controller.services.goodput), never stored.
     training_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_commit_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    # Goodput per attempt, seconds (see controller.services.goodput).
-    allocated_s: Mapped[float] = mapped_column(Float, default=0.0)
-    queue_wait_s: Mapped[float] = mapped_column(Float, default=0.0)
     startup_s: Mapped[float] = mapped_column(Float, default=0.0)
     checkpoint_load_s: Mapped[float] = mapped_column(Float, default=0.0)
-    productive_committed_s: Mapped[float] = mapped_column(Float, default=0.0)
-    lost_work_s: Mapped[float] = mapped_column(Float, default=0.0)
     checkpoint_stall_s: Mapped[float] = mapped_column(Float, default=0.0)
-
-    # Names the dashboard reads.
-    submitted_at = synonym("submit_time")
-    started_at = synonym("start_time")
-    stopping_at = synonym("stopping_time")
-    ended_at = synonym("end_time")
 
 
 class Checkpoint(Base):
@@ -156,8 +146,6 @@ class Checkpoint(Base):
     async_save: Mapped[bool] = mapped_column(Boolean, default=False)
     tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     final: Mapped[bool] = mapped_column(Boolean, default=False)
-    verified: Mapped[bool] = mapped_column(Boolean, default=True)
-    """The worker reports a checkpoint only after its manifest is written and checked."""
     committed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -205,8 +193,6 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-
-    created_at = synonym("time")
 
 
 class ApiToken(Base):

@@ -4,7 +4,6 @@ choose the walltime window (``auto_window``) and the steps that need at least th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.schemas import TrainingSpec
+from shared.training import EXIT_ALLOWANCE_S
 
 WINDOW_S = 45
 MIN_TRAIN_S = 15.0
@@ -46,10 +46,7 @@ class Calibration:
 # ------------------------------------------------------------------------------ planning
 def worker_stop_overhead() -> float:
     """Seconds the worker keeps free before its deadline: the demo's stop margin + exit allowance."""
-    from worker.config import TrainConfig  # torch-free: dataclass defaults only
-
-    allowance = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "exit_allowance")
-    return DEMO_MARGIN_S + float(allowance)  # type: ignore[arg-type]
+    return DEMO_MARGIN_S + EXIT_ALLOWANCE_S
 
 
 def useful_seconds(cal: Calibration, window_s: float, stop_overhead: float) -> float:

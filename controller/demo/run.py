@@ -26,8 +26,9 @@ from controller.demo.plan import (
     useful_seconds,
     worker_stop_overhead,
 )
-from controller.demo.watch import TERMINAL, Watcher, console, summary_tables
+from controller.demo.watch import Watcher, console, summary_tables
 from controller.settings import DEFAULT_PORT, Settings
+from shared.states import TERMINAL_RUN_STATES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,11 +245,13 @@ def shut_down(ctl: DemoController, api: Api, run_id: int | None) -> None:
     A second Ctrl-C skips the wait for a graceful stop and goes straight to killing.
     """
     try:
-        if run_id is not None and api.get(f"/runs/{run_id}").get("state") not in TERMINAL:
+        if run_id is not None and api.get(f"/runs/{run_id}").get("state") not in TERMINAL_RUN_STATES:
             console.print(f"cancelling run {run_id} (its worker saves a checkpoint and exits) …")
             api.post(f"/runs/{run_id}/cancel")
             end = time.monotonic() + ctl.settings.local_kill_wait_s + 30
-            while time.monotonic() < end and api.get(f"/runs/{run_id}").get("state") not in TERMINAL:
+            while time.monotonic() < end:
+                if api.get(f"/runs/{run_id}").get("state") in TERMINAL_RUN_STATES:
+                    break
                 time.sleep(0.5)
             console.print(f"run {run_id}: {api.get(f'/runs/{run_id}').get('state')}")
     except (KeyboardInterrupt, CliError) as exc:

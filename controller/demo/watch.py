@@ -13,10 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from controller.cli.client import Api, items
-from controller.cli.views import pick, run_progress
+from controller.cli.views import run_progress
+from shared.states import TERMINAL_RUN_STATES
 
 console = Console()
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
 # ------------------------------------------------------------------------------ watching
@@ -117,7 +117,7 @@ class Watcher:
                     loss=f"{self.loss:.3f}" if self.loss is not None else "–",
                     status=attempt_status(last) if last else str(detail.get("state")),
                 )
-                if detail.get("state") in TERMINAL or time.monotonic() > end:
+                if detail.get("state") in TERMINAL_RUN_STATES or time.monotonic() > end:
                     progress.update(task, status=str(detail.get("state")))
                     if jobs and jobs[-1].get("state") == "ENDED":
                         progress.console.print(f"  {_ended(jobs[-1])}: run {detail.get('state')}")
@@ -164,7 +164,7 @@ def summary_tables(
         f"{len(jobs)} ({resumptions} automatic resumption{'s' if resumptions != 1 else ''}, "
         f"{timeouts} killed at the time limit)",
     )
-    goodput = pick(detail, "goodput")
+    goodput = detail.get("goodput")
     gd = detail.get("goodput_detail") or {}
     if isinstance(goodput, int | float):
         facts.add_row(

@@ -2,7 +2,8 @@
 
 * ``decide``: pure functions: an attempt's end reason and what happens to its run next.
 * ``ending``: the end of an attempt and the run's next step (and ``TickContext``).
-* ``facts``: every query and write on the database the reconciler makes (the caller commits).
+* ``store``: every query and write on the database the reconciler makes (the caller commits).
+* ``jobspec``: what one attempt runs (the ``JobSpec`` for a backend) and the run's token file.
 * ``submission``: recording the intent, calling the scheduler, recovering interrupted submissions.
 * ``runlock``: per-run locks, so several controllers on one PostgreSQL never act on a run twice.
 * ``tick``: one pass over the database (submit due runs, poll live attempts, apply decisions).

@@ -1,9 +1,17 @@
-"""Where resubmission is decided: pure functions of explicit facts (no DB, no scheduler, no clock).
+"""Where resubmission is decided: every rule, as pure functions of explicit facts.
 
-The reconciler gathers the facts (the run's committed progress, its policy, the attempt chain,
-what the worker reported, what the scheduler says, the time) and asks these functions what the
-attempt's end reason is and what happens to the run next. Keeping them pure makes every rule a
-row in a table test.
+No DB, no scheduler, no clock: the reconciler (``controller.reconciler.ending``) gathers the facts
+(the run's committed progress, its policy, the attempt chain, where the user resumed it, what the
+worker reported, what the scheduler says, the time) and asks these functions
+
+1. why the attempt ended (``end_reason``), and which endings carry an error (``ERROR_REASONS``,
+   ``failure_message``, ``remedy``);
+2. what happens to the run next (``next_step``): CANCEL, COMPLETE, FAIL or RESUBMIT, with the
+   failure budget (``attempts_without_progress``) and the backoff (``backoff_seconds``) read off
+   the attempt chain since the user last resumed the run — no counter is kept anywhere else.
+
+Keeping them pure makes every rule a row in a table test (tests/controller/reconciler/test_decide.py).
+See docs/architecture.md, "Where is resubmission decided".
 """
 
 from __future__ import annotations
@@ -11,10 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from shared.events import StopReason
 from shared.schemas import PolicySpec
 from shared.states import EndReason, SchedulerJobState
 
+ERROR_REASONS = frozenset({EndReason.FAILED, EndReason.LOST, EndReason.NODE_FAIL, EndReason.TIMEOUT_KILLED})
+"""Endings whose attempt record keeps an error message (``failure_message``)."""
 # Endings that say something is wrong with the job itself; the next try waits (exponential backoff).
 # A walltime stop, a timeout kill, a preemption or a node failure is the cluster's doing: retry at once.
 BACKOFF_REASONS = frozenset({EndReason.FAILED, EndReason.LOST, EndReason.CANCELLED})
@@ -25,8 +37,8 @@ class Reported:
     """What the worker reported during the attempt (from the stored worker events)."""
 
     finished: bool = False
-    stopping_reason: str | None = None
-    """The ``reason`` of a ``stopping`` event: deadline, signal, stop_after_steps, controller_request."""
+    stopping_reason: StopReason | None = None
+    """The ``reason`` of the attempt's ``stopping`` event, if it sent one."""
     error: str | None = None
     """The ``error`` of a ``failed`` event."""
 
@@ -46,8 +58,20 @@ class AttemptOutcome:
     def made_progress(self) -> bool:
         return self.step_at_end > self.step_at_start
 
+    @classmethod
+    def of(cls, attempt: Any) -> AttemptOutcome:
+        """From an ended attempt record (anything with the ``Attempt`` model's attribute names)."""
+        return cls(
+            number=int(attempt.number),
+            end_reason=EndReason(attempt.end_reason or EndReason.FAILED),
+            step_at_start=int(attempt.step_at_start or 0),
+            step_at_end=int(attempt.step_at_end or 0),
+            error=attempt.error,
+        )
+
 
 class Verdict(StrEnum):
+    CANCEL = "cancel"
     COMPLETE = "complete"
     FAIL = "fail"
     RESUBMIT = "resubmit"
@@ -77,7 +101,7 @@ def end_reason(
         case SchedulerJobState.COMPLETED:
             if reported.error is not None:
                 return EndReason.FAILED
-            if reported.stopping_reason in (None, "deadline"):
+            if reported.stopping_reason in (None, StopReason.DEADLINE):
                 # A clean exit with steps left is by contract a graceful stop after a committed save.
                 return EndReason.DEADLINE_STOP
             return EndReason.SIGNAL_STOP
@@ -131,10 +155,18 @@ def remedy(error: str | None) -> str:
     return ""
 
 
-def attempts_without_progress(history: Sequence[AttemptOutcome]) -> int:
-    """How many of the newest attempts in a row committed no new checkpoint."""
+def since_resume(history: Sequence[AttemptOutcome], resumed_after: int) -> list[AttemptOutcome]:
+    """The attempts that count against the budget: those after the user last resumed the run.
+
+    ``resumed_after`` is the number of the run's last attempt when a user resumed it (0: never).
+    """
+    return [o for o in history if o.number > resumed_after]
+
+
+def attempts_without_progress(history: Sequence[AttemptOutcome], resumed_after: int = 0) -> int:
+    """How many of the newest attempts in a row (since the last resume) committed no new checkpoint."""
     count = 0
-    for outcome in reversed(history):
+    for outcome in reversed(since_resume(history, resumed_after)):
         if outcome.made_progress:
             break
         count += 1
@@ -160,32 +192,38 @@ def next_step(
     history: Sequence[AttemptOutcome],
     policy: PolicySpec,
     now: float,
-    stalled: int | None = None,
+    resumed_after: int = 0,
+    cancel_requested: bool = False,
 ) -> Decision:
     """What happens to a run whose newest attempt ended (``history`` is the whole chain, oldest first).
 
-    ``stalled``: attempts in a row without a new checkpoint, when the caller keeps that count itself
-    (a resumed run starts its failure budget afresh); by default it is read off ``history``.
+    In this order: a cancel the user asked for ends the run CANCELLED; all steps committed (or
+    the worker's ``finished``) COMPLETE it; the failure budget (``policy.max_failures_without_progress``
+    attempts in a row without a new checkpoint) or ``policy.max_attempts`` FAIL it, both counted
+    since the user last resumed it (``resumed_after``); otherwise the next attempt is submitted,
+    after a backoff when the last endings were failures.
     """
+    if cancel_requested:
+        return Decision(verdict=Verdict.CANCEL, message="cancelled by the user")
     if committed_step >= training_steps or (history and history[-1].end_reason is EndReason.FINISHED):
         return Decision(verdict=Verdict.COMPLETE, message=f"trained all {training_steps} steps")
-    last_error = next((o.error for o in reversed(history) if o.error), None)
+    counted = since_resume(history, resumed_after)
+    last_error = next((o.error for o in reversed(counted) if o.error), None)
     suffix = f"; last error: {last_error}" if last_error else ""
     if hint := remedy(last_error):
         suffix += f". What to do: {hint}"
-    if stalled is None:
-        stalled = attempts_without_progress(history)
+    stalled = attempts_without_progress(counted)
     if stalled >= policy.max_failures_without_progress:
         return Decision(
             verdict=Verdict.FAIL,
             message=f"{stalled} attempts in a row committed no new checkpoint "
             f"(max_failures_without_progress={policy.max_failures_without_progress}){suffix}",
         )
-    if len(history) >= policy.max_attempts:
+    if len(counted) >= policy.max_attempts:
         return Decision(
             verdict=Verdict.FAIL,
             message=f"reached max_attempts={policy.max_attempts} "
             f"at step {committed_step}/{training_steps}{suffix}",
         )
-    delay = backoff_seconds(history, policy)
+    delay = backoff_seconds(counted, policy)
     return Decision(verdict=Verdict.RESUBMIT, not_before=now + delay if delay else None)

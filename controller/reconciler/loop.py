@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +18,7 @@ from controller.reconciler.ending import TickContext
 from controller.reconciler.tick import reconcile_once
 from controller.scheduler.base import Scheduler
 from controller.scheduler.registry import make_scheduler
+from controller.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Reconciler:
     def __init__(
         self,
         *,
-        settings: Any,
+        settings: Settings,
         session_factory: Callable[[], Session],
         schedulers: dict[str, Scheduler] | None = None,
         clock: Callable[[], float] = time.time,

@@ -16,13 +16,14 @@ another's in-flight intent for an interrupted one, or act on a stale list of due
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from controller.launch import build_job_spec
-from controller.reconciler import facts
+from controller.db.models import Attempt, Run
+from controller.reconciler import store
 from controller.reconciler.ending import TickContext, end_attempt
+from controller.reconciler.jobspec import build_job_spec
 from controller.reconciler.runlock import run_claim
 from controller.scheduler.base import JobStatus, SchedulerError, job_name_for
 from controller.scheduler.registry import supports_dependencies
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def submit_due(ctx: TickContext) -> None:
     """Submit the next attempt of every run that is waiting for one and whose backoff has passed."""
     with ctx.session_factory() as session:
-        due = [run.id for run in facts.runs_due(session, ctx.now())]
+        due = [run.id for run in store.runs_due(session, ctx.now())]
     for run_id in due:
         with run_claim(ctx.session_factory, run_id) as claimed:
             if not claimed:
@@ -54,17 +55,17 @@ def prequeue_successor(ctx: TickContext, run_id: int, stopping_attempt_id: int) 
 
 def _prequeue_successor(ctx: TickContext, run_id: int, stopping_attempt_id: int) -> None:
     with ctx.session_factory() as session:
-        run = facts.get_run(session, run_id)
-        stopping = facts.get_attempt(session, stopping_attempt_id)
-        if run is None or stopping is None or RunState(run.state).terminal or facts.is_cancel_requested(run):
+        run = store.find_run(session, run_id)
+        stopping = store.find_attempt(session, stopping_attempt_id)
+        if run is None or stopping is None or RunState(run.state).terminal or store.is_cancel_requested(run):
             return
-        spec = facts.run_spec(run)
+        spec = store.run_spec(run)
         scheduler = ctx.scheduler(spec.resources.scheduler)
         if not spec.policy.prequeue_successor or not supports_dependencies(scheduler):
             return
-        if facts.successor_of(session, stopping) is not None or facts.has_live_attempt(session, run_id):
+        if store.successor_of(session, stopping) is not None or store.has_live_attempt(session, run_id):
             return
-        if facts.committed_step(session, run_id) >= spec.training.training_steps:
+        if store.committed_step(session, run_id) >= spec.training.training_steps:
             return
         dependency = stopping.external_id
     attempt_id = _record_intent(ctx, run_id, dependency=dependency)
@@ -77,7 +78,7 @@ def recover_submitting(ctx: TickContext) -> None:
     with ctx.session_factory() as session:
         pending = [
             (a.id, a.run_id, a.backend, a.job_name, a.dependency_job_id)
-            for a in facts.submitting_attempts(session)
+            for a in store.submitting_attempts(session)
         ]
     for attempt_id, run_id, backend, job_name, dependency in pending:
         # Under the run's lock the intent is either being submitted by its owner right now (the
@@ -89,7 +90,7 @@ def recover_submitting(ctx: TickContext) -> None:
 
 def _still_submitting(ctx: TickContext, attempt_id: int) -> bool:
     with ctx.session_factory() as session:
-        attempt = facts.get_attempt(session, attempt_id)
+        attempt = store.find_attempt(session, attempt_id)
         return attempt is not None and attempt.state == AttemptState.SUBMITTING
 
 
@@ -104,12 +105,12 @@ def _recover(ctx: TickContext, attempt_id: int, backend: str, job_name: str, dep
         _submit(ctx, attempt_id, dependency=dependency)
         return
     with ctx.session_factory() as session:
-        attempt = facts.get_attempt(session, attempt_id)
-        run = facts.get_run(session, attempt.run_id) if attempt is not None else None
+        attempt = store.find_attempt(session, attempt_id)
+        run = store.find_run(session, attempt.run_id) if attempt is not None else None
         if attempt is None or run is None or attempt.state != AttemptState.SUBMITTING:
             return
         log.info("adopting job %s (%s) for attempt %s after a restart", external_id, job_name, attempt_id)
-        facts.record_submitted(session, run, attempt, external_id, ctx.now())
+        store.record_submitted(session, run, attempt, external_id)
         session.commit()
 
 
@@ -122,22 +123,22 @@ def _record_intent(
     cancelled, no attempt the scheduler owns, backoff over).
     """
     with ctx.session_factory() as session:
-        run = facts.get_run(session, run_id)
+        run = store.find_run(session, run_id)
         if run is None or RunState(run.state).terminal:
             return None
-        if only_if_due and not facts.is_due(session, run_id, ctx.now()):
+        if only_if_due and not store.is_due(session, run_id, ctx.now()):
             return None
-        spec = facts.run_spec(run)
-        number = facts.last_attempt_number(session, run_id) + 1
+        spec = store.run_spec(run)
+        number = store.last_attempt_number(session, run_id) + 1
         try:
             # add_attempt flushes: a conflict surfaces there, before the commit.
-            attempt = facts.add_attempt(
+            attempt = store.add_attempt(
                 session,
                 run,
                 number=number,
                 backend=spec.resources.scheduler,
                 job_name=job_name_for(run_id, number),
-                step_at_start=facts.committed_step(session, run_id),
+                step_at_start=store.committed_step(session, run_id),
                 dependency=dependency,
                 now=ctx.now(),
             )
@@ -153,13 +154,13 @@ def _record_intent(
 def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None) -> None:
     """Steps 2 and 3: call the scheduler, then record its job id (or the failure)."""
     with ctx.session_factory() as session:
-        attempt = facts.get_attempt(session, attempt_id)
+        attempt = store.find_attempt(session, attempt_id)
         if attempt is None or attempt.state != AttemptState.SUBMITTING:
             return
-        run = facts.get_run(session, attempt.run_id)
+        run = store.find_run(session, attempt.run_id)
         assert run is not None
-        spec = facts.run_spec(run)
-        token = facts.issue_token(session, run.id)
+        spec = store.run_spec(run)
+        token = store.issue_token(session, run.id)
         session.commit()  # the token must exist before a worker can use it
         job = build_job_spec(
             settings=ctx.settings,
@@ -182,18 +183,18 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         log.exception("submitting attempt %s failed", attempt_id)
         error = f"{type(exc).__name__}: {exc}"
     with ctx.session_factory() as session:
-        attempt = facts.get_attempt(session, attempt_id)
-        run = facts.get_run(session, attempt.run_id) if attempt is not None else None
+        attempt = store.find_attempt(session, attempt_id)
+        run = store.find_run(session, attempt.run_id) if attempt is not None else None
         assert attempt is not None and run is not None
         if external_id is not None:
-            facts.record_submitted(session, run, attempt, external_id, ctx.now())
+            store.record_submitted(session, run, attempt, external_id)
         else:
             _submission_failed(ctx, session, run, attempt, error or "submission failed")
         session.commit()
 
 
-def _submission_failed(ctx: TickContext, session: Any, run: Any, attempt: Any, error: str) -> None:
+def _submission_failed(ctx: TickContext, session: Session, run: Run, attempt: Attempt, error: str) -> None:
     """The scheduler refused: the attempt ends ``failed`` with its message; the run decides as usual."""
     status = JobStatus(job_id="", state=SchedulerJobState.FAILED, reason=f"submission refused: {error}")
-    facts.record_event(session, run, "submission_failed", f"attempt {attempt.number}: {error}")
+    store.record_event(session, run, "submission_failed", f"attempt {attempt.number}: {error}")
     end_attempt(ctx, session, run, attempt, status, ctx.now())

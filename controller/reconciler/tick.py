@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from controller.reconciler import facts
+from controller.reconciler import store
 from controller.reconciler.ending import TickContext, end_attempt
 from controller.reconciler.runlock import lock_run_for_transaction
 from controller.reconciler.submission import prequeue_successor, recover_submitting, submit_due
@@ -31,8 +31,8 @@ def cancel_requested(ctx: TickContext) -> None:
     """Runs whose cancel was requested: stop their jobs; a run without a job ends CANCELLED now."""
     with ctx.session_factory() as session:
         targets = [
-            (run.id, [(a.backend, a.external_id) for a in facts.scheduler_owned_attempts(session, run.id)])
-            for run in facts.runs_to_cancel(session)
+            (run.id, [(a.backend, a.external_id) for a in store.active_attempts(session, run.id)])
+            for run in store.runs_to_cancel(session)
         ]
     for run_id, jobs in targets:
         for backend, external_id in jobs:
@@ -45,9 +45,9 @@ def cancel_requested(ctx: TickContext) -> None:
             with ctx.session_factory() as session:
                 if not lock_run_for_transaction(session, run_id):
                     continue
-                run = facts.get_run(session, run_id)
+                run = store.find_run(session, run_id)
                 if run is not None and not RunState(run.state).terminal:
-                    facts.finish_run(session, run, RunState.CANCELLED, "cancelled by the user", ctx.now())
+                    store.finish_run(session, run, RunState.CANCELLED, "cancelled by the user")
                     session.commit()
 
 
@@ -55,7 +55,7 @@ def poll_attempts(ctx: TickContext) -> None:
     """One batched ``poll`` per backend; apply what changed, attempt by attempt."""
     with ctx.session_factory() as session:
         by_backend: dict[str, list[str]] = defaultdict(list)
-        for attempt in facts.attempts_to_poll(session):
+        for attempt in store.attempts_to_poll(session):
             if attempt.external_id:
                 by_backend[attempt.backend].append(attempt.external_id)
     for backend, job_ids in by_backend.items():
@@ -74,7 +74,7 @@ def poll_attempts(ctx: TickContext) -> None:
 
 def apply_status(ctx: TickContext, backend: str, job_id: str, status: JobStatus) -> None:
     with ctx.session_factory() as session:
-        attempt = facts.attempt_by_job(session, backend, job_id)
+        attempt = store.attempt_by_job(session, backend, job_id)
         # Another controller on the same database may be applying the same news: one does it, and
         # the other reads the attempt as the lock's previous holder left it.
         if attempt is None or not lock_run_for_transaction(session, attempt.run_id):
@@ -82,14 +82,14 @@ def apply_status(ctx: TickContext, backend: str, job_id: str, status: JobStatus)
         session.refresh(attempt)
         if attempt.state == AttemptState.ENDED:
             return
-        run = facts.get_run(session, attempt.run_id)
+        run = store.find_run(session, attempt.run_id)
         assert run is not None
         now = ctx.now()
         if not status.state.finished:
             if status.state is SchedulerJobState.RUNNING:
-                facts.mark_running(session, run, attempt, status, now)
-            if facts.stop_announced(session, attempt) and attempt.state == AttemptState.RUNNING:
-                facts.set_attempt_state(session, attempt, AttemptState.STOPPING)
+                store.mark_running(session, run, attempt, status, now)
+            if store.stop_announced(session, attempt) and attempt.state == AttemptState.RUNNING:
+                store.set_attempt_state(session, attempt, AttemptState.STOPPING)
             session.commit()
             if attempt.state == AttemptState.STOPPING:
                 prequeue_successor(ctx, run.id, attempt.id)

@@ -22,6 +22,7 @@ from typing import Any
 from controller.scheduler import slurm_parse as sp
 from controller.scheduler.base import JobSpec, JobStatus, SchedulerError
 from controller.scheduler.slurm import SlurmScheduler, cli_env
+from controller.settings import Settings
 from shared.states import SchedulerJobState
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class PyslurmScheduler:
 
     def __init__(
         self,
-        settings: object | None = None,
+        settings: Settings | None = None,
         *,
         prologue: Sequence[str] | None = None,
         srun_args: Sequence[str] | None = None,

@@ -8,9 +8,12 @@ that backend is made, and a controller without them refuses it with the fix in t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from controller.scheduler.base import Scheduler, SchedulerError
+
+if TYPE_CHECKING:
+    from controller.settings import Settings
 
 SCHEDULER_NAMES = ("local", "slurm", "pyslurm")
 
@@ -20,16 +23,15 @@ def local_state_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "local-jobs"
 
 
-def make_scheduler(name: str, settings: Any) -> Scheduler:
-    """A new backend instance; ``settings`` is the controller's ``Settings``. Unknown names raise."""
+def make_scheduler(name: str, settings: Settings) -> Scheduler:
+    """A new backend instance configured from the controller's settings. Unknown names raise."""
     if name == "local":
         from controller.scheduler.local import LocalScheduler
 
-        lead = getattr(settings, "local_signal_lead_s", 0.0)
         return LocalScheduler(
             local_state_dir(settings.data_dir),
-            kill_wait_s=float(getattr(settings, "local_kill_wait_s", 30.0)),
-            signal_lead_s=None if lead is None else float(lead),
+            kill_wait_s=settings.local_kill_wait_s,
+            signal_lead_s=settings.local_signal_lead_s,
         )
     if name == "slurm":
         from controller.scheduler.slurm import SlurmScheduler

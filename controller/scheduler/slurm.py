@@ -30,6 +30,7 @@ from pathlib import Path
 from controller.scheduler import slurm_parse as sp
 from controller.scheduler.base import JobSpec, JobStatus, SchedulerError
 from controller.scheduler.slurm_render import DEFAULT_TEMPLATE, render_sbatch
+from controller.settings import Settings
 from shared import envvars
 from shared.states import SchedulerJobState
 
@@ -65,7 +66,7 @@ class SlurmScheduler:
 
     def __init__(
         self,
-        settings: object | None = None,
+        settings: Settings | None = None,
         *,
         cli_timeout_s: float | None = None,
         prologue: Sequence[str] | None = None,
@@ -75,19 +76,15 @@ class SlurmScheduler:
         runner: Runner = subprocess_runner,
     ) -> None:
         """Explicit keyword arguments win over ``settings`` attributes, which win over defaults."""
-        self.cli_timeout_s = float(
-            cli_timeout_s
-            if cli_timeout_s is not None
-            else getattr(settings, "slurm_cli_timeout_s", DEFAULT_CLI_TIMEOUT_S)
-        )
+        if settings is not None:
+            cli_timeout_s = settings.slurm_cli_timeout_s if cli_timeout_s is None else cli_timeout_s
+            prologue = settings.slurm_prologue if prologue is None else prologue
+            srun_args = settings.slurm_srun_args if srun_args is None else srun_args
+        self.cli_timeout_s = float(DEFAULT_CLI_TIMEOUT_S if cli_timeout_s is None else cli_timeout_s)
         if self.cli_timeout_s <= 0:
             raise ValueError(f"cli_timeout_s must be positive, got {self.cli_timeout_s}")
-        self.prologue = tuple(
-            prologue if prologue is not None else getattr(settings, "slurm_prologue", ()) or ()
-        )
-        self.srun_args = tuple(
-            srun_args if srun_args is not None else getattr(settings, "slurm_srun_args", ()) or ()
-        )
+        self.prologue = tuple(prologue or ())
+        self.srun_args = tuple(srun_args or ())
         self.signal = signal
         self.template = template
         self._run_cmd = runner

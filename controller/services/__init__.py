@@ -8,7 +8,7 @@ from controller.services.errors import (
     InvalidTransition,
     RunNotFound,
 )
-from controller.services.reports import IngestResult, ingest, ingest_report
+from controller.services.reports import IngestResult, ingest
 from controller.services.runs import (
     cancel_run,
     create_run,
@@ -49,7 +49,6 @@ __all__ = [
     "get_run",
     "hash_token",
     "ingest",
-    "ingest_report",
     "issue_worker_token",
     "list_attempts",
     "list_checkpoints",

@@ -11,16 +11,25 @@ Per attempt (seconds):
 * ``checkpoint_stall``: time the training loop was blocked by saves.
 
 Run goodput = Σ productive_committed / Σ allocated (``None`` before any time was allocated).
-The functions are pure; ``refresh_*`` copy the results onto the rows.
+
+This module is the one owner of these figures: they are never stored, and the API
+(``controller.api.presenters``), the dashboard (``controller.web.queries``) and ``/metrics``
+(``controller.metrics``) all read them through ``for_runs`` / ``overall`` at the same ``now``, so
+they cannot disagree. The arithmetic is pure (``attempt_goodput``, ``run_goodput``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from controller.db.models import Attempt, Run
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import Attempt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,17 +90,7 @@ def attempt_goodput(
 
 
 def of_attempt(attempt: Attempt, now: datetime) -> AttemptGoodput:
-    return attempt_goodput(
-        submit=attempt.submit_time,
-        start=attempt.start_time,
-        end=attempt.end_time,
-        training_started=attempt.training_started_at,
-        last_commit=attempt.last_commit_at,
-        startup_s=attempt.startup_s or 0.0,
-        checkpoint_load_s=attempt.checkpoint_load_s or 0.0,
-        checkpoint_stall_s=attempt.checkpoint_stall_s or 0.0,
-        now=now,
-    )
+    return _of_row(attempt, now)
 
 
 def run_goodput(attempts: Iterable[AttemptGoodput]) -> RunGoodput:
@@ -105,18 +104,43 @@ def run_goodput(attempts: Iterable[AttemptGoodput]) -> RunGoodput:
     )
 
 
-def refresh_attempt(attempt: Attempt, now: datetime) -> AttemptGoodput:
-    figures = of_attempt(attempt, now)
-    attempt.allocated_s = figures.allocated_s
-    attempt.queue_wait_s = figures.queue_wait_s
-    attempt.productive_committed_s = figures.productive_committed_s
-    attempt.lost_work_s = figures.lost_work_s
-    return figures
+_INPUTS = (
+    Attempt.run_id,
+    Attempt.submit_time,
+    Attempt.start_time,
+    Attempt.end_time,
+    Attempt.training_started_at,
+    Attempt.last_commit_at,
+    Attempt.startup_s,
+    Attempt.checkpoint_load_s,
+    Attempt.checkpoint_stall_s,
+)
 
 
-def refresh_run(run: Run, attempts: Iterable[Attempt], now: datetime) -> RunGoodput:
-    total = run_goodput(refresh_attempt(a, now) for a in attempts)
-    run.goodput_allocated_s = total.allocated_s
-    run.goodput_productive_s = total.productive_committed_s
-    run.goodput = total.goodput
-    return total
+def _of_row(row: Any, now: datetime) -> AttemptGoodput:
+    """The figures of one ``select(*_INPUTS)`` row (or an ``Attempt``: same attribute names)."""
+    return attempt_goodput(
+        submit=row.submit_time,
+        start=row.start_time,
+        end=row.end_time,
+        training_started=row.training_started_at,
+        last_commit=row.last_commit_at,
+        startup_s=float(row.startup_s or 0.0),
+        checkpoint_load_s=float(row.checkpoint_load_s or 0.0),
+        checkpoint_stall_s=float(row.checkpoint_stall_s or 0.0),
+        now=now,
+    )
+
+
+def for_runs(session: Session, run_ids: Sequence[int], *, now: datetime) -> dict[int, RunGoodput]:
+    """Each run's goodput (every id present, zeros for a run without attempts): one query."""
+    per_run: dict[int, list[AttemptGoodput]] = defaultdict(list)
+    if run_ids:
+        for row in session.execute(select(*_INPUTS).where(Attempt.run_id.in_(list(run_ids)))):
+            per_run[int(row.run_id)].append(_of_row(row, now))
+    return {run_id: run_goodput(per_run.get(run_id, [])) for run_id in run_ids}
+
+
+def overall(session: Session, *, now: datetime) -> RunGoodput:
+    """Goodput over every attempt of every run (``/metrics``)."""
+    return run_goodput(_of_row(row, now) for row in session.execute(select(*_INPUTS)))

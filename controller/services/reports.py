@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, WorkerEventRecord
 from controller.db.types import to_datetime, utcnow
-from controller.services import goodput
 from controller.services.errors import AttemptNotFound, RunNotFound
 from controller.services.report_checks import check_batch, finite_or_none
 from controller.state_machine import record_run_event, transition_attempt, transition_run
+from shared.events import ENDING_EVENT_TYPES, WorkerAction
 from shared.schemas import (
     CheckpointCommittedEvent,
     FailedEvent,
@@ -42,11 +42,8 @@ from shared.schemas import (
     StartedEvent,
     StoppingEvent,
     WarningEvent,
-    WorkerAction,
 )
-from shared.states import AttemptState, RunState
-
-WAKE_TYPES = frozenset({"stopping", "finished", "failed"})
+from shared.states import ATTEMPT_TRANSITIONS, AttemptState, RunState
 
 
 @dataclass(frozen=True)
@@ -54,11 +51,6 @@ class IngestResult:
     reply: ReportReply
     wake_reconciler: bool
     """A new ``stopping``/``finished``/``failed`` event: the reconciler should look now."""
-
-
-def ingest_report(session: Session, run: Run | int, batch: ReportBatch) -> ReportReply:
-    """Store and apply a batch of worker events (caller commits). See the module docstring."""
-    return ingest(session, run, batch).reply
 
 
 def ingest(
@@ -129,26 +121,21 @@ def ingest(
     if new:
         attempt.last_report_at = now
         run.attempts_count = max(run.attempts_count or 0, max(attempts))
-    if any(not isinstance(e, ProgressEvent) for e in new):
-        goodput.refresh_run(run, attempts.values(), now)  # progress alone changes no goodput input
     action = _take_action(session, run)
     reply = ReportReply(accepted=len(new), duplicates=len(batch.events) - len(new), action=action)
-    return IngestResult(reply=reply, wake_reconciler=any(e.type in WAKE_TYPES for e in new))
+    return IngestResult(reply=reply, wake_reconciler=any(e.type in ENDING_EVENT_TYPES for e in new))
 
 
 def _take_action(session: Session, run: Run) -> WorkerAction:
+    """The action for this reply: ``stop`` after a cancel, else the pending request (delivered once)."""
     if run.cancel_requested:
-        return "stop"
-    action: WorkerAction
-    if run.pending_action == "checkpoint":
-        action = "checkpoint"
-    elif run.pending_action == "stop":
-        action = "stop"
-    else:
-        return "none"
-    run.pending_action = "none"
+        return WorkerAction.STOP
+    action = WorkerAction(run.pending_action or WorkerAction.NONE)
+    if action is WorkerAction.NONE:
+        return action
+    run.pending_action = WorkerAction.NONE
     record_run_event(
-        session, run, kind="action_delivered", message=f"{action} request delivered to the worker"
+        session, run, kind="action_delivered", message=f"{action.value} request delivered to the worker"
     )
     return action
 
@@ -173,7 +160,7 @@ def _apply(
     elif isinstance(event, StartedEvent):
         _started(session, run, attempt, event, at)
     elif isinstance(event, StoppingEvent):
-        if attempt.state in (AttemptState.PENDING, AttemptState.RUNNING):
+        if AttemptState.STOPPING in ATTEMPT_TRANSITIONS[AttemptState(attempt.state)]:
             transition_attempt(
                 session, attempt, AttemptState.STOPPING, reason=f"worker stopping: {event.reason}"
             )
@@ -275,7 +262,6 @@ def _checkpoint(
                 async_save=event.async_save,
                 tokens_seen=event.tokens_seen,
                 final=event.final,
-                verified=True,
                 committed_at=at,
             )
         )
@@ -284,5 +270,4 @@ def _checkpoint(
         attempt.last_commit_at = at
     if run.latest_checkpoint_step is None or event.step > run.latest_checkpoint_step:
         run.latest_checkpoint_step = event.step
-        run.failures_without_progress = 0
     run.current_step = max(run.current_step or 0, event.step)

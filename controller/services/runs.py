@@ -9,7 +9,6 @@ attempt has ended. Until then the worker's next report is answered ``stop``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,16 +17,10 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
 from controller.services.errors import Conflict, InvalidTransition, RunNotFound
 from controller.state_machine import record_run_event, transition_run
+from shared.events import REQUESTABLE_ACTIONS, WorkerAction
 from shared.names import validate_run_name
 from shared.schemas import RunCreate
-from shared.states import AttemptState, RunState
-
-ACTIVE_ATTEMPT_STATES = (
-    AttemptState.SUBMITTING,
-    AttemptState.PENDING,
-    AttemptState.RUNNING,
-    AttemptState.STOPPING,
-)
+from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
 def create_run(session: Session, body: RunCreate) -> Run:
@@ -42,8 +35,8 @@ def create_run(session: Session, body: RunCreate) -> Run:
         current_step=0,
         tokens_seen=0,
         attempts_count=0,
-        failures_without_progress=0,
-        pending_action="none",
+        resumed_after_attempt=0,
+        pending_action=WorkerAction.NONE,
         cancel_requested=False,
     )
     try:
@@ -119,26 +112,30 @@ def cancel_run(session: Session, run: Run | int) -> Run:
 
 def resume_run(session: Session, run: Run | int) -> Run:
     """FAILED or CANCELLED → PENDING: the reconciler submits an attempt that resumes from the latest
-    committed checkpoint. The failure budget starts afresh."""
+    committed checkpoint. The failure budget starts afresh: it counts only attempts after this one."""
     run = _resolve(session, run)
     state = RunState(run.state)
-    if state not in (RunState.FAILED, RunState.CANCELLED):
+    if state not in RESUMABLE_RUN_STATES:
         raise InvalidTransition(f"run {run.id} is {state}; only a FAILED or CANCELLED run can be resumed")
     run.cancel_requested = False
-    run.failures_without_progress = 0
+    run.resumed_after_attempt = int(
+        session.scalar(select(func.max(Attempt.number)).where(Attempt.run_id == run.id)) or 0
+    )
     run.next_submit_at = None
-    run.pending_action = "none"
+    run.pending_action = WorkerAction.NONE
     transition_run(session, run, RunState.PENDING, reason="resumed by the user")
     return run
 
 
-def request_action(session: Session, run: Run | int, action: Literal["checkpoint", "stop"]) -> Run:
+def request_action(session: Session, run: Run | int, action: WorkerAction) -> Run:
     """Ask the run's worker to checkpoint now or stop gracefully (delivered in its next report reply)."""
+    if action not in REQUESTABLE_ACTIONS:
+        raise ValueError(f"action must be one of {sorted(a.value for a in REQUESTABLE_ACTIONS)}")
     run = _resolve(session, run)
     if RunState(run.state) is not RunState.RUNNING:
         raise InvalidTransition(f"run {run.id} is {run.state}; a {action} request needs a RUNNING run")
     run.pending_action = action
-    record_run_event(session, run, kind="action_requested", message=f"{action} requested by the user")
+    record_run_event(session, run, kind="action_requested", message=f"{action.value} requested by the user")
     return run
 
 

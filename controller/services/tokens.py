@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import ApiToken, Attempt, Run
 from controller.db.types import utcnow
-from controller.services.runs import ACTIVE_ATTEMPT_STATES
 from shared.schemas.spec import parse_time_limit
+from shared.states import ACTIVE_ATTEMPT_STATES
 
 USER_PREFIX = "pyr_u_"
 WORKER_PREFIX = "pyr_w_"

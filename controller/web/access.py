@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from controller.settings import Settings
 from controller.web import queries
 from controller.web.security import session_token
 from controller.web.views import Viewer
@@ -22,7 +22,7 @@ from controller.web.views import Viewer
 
 @dataclass(frozen=True)
 class WebContext:
-    settings: Any
+    settings: Settings
     session_factory: Callable[[], Session]
 
 
@@ -32,8 +32,8 @@ def web_context(request: Request) -> WebContext:
     return WebContext(settings=state.settings, session_factory=state.session_factory)
 
 
-def resolve_viewer(request: Request, settings: Any, session: Session) -> Viewer:
-    auth_required = bool(settings.auth_required)
+def resolve_viewer(request: Request, settings: Settings, session: Session) -> Viewer:
+    auth_required = settings.auth_required
     token = session_token(request)
     user = queries.user_for_token(session, token) if token else None
     if user is not None:
@@ -49,6 +49,6 @@ def resolve_viewer(request: Request, settings: Any, session: Session) -> Viewer:
         name=None,
         token=None,
         auth_required=True,
-        can_view=bool(getattr(settings, "open_read_only", False)),
+        can_view=settings.open_read_only,
         can_act=False,
     )

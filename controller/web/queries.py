@@ -9,13 +9,15 @@ Nothing here loads a whole table.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from urllib.parse import urlencode
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
-from controller.services import tokens
+from controller.db.types import to_datetime
+from controller.services import goodput, tokens
 from controller.web.formatting import to_unix
 from controller.web.views import (
     AttemptTimes,
@@ -107,6 +109,7 @@ def _rows(session: Session, runs: list[Run], now: float) -> list[RunRow]:
         attempts[run_id] += n
         reasons[run_id] += [reason] * n
     pace = _recent_pace(session, runs)
+    figures = goodput.for_runs(session, ids, now=_at(now))
     rows = []
     for run in runs:
         step, total = _progress(run)
@@ -120,7 +123,7 @@ def _rows(session: Session, runs: list[Run], now: float) -> list[RunRow]:
                 eta_seconds=eta_seconds(step, total, pace.get(run.id), str(run.state)),
                 attempts=attempts[run.id],
                 restarts=restarts_by_cause(reasons[run.id]),
-                goodput=_goodput(run),
+                goodput=figures[run.id].goodput,
                 updated_at=run.updated_at,
             )
         )
@@ -164,9 +167,10 @@ def _progress(run: Run) -> tuple[int, int]:
     return int(run.current_step or 0), int(run.training_steps or 0)
 
 
-def _goodput(run: Run) -> float | None:
-    value = getattr(run, "goodput", None)
-    return None if value is None else float(value)
+def _at(now: float) -> datetime:
+    at = to_datetime(now)
+    assert at is not None
+    return at
 
 
 def _attempt_times(session: Session, run_id: int) -> list[AttemptTimes]:
@@ -178,10 +182,10 @@ def _attempt_times(session: Session, run_id: int) -> list[AttemptTimes]:
             external_id=a.external_id,
             state=str(a.state),
             end_reason=a.end_reason,
-            submitted_at=to_unix(a.submitted_at),
-            started_at=to_unix(a.started_at),
-            stopping_at=to_unix(a.stopping_at),
-            ended_at=to_unix(a.ended_at),
+            submitted_at=to_unix(a.submit_time),
+            started_at=to_unix(a.start_time),
+            stopping_at=to_unix(a.stopping_time),
+            ended_at=to_unix(a.end_time),
             step_at_start=a.step_at_start,
             step_at_end=a.step_at_end,
             error=a.error,
@@ -205,7 +209,6 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
             save_seconds=c.save_seconds,
             async_save=bool(c.async_save),
             final=bool(c.final),
-            verified=bool(c.verified),
             attempt=c.attempt,
         )
         for c in session.scalars(
@@ -216,7 +219,7 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         )
     ]
     events = [
-        EventRow(time=e.created_at, kind=e.kind, message=e.message or "")
+        EventRow(time=e.time, kind=e.kind, message=e.message or "")
         for e in session.scalars(
             select(Event).where(Event.run_id == run_id).order_by(Event.id.desc()).limit(EVENTS_SHOWN)
         )
@@ -230,11 +233,11 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         eta_seconds=eta_seconds(step, total, pace, str(run.state)),
         attempts=len(attempts),
         restarts=restarts_by_cause(a.end_reason for a in attempts if a.ended_at is not None),
-        goodput=_goodput(run),
+        goodput=goodput.for_runs(session, [run.id], now=_at(now))[run.id].goodput,
         updated_at=run.updated_at,
         last_loss=last_loss,
         latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
-        message=run.message,
+        message=run.last_error,
         config_json=json.dumps(run.spec, indent=2, sort_keys=False),
         timeline=timeline(attempts, now),
         checkpoints=checkpoints,

@@ -33,6 +33,7 @@ from controller.web.security import (
 )
 from controller.web.series import SeriesCache
 from controller.web.views import Viewer
+from shared.events import WorkerAction
 from shared.schemas import RunCreate
 from shared.states import RunState
 
@@ -239,8 +240,8 @@ def _act(ctx: WebContext, run_id: int, action: str) -> None:
             services.cancel_run(session, run_id)
         elif action == "resume":
             services.resume_run(session, run_id)
-        elif action in ("checkpoint", "stop"):
-            services.request_action(session, run_id, "checkpoint" if action == "checkpoint" else "stop")
+        else:
+            services.request_action(session, run_id, WorkerAction(action))
 
 
 @router.post("/runs/{run_id}/actions/{action}", name="web_run_action")

@@ -215,7 +215,6 @@ class CheckpointRow:
     save_seconds: float | None
     async_save: bool
     final: bool
-    verified: bool
     attempt: int | None
 
 

@@ -7,6 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events import WorkerAction
 from shared.schemas.spec import RunCreate
 from shared.states import AttemptState, EndReason, RunState
 
@@ -47,10 +48,13 @@ class RunPublic(_Public):
     tokens_seen: int
     latest_checkpoint_step: int | None
     attempts_count: int
-    failures_without_progress: int
+    failures_without_progress: int = Field(
+        default=0,
+        description="Attempts in a row, since the run was last resumed, that committed no new checkpoint.",
+    )
     last_error: str | None
     cancel_requested: bool
-    pending_action: Literal["none", "checkpoint", "stop"]
+    pending_action: WorkerAction
     next_submit_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -81,13 +85,14 @@ class AttemptPublic(_Public):
     error: str | None
     dependency_job_id: str | None
     last_report_at: datetime | None
-    allocated_s: float
-    queue_wait_s: float
-    startup_s: float
-    checkpoint_load_s: float
-    productive_committed_s: float
-    lost_work_s: float
-    checkpoint_stall_s: float
+    # Goodput figures of the attempt, derived when read (zeros only before the presenter fills them).
+    allocated_s: float = 0.0
+    queue_wait_s: float = 0.0
+    startup_s: float = 0.0
+    checkpoint_load_s: float = 0.0
+    productive_committed_s: float = 0.0
+    lost_work_s: float = 0.0
+    checkpoint_stall_s: float = 0.0
 
 
 class CheckpointPublic(_Public):
@@ -130,7 +135,7 @@ class RunAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["checkpoint", "stop"]
+    action: Literal[WorkerAction.CHECKPOINT, WorkerAction.STOP]
 
 
 class Health(BaseModel):

@@ -11,7 +11,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-StopReason = Literal["deadline", "signal", "stop_after_steps", "controller_request"]
+from shared.events import EventType, StopReason, WorkerAction
+
+__all__ = [
+    "CheckpointCommittedEvent",
+    "FailedEvent",
+    "FinishedEvent",
+    "ProgressEvent",
+    "ReportBatch",
+    "ReportReply",
+    "StartedEvent",
+    "StopReason",
+    "StoppingEvent",
+    "WarningEvent",
+    "WorkerAction",
+    "WorkerEvent",
+]
 
 
 class _Event(BaseModel):
@@ -23,7 +38,7 @@ class _Event(BaseModel):
 
 
 class StartedEvent(_Event):
-    type: Literal["started"] = "started"
+    type: Literal[EventType.STARTED] = EventType.STARTED
     world_size: Annotated[int, Field(ge=1)]
     resumed_from: str | None = None
     resume_step: Annotated[int, Field(ge=0)] = 0
@@ -34,7 +49,7 @@ class StartedEvent(_Event):
 
 
 class ProgressEvent(_Event):
-    type: Literal["progress"] = "progress"
+    type: Literal[EventType.PROGRESS] = EventType.PROGRESS
     loss: float
     lr: float
     tokens_seen: Annotated[int, Field(ge=0)]
@@ -45,7 +60,7 @@ class ProgressEvent(_Event):
 
 
 class CheckpointCommittedEvent(_Event):
-    type: Literal["checkpoint_committed"] = "checkpoint_committed"
+    type: Literal[EventType.CHECKPOINT_COMMITTED] = EventType.CHECKPOINT_COMMITTED
     path: str
     format: Literal["dcp", "vanilla"]
     size_bytes: Annotated[int, Field(ge=0)]
@@ -59,24 +74,24 @@ class CheckpointCommittedEvent(_Event):
 
 
 class StoppingEvent(_Event):
-    type: Literal["stopping"] = "stopping"
+    type: Literal[EventType.STOPPING] = EventType.STOPPING
     reason: StopReason
     deadline: float | None = None
 
 
 class FinishedEvent(_Event):
-    type: Literal["finished"] = "finished"
+    type: Literal[EventType.FINISHED] = EventType.FINISHED
 
 
 class FailedEvent(_Event):
-    type: Literal["failed"] = "failed"
+    type: Literal[EventType.FAILED] = EventType.FAILED
     error: Annotated[str, Field(max_length=8000)]
 
 
 class WarningEvent(_Event):
     """Something the user should see on the run (e.g. a corrupt checkpoint that was skipped)."""
 
-    type: Literal["warning"] = "warning"
+    type: Literal[EventType.WARNING] = EventType.WARNING
     kind: Annotated[str, Field(max_length=64)]
     message: Annotated[str, Field(max_length=8000)]
 
@@ -100,12 +115,9 @@ class ReportBatch(BaseModel):
     events: Annotated[list[WorkerEvent], Field(min_length=1, max_length=1000)]
 
 
-WorkerAction = Literal["none", "checkpoint", "stop"]
-
-
 class ReportReply(BaseModel):
     accepted: int = Field(description="Events stored by this request.")
     duplicates: int = Field(description="Events already stored earlier (retries); ignored.")
     action: WorkerAction = Field(
-        default="none", description="What the controller asks the worker to do next."
+        default=WorkerAction.NONE, description="What the controller asks the worker to do next."
     )

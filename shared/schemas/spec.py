@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.names import validate_run_name
+from shared.training import TrainingFields, TrainingSteps
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
@@ -82,56 +83,23 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrainingSpec(_Spec):
-    """Training configuration.
+class TrainingSpec(TrainingFields):
+    """The ``training`` part of a run: every field of ``shared.training.TrainingFields``.
 
-    Field names match the worker's flags (``--learning-rate`` ↔ ``learning_rate``).
+    Stricter than the worker's own command line where values reach a scheduler: paths may use
+    only ordinary file-name characters, ``training_steps`` must be given, and warm-up may not
+    outlast the run.
     """
 
-    dataset: str = Field(description="Parquet file, directory or glob with a 'text' column.")
-    tokenizer_name_or_path: str = Field(
-        description="Local HF tokenizer directory (or hub name on a networked cluster)."
-    )
-    training_steps: Annotated[int, Field(gt=0, le=10_000_000)]
-    model_preset: Literal["tiny", "small", "llama3-1b", "llama3-8b"] = "tiny"
-    sequence_length: Annotated[int, Field(gt=1, le=131_072)] = 128
-    batch_size: Annotated[int, Field(gt=0, le=65_536, description="Global batch size in sequences.")] = 8
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 3e-4
-    lr_warmup_steps: Annotated[int, Field(ge=0)] = 10
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    grad_max_norm: Annotated[float, Field(ge=0)] = 1.0
-    model_dtype: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1234
-    logging_frequency: Annotated[int, Field(gt=0)] = 5
-    checkpoint_dir: str = Field(
-        default="checkpoints",
-        description="Root folder; the run's checkpoints go below <checkpoint_dir>/<run name>/.",
-    )
-    checkpoint_frequency: Annotated[int, Field(ge=-1)] = 50
-    use_torch_distributed_ckpt: bool = True
-    async_checkpoint: bool = False
-    keep_last_k: Annotated[int, Field(ge=2, le=10_000)] = 3
-    timeaware_checkpointing: bool = True
-    deadline_margin: Annotated[
-        float,
-        Field(
-            ge=0,
-            le=3600,
-            allow_inf_nan=False,
-            description=(
-                "Seconds of slack the time-aware stop keeps between the end of the final save (and the "
-                "worker's exit) and the deadline; the worker's --deadline-margin."
-            ),
-        ),
-    ] = 15.0
-    compile: bool = False
-    fused_optimizer: bool = False
-    log_loss_to_csv: bool = True
+    model_config = ConfigDict(frozen=True)
 
-    @field_validator("tokenizer_name_or_path", "checkpoint_dir")
+    training_steps: TrainingSteps
+    """Total optimizer steps of the run (required in a run; absolute across resumptions)."""
+
+    @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir")
     @classmethod
-    def _paths(cls, v: str) -> str:
-        return _check_safe_path(v)
+    def _paths(cls, v: str | None) -> str | None:
+        return None if v is None else _check_safe_path(v)
 
     @field_validator("dataset")
     @classmethod
@@ -139,21 +107,10 @@ class TrainingSpec(_Spec):
         return _check_safe_path(v, glob=True)
 
     @model_validator(mode="after")
-    def _combinations(self) -> TrainingSpec:
+    def _warmup(self) -> TrainingSpec:
         if self.lr_warmup_steps > self.training_steps:
             raise ValueError("lr_warmup_steps must not exceed training_steps")
         return self
-
-    def to_worker_args(self) -> list[str]:
-        """The worker command line for this spec (without run-specific flags the backend adds)."""
-        args: list[str] = []
-        for name, value in self.model_dump().items():
-            flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(flag if value else "--no-" + name.replace("_", "-"))
-            else:
-                args += [flag, str(value)]
-        return args
 
 
 class ResourcesSpec(_Spec):

@@ -10,14 +10,8 @@ from sqlalchemy import select
 
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt, Event, Run
-from controller.state_machine import (
-    ATTEMPT_TRANSITIONS,
-    RUN_TRANSITIONS,
-    InvalidTransition,
-    transition_attempt,
-    transition_run,
-)
-from shared.states import AttemptState, RunState
+from controller.state_machine import InvalidTransition, transition_attempt, transition_run
+from shared.states import ATTEMPT_TRANSITIONS, RUN_TRANSITIONS, AttemptState, RunState
 
 ALLOWED_RUN = [(a, b) for a, targets in RUN_TRANSITIONS.items() for b in sorted(targets)]
 FORBIDDEN_RUN = [(a, b) for a, b in itertools.product(RunState, RunState) if b not in RUN_TRANSITIONS[a]]

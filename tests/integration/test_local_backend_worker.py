@@ -1,6 +1,6 @@
 """The local backend with the real worker, driven attempt by attempt (no controller, no database).
 
-Each attempt is a fresh ``submit`` of the JobSpec ``controller.launch`` builds; the worker stops
+Each attempt is a fresh ``submit`` of the JobSpec ``controller.reconciler.jobspec`` builds; the worker stops
 itself (after ``--stop-after-steps`` or before the walltime, whichever comes first) with a final
 checkpoint, and the next attempt resumes. After ≥ 3 attempts the final weights
 must be bit-identical (``pyrecover checkpoint compare``) to an uninterrupted standalone run, and
@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fake_report_server import FakeController
 
-from controller.launch import build_job_spec
+from controller.reconciler.jobspec import build_job_spec
 from controller.scheduler.local import LocalScheduler
+from controller.settings import Settings
 from shared.schemas import ResourcesSpec, TrainingSpec
 from shared.states import SchedulerJobState
 
@@ -52,11 +52,9 @@ def test_three_walltime_windows_resume_bit_exactly(controller: FakeController, t
         checkpoint_frequency=10,
         seed=11,
     )
-    settings = SimpleNamespace(
+    settings = Settings(
         data_dir=tmp_path / "ctl",
-        host="127.0.0.1",
         port=controller.port,
-        public_url=None,
         worker_python=sys.executable,
         checkpoint_root=tmp_path / "ck",
     )

@@ -245,7 +245,7 @@ def test_external_scancel_is_resubmitted_and_api_cancel_scancels(
     wait_run(api, run_id, running_job, limit=120)
     first = items(api.get(f"/runs/{run_id}/jobs"))[-1]
     # An admin (or the user, by hand) cancels the job behind the controller's back: the attempt
-    # ends `cancelled` and the run goes on with a new attempt (DESIGN: the controller owns retries).
+    # ends `cancelled` and the run goes on with a new attempt (the controller owns retries).
     subprocess.run(["scancel", external_ids([first])[0]], check=True, timeout=30)
 
     def resubmitted(detail: dict[str, Any]) -> bool:

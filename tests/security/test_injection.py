@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from controller.db.models import Run
-from controller.launch import build_job_spec
+from controller.reconciler.jobspec import build_job_spec
 from controller.scheduler.slurm import SlurmScheduler
 from shared.schemas import RunCreate
 from tests.security.conftest import Api, run_body

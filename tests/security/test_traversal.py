@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from controller.db.models import Checkpoint, Run, WorkerEventRecord
-from controller.launch import resolve_checkpoint_dir, run_dir
+from controller.reconciler.jobspec import resolve_checkpoint_dir, run_dir
 from controller.web.rendering import STATIC_DIR
 from shared.names import RUN_NAME_PATTERN, validate_run_name
 from shared.paths import run_checkpoint_dir, step_dir

@@ -49,6 +49,16 @@ def test_every_training_spec_field_round_trips_through_the_worker_parser() -> No
     assert config.use_torch_distributed_ckpt and config.async_checkpoint and config.log_loss_to_csv
 
 
+def test_the_training_fields_are_declared_once_and_the_worker_adds_only_per_attempt_ones() -> None:
+    from shared.training import PER_ATTEMPT_FIELDS, TrainingFields
+
+    shared_fields = set(TrainingFields.model_fields)
+    assert set(TrainingSpec.model_fields) == shared_fields
+    assert set(TrainConfig.model_fields) - shared_fields == {*PER_ATTEMPT_FIELDS, "experiment_name"}
+    for name in shared_fields - {"training_steps"}:  # the API requires training_steps
+        assert TrainingSpec.model_fields[name].default == TrainConfig.model_fields[name].default, name
+
+
 def test_seed_spellings_and_precision_switch() -> None:
     config = parse_config([*BASE, "--experiment_name", "exp1", "--pure-dtype", "--model-dtype", "bf16"])
     assert config.experiment_name == "exp1"
@@ -103,7 +113,7 @@ def test_training_spec_deadline_margin_defaults_to_the_workers_and_is_validated(
     from pydantic import ValidationError
 
     spec = TrainingSpec(dataset="d", tokenizer_name_or_path="t", training_steps=20)
-    assert spec.deadline_margin == TrainConfig.__dataclass_fields__["deadline_margin"].default
+    assert spec.deadline_margin == TrainConfig.model_fields["deadline_margin"].default
     argv = spec.to_worker_args()
     assert argv[argv.index("--deadline-margin") + 1] == "15.0"
     for bad in (-1.0, float("nan"), 1e9):

@@ -13,11 +13,12 @@ from train_launch import load_checkpoint, run_worker, tiny_args
 from shared.exit_codes import ExitCode
 from worker.checkpoint.state import unpack
 from worker.cli import main
+from worker.components import build_components
 from worker.config import parse_config
 from worker.distributed import DistInfo
 from worker.loss_log import read_losses
 from worker.reporting import NullReporter
-from worker.train import build_checkpointing, build_components, restore
+from worker.train import build_checkpointing, restore
 
 
 def test_two_rank_ddp_training_loss_falls(sample_data: tuple[Path, Path], tmp_path: Path) -> None:

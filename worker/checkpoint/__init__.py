@@ -1,6 +1,6 @@
 """Checkpoints you can trust: atomic commits, verified loads, wrapper-independent keys, retention.
 
-See DESIGN.md ("Checkpoint directory", "What a checkpoint holds") for the contract and
+See docs/architecture.md ("Files on disk", "Invariants") for the contract and
 ``manager.py`` for the commit protocol.
 """
 

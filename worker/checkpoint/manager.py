@@ -1,6 +1,6 @@
 """``CheckpointManager``: save, commit, retain and restore checkpoints of one run.
 
-Commit protocol (DESIGN.md "Checkpoint directory"): rank 0 picks a temporary sibling of
+Commit protocol (docs/architecture.md, "Files on disk"): rank 0 picks a temporary sibling of
 ``step-<N>`` and broadcasts its name; every rank writes into it (DCP: its shard; vanilla: rank 0
 writes everything after gathering each rank's RNG) with files fsynced; rank 0 then checksums the
 files, writes ``manifest.json`` (fsynced), renames the directory to ``step-<N>`` and fsyncs the

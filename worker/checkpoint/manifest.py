@@ -35,14 +35,6 @@ CHECKSUM_ALGORITHM = "crc32"
 _CHUNK = 8 << 20  # large reads keep zlib in its fast path and outside the GIL
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(path: Path) -> None:
     """Persist a directory's entries (new files, renames) — a rename is durable only after this."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

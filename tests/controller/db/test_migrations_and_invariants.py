@@ -100,3 +100,21 @@ def test_unique_worker_event_key_and_checkpoint_step(any_db_url: str) -> None:
         run = s.get(Run, run_id)
         assert run is not None and run.created_at.tzinfo is not None  # aware UTC on both backends
     engine.dispose()
+
+
+def test_the_migrations_build_exactly_the_models_schema(any_db_url: str) -> None:
+    """Models and migrations agree (columns, types, indexes, the one-live-attempt condition): a model
+    change without a migration, or the reverse, fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from controller.db.models import LIVE_STATES_SQL, Base
+
+    assert LIVE_STATES_SQL == "state IN ('SUBMITTING', 'PENDING', 'RUNNING')"  # what 0001 created
+    upgrade_database(any_db_url)
+    engine = make_engine(any_db_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+    engine.dispose()
+    assert diff == []

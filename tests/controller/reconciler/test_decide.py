@@ -132,7 +132,31 @@ def test_backoff_is_capped_and_can_be_disabled() -> None:
     assert backoff_seconds([o(1, R.FAILED, 0, 0), o(2, R.DEADLINE_STOP, 0, 5)], POLICY) == 0.0
 
 
-def test_caller_kept_stall_count_wins_over_history() -> None:
+def test_the_budget_counts_only_attempts_since_the_user_resumed_the_run() -> None:
     history = [o(1, R.FAILED, 0, 0), o(2, R.FAILED, 0, 0)]  # would exhaust a budget of 2 ...
-    d = next_step(training_steps=100, committed_step=0, history=history, policy=POLICY, now=NOW, stalled=1)
-    assert d.verdict is Verdict.RESUBMIT  # ... but the run was resumed since: one stalled attempt so far
+    d = next_step(training_steps=100, committed_step=0, history=history, policy=POLICY, now=NOW)
+    assert d.verdict is Verdict.FAIL
+    # ... but the run was resumed after attempt 1: one stalled attempt so far, one failure to back off
+    d = next_step(
+        training_steps=100, committed_step=0, history=history, policy=POLICY, now=NOW, resumed_after=1
+    )
+    assert d.verdict is Verdict.RESUBMIT and d.not_before == NOW + 10
+    # max_attempts too: five attempts, resumed after the fourth
+    many = [o(i, R.DEADLINE_STOP, 10 * (i - 1), 10 * i) for i in range(1, 6)]
+    d = next_step(
+        training_steps=100, committed_step=50, history=many, policy=POLICY, now=NOW, resumed_after=4
+    )
+    assert d.verdict is Verdict.RESUBMIT
+
+
+def test_a_cancel_ends_the_run_whatever_else_holds() -> None:
+    for committed, history in ((100, [o(1, R.FINISHED, 0, 100)]), (0, [o(1, R.FAILED, 0, 0)] * 3), (0, [])):
+        d = next_step(
+            training_steps=100,
+            committed_step=committed,
+            history=history,
+            policy=POLICY,
+            now=NOW,
+            cancel_requested=True,
+        )
+        assert d.verdict is Verdict.CANCEL and d.message == "cancelled by the user"

@@ -336,15 +336,15 @@ def test_a_conflicting_intent_is_refused_by_the_database_not_raised(world: World
 
 
 def test_a_run_cancelled_after_the_due_list_was_read_is_not_submitted(world: World) -> None:
-    from controller.reconciler import facts
+    from controller.reconciler import store
 
     run_id = world.create()
     with world.factory() as s:
-        assert [r.id for r in facts.runs_due(s, world.clock.now)] == [run_id]
-        assert facts.is_due(s, run_id, world.clock.now)
+        assert [r.id for r in store.runs_due(s, world.clock.now)] == [run_id]
+        assert store.is_due(s, run_id, world.clock.now)
     world.cancel(run_id)
     with world.factory() as s:
-        assert not facts.is_due(s, run_id, world.clock.now)
+        assert not store.is_due(s, run_id, world.clock.now)
 
 
 def test_prequeue_follows_the_declared_capability_not_the_backend_name(tmp_path: Path) -> None:

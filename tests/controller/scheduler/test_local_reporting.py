@@ -1,5 +1,6 @@
-"""The launch contract end to end without torch: JobSpec from ``controller.launch`` → local backend →
-a fake worker that reads the environment like the real one and reports with ``HttpReporter``."""
+"""The launch contract end to end without torch: JobSpec from ``controller.reconciler.jobspec`` →
+local backend → a fake worker that reads the environment like the real one and reports with
+``HttpReporter``."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fake_report_server import FakeController
 
-from controller.launch import build_job_spec
+from controller.reconciler.jobspec import build_job_spec
 from controller.scheduler.local import LocalScheduler
+from controller.settings import Settings
 from shared.schemas import ResourcesSpec, TrainingSpec
 from shared.states import SchedulerJobState
 
@@ -45,11 +46,9 @@ def controller() -> FakeController:
 def test_local_job_reports_to_the_controller_and_stops_before_walltime(
     controller: FakeController, tmp_path: Path
 ) -> None:
-    settings = SimpleNamespace(
+    settings = Settings(
         data_dir=tmp_path,
-        host="127.0.0.1",
         port=controller.port,
-        public_url=None,
         worker_python=sys.executable,
         checkpoint_root=tmp_path / "ck",
     )

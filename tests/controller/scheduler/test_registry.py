@@ -16,29 +16,30 @@ from controller.scheduler.registry import (
     supports_dependencies,
 )
 from controller.scheduler.slurm import SlurmScheduler
+from controller.settings import Settings
 
 
 def test_local_backend_from_settings(tmp_path: Path) -> None:
-    settings = SimpleNamespace(data_dir=tmp_path, local_kill_wait_s=3.0, local_signal_lead_s=None)
+    settings = Settings(data_dir=tmp_path, local_kill_wait_s=3.0, local_signal_lead_s=2.5)
     sched = make_scheduler("local", settings)
     assert isinstance(sched, LocalScheduler) and isinstance(sched, Scheduler)
-    assert sched.kill_wait_s == 3.0 and sched.signal_lead_s is None
+    assert sched.kill_wait_s == 3.0 and sched.signal_lead_s == 2.5
     assert sched.state_dir == local_state_dir(tmp_path) and sched.state_dir.is_dir()
 
 
 def test_slurm_backend_is_importable_lazily(tmp_path: Path) -> None:
-    sched = make_scheduler("slurm", SimpleNamespace(data_dir=tmp_path))
+    sched = make_scheduler("slurm", Settings(data_dir=tmp_path))
     assert sched.name == "slurm"
 
 
-def test_unknown_backend() -> None:
+def test_unknown_backend(tmp_path: Path) -> None:
     with pytest.raises(SchedulerError, match="unknown scheduler 'pbs'"):
-        make_scheduler("pbs", SimpleNamespace())
+        make_scheduler("pbs", Settings(data_dir=tmp_path))
 
 
 def test_dependency_support(tmp_path: Path) -> None:
-    assert not supports_dependencies(make_scheduler("local", SimpleNamespace(data_dir=tmp_path)))
-    assert supports_dependencies(make_scheduler("slurm", SimpleNamespace(data_dir=tmp_path)))
+    assert not supports_dependencies(make_scheduler("local", Settings(data_dir=tmp_path)))
+    assert supports_dependencies(make_scheduler("slurm", Settings(data_dir=tmp_path)))
 
 
 @pytest.mark.parametrize("backend", [LocalScheduler, SlurmScheduler, PyslurmScheduler])
@@ -60,7 +61,7 @@ def test_pyslurm_is_selectable_and_imported_only_then(
     from test_pyslurm_backend import FakePyslurm
 
     monkeypatch.setitem(sys.modules, "pyslurm", FakePyslurm())
-    sched = make_scheduler("pyslurm", SimpleNamespace(data_dir=tmp_path, slurm_prologue=["module load x"]))
+    sched = make_scheduler("pyslurm", Settings(data_dir=tmp_path, slurm_prologue=["module load x"]))
     assert isinstance(sched, PyslurmScheduler) and isinstance(sched, Scheduler)
     assert sched.name == "pyslurm" and supports_dependencies(sched)
 
@@ -68,12 +69,12 @@ def test_pyslurm_is_selectable_and_imported_only_then(
 def test_pyslurm_without_the_bindings_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyslurm", None)  # `import pyslurm` raises ImportError
     with pytest.raises(SchedulerError, match=r"install pyrecover\[pyslurm\]; pyslurm needs Slurm 25\.11"):
-        make_scheduler("pyslurm", SimpleNamespace(data_dir=tmp_path))
+        make_scheduler("pyslurm", Settings(data_dir=tmp_path))
 
 
 def test_choosing_another_backend_never_imports_pyslurm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "pyslurm", None)
-    make_scheduler("slurm", SimpleNamespace(data_dir=tmp_path))
-    make_scheduler("local", SimpleNamespace(data_dir=tmp_path))
+    make_scheduler("slurm", Settings(data_dir=tmp_path))
+    make_scheduler("local", Settings(data_dir=tmp_path))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from controller.scheduler.base import JobSpec, Scheduler, SchedulerError
 from controller.scheduler.slurm import SlurmScheduler, subprocess_runner
+from controller.settings import Settings
 from shared import envvars
 from shared.schemas import ResourcesSpec
 from shared.states import SchedulerJobState as S
@@ -73,7 +73,7 @@ def make_spec(tmp_path: Path, **env: str) -> JobSpec:
 
 
 def test_is_a_scheduler_and_reads_settings() -> None:
-    settings = SimpleNamespace(
+    settings = Settings(
         slurm_cli_timeout_s=7.5, slurm_prologue=["module load x"], slurm_srun_args=["--mpi=none"]
     )
     sched = SlurmScheduler(settings)

@@ -127,7 +127,6 @@ def test_run_page_shows_timeline_checkpoints_events_and_actions() -> None:
                 save_seconds=1.5,
                 async_save=True,
                 final=True,
-                verified=True,
                 attempt=1,
             )
         ],

@@ -115,7 +115,7 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
         "PENDING": add_run(factory, "pending-run", "PENDING"),
         "QUEUED": add_run(factory, "queued-run", "QUEUED", attempts_count=1),
         "COMPLETED": add_run(
-            factory, "completed-run", "COMPLETED", current_step=TOTAL_STEPS, attempts_count=2, goodput=0.93
+            factory, "completed-run", "COMPLETED", current_step=TOTAL_STEPS, attempts_count=2
         ),
         "FAILED": add_run(
             factory,
@@ -123,12 +123,9 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             "FAILED",
             current_step=420,
             attempts_count=3,
-            goodput=0.41,
             last_error="3 attempts in a row committed no new checkpoint (last: CUDA illegal memory access)",
         ),
-        "CANCELLED": add_run(
-            factory, "cancelled-run", "CANCELLED", current_step=800, attempts_count=1, goodput=0.8
-        ),
+        "CANCELLED": add_run(factory, "cancelled-run", "CANCELLED", current_step=800, attempts_count=1),
         "RUNNING": add_run(
             factory,
             "llama-1b-main",
@@ -136,7 +133,6 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             current_step=CHART_STEPS - 1,
             attempts_count=3,
             latest_checkpoint_step=2500,
-            goodput=0.962,
         ),
     }
     points = 0
@@ -150,6 +146,9 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
                     AttemptState.ENDED,
                     T0 + timedelta(hours=n - 1),
                     start_time=T0 + timedelta(hours=n - 1, minutes=1),
+                    # goodput is derived from these: ~93% of each hour ended in a checkpoint
+                    training_started_at=T0 + timedelta(hours=n - 1, minutes=2),
+                    last_commit_at=T0 + timedelta(hours=n, minutes=-2),
                     end_time=T0 + timedelta(hours=n),
                     end_reason=EndReason.DEADLINE_STOP if n == 1 else EndReason.FINISHED,
                 )
@@ -174,6 +173,8 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
                 AttemptState.ENDED,
                 T0,
                 start_time=T0 + timedelta(minutes=2),
+                training_started_at=T0 + timedelta(minutes=3),
+                last_commit_at=T0 + timedelta(minutes=25),
                 end_time=T0 + timedelta(minutes=30),
                 end_reason=EndReason.CANCELLED,
             )
@@ -191,6 +192,8 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
                     AttemptState.ENDED if ended else AttemptState.RUNNING,
                     submit,
                     start_time=start,
+                    training_started_at=start + timedelta(seconds=20),
+                    last_commit_at=start + timedelta(minutes=9),
                     stopping_time=start + timedelta(minutes=9) if ended else None,
                     end_time=start + timedelta(minutes=9, seconds=40) if ended else None,
                     end_reason=EndReason.DEADLINE_STOP if ended else None,

@@ -2,24 +2,20 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from controller.launch import build_job_spec, controller_url, resolve_checkpoint_dir, run_dir
+from controller.reconciler.jobspec import build_job_spec, controller_url, resolve_checkpoint_dir, run_dir
+from controller.settings import Settings
 from shared.schemas import ResourcesSpec, TrainingSpec
 
 
-def settings(tmp_path: Path, **kw: object) -> SimpleNamespace:
-    base = dict(
-        data_dir=tmp_path,
-        host="127.0.0.1",
-        port=8123,
-        public_url=None,
-        worker_python="/venv/python",
-        checkpoint_root=tmp_path / "ckpt",
+def settings(data_dir: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        data_dir=data_dir, port=8123, worker_python="/venv/python", checkpoint_root=data_dir / "ckpt"
     )
-    return SimpleNamespace(**(base | kw))
+    return Settings(**(base | kw))
 
 
 def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:

@@ -15,37 +15,37 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from controller.scheduler.base import JobSpec, job_name_for
+from controller.settings import Settings
 from shared import envvars
-from shared.paths import attempt_log_paths
+from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, run_dir
 from shared.schemas import ResourcesSpec, TrainingSpec
 
-TOKEN_FILE_NAME = "worker.token"
+__all__ = [
+    "TOKEN_FILE_NAME",
+    "absolute_inputs",
+    "build_job_spec",
+    "controller_url",
+    "resolve_checkpoint_dir",
+    "run_dir",
+    "worker_argv",
+    "write_token_file",
+]
 
 
-def run_dir(data_dir: Path, run_id: int) -> Path:
-    """The run's own directory under the data dir: token file, report spool, attempt logs."""
-    return Path(data_dir) / "runs" / str(run_id)
+def controller_url(settings: Settings) -> str:
+    """The URL workers report to (``Settings.public_url``, derived from the bind address if unset)."""
+    return settings.public_url.rstrip("/")
 
 
-def controller_url(settings: Any) -> str:
-    """The URL workers report to: ``public_url`` when set, else the address the API binds."""
-    public = getattr(settings, "public_url", None)
-    if public:
-        return str(public).rstrip("/")
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{settings.port}"
-
-
-def resolve_checkpoint_dir(settings: Any, checkpoint_dir: str) -> Path:
+def resolve_checkpoint_dir(settings: Settings, checkpoint_dir: str) -> Path:
     """Absolute checkpoint root for a run: relative paths are taken below ``settings.checkpoint_root``."""
     path = Path(checkpoint_dir)
     if path.is_absolute():
         return path
-    root = getattr(settings, "checkpoint_root", None) or Path(settings.data_dir) / "checkpoints"
-    return (Path(root) / path).absolute()
+    root = settings.checkpoint_root or settings.data_dir / "checkpoints"
+    return (root / path).absolute()
 
 
 def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
@@ -79,12 +79,12 @@ def write_token_file(directory: Path, token: str) -> Path:
     return path
 
 
-def worker_argv(settings: Any, run_name: str, training: TrainingSpec) -> list[str]:
+def worker_argv(settings: Settings, run_name: str, training: TrainingSpec) -> list[str]:
     resolved = resolve_checkpoint_dir(settings, training.checkpoint_dir)
     # model_copy skips validation on purpose: the resolved paths are trusted, controller-made ones.
     updates = {"checkpoint_dir": str(resolved), **absolute_inputs(training)}
     args = training.model_copy(update=updates).to_worker_args()
-    python = str(getattr(settings, "worker_python", None) or "python3")
+    python = settings.worker_python or "python3"
     return [
         python,
         "-m",
@@ -99,7 +99,7 @@ def worker_argv(settings: Any, run_name: str, training: TrainingSpec) -> list[st
 
 def build_job_spec(
     *,
-    settings: Any,
+    settings: Settings,
     run_id: int,
     run_name: str,
     attempt: int,
@@ -109,7 +109,7 @@ def build_job_spec(
     dependency: str | None = None,
 ) -> JobSpec:
     """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect."""
-    directory = run_dir(Path(settings.data_dir).absolute(), run_id)
+    directory = run_dir(settings.data_dir.absolute(), run_id)
     token_file = write_token_file(directory, token)
     stdout, stderr = attempt_log_paths(directory, attempt)
     env = {

@@ -1,7 +1,8 @@
-"""The reconciler's reads and writes on the database: queries take a session and never commit.
+"""The reconciler's store: every read and write it makes on the database (the caller commits).
 
 Everything the reconciler knows about models lives here, so the pass logic (``tick``,
-``ending``, ``submission``) reads as the rules it implements.
+``ending``, ``submission``) reads as the rules it implements. ``find_*`` return ``None`` for a
+missing row; ``record_*`` write.
 """
 
 from __future__ import annotations
@@ -14,14 +15,22 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
-from controller.reconciler.decide import Reported
+from controller.reconciler.decide import AttemptOutcome, Reported
 from controller.scheduler.base import JobStatus
 from controller.services import issue_worker_token
 from controller.state_machine import record_run_event, transition_attempt, transition_run
+from shared.events import ENDING_EVENT_TYPES, EventType, StopReason
 from shared.schemas import RunCreate
-from shared.states import LIVE_ATTEMPT_STATES, TERMINAL_RUN_STATES, AttemptState, EndReason, RunState
-
-SCHEDULER_OWNED = (AttemptState.PENDING, AttemptState.RUNNING, AttemptState.STOPPING)
+from shared.states import (
+    ACTIVE_ATTEMPT_STATES,
+    LIVE_ATTEMPT_STATES,
+    SCHEDULER_OWNED_ATTEMPT_STATES,
+    TERMINAL_RUN_STATES,
+    WAITING_RUN_STATES,
+    AttemptState,
+    EndReason,
+    RunState,
+)
 
 
 def ts(unix: float | None) -> datetime | None:
@@ -29,11 +38,11 @@ def ts(unix: float | None) -> datetime | None:
 
 
 # ---------------------------------------------------------------- reads
-def get_run(session: Session, run_id: int) -> Run | None:
+def find_run(session: Session, run_id: int) -> Run | None:
     return session.get(Run, run_id)
 
 
-def get_attempt(session: Session, attempt_id: int) -> Attempt | None:
+def find_attempt(session: Session, attempt_id: int) -> Attempt | None:
     return session.get(Attempt, attempt_id)
 
 
@@ -60,9 +69,9 @@ def has_live_attempt(session: Session, run_id: int) -> bool:
 
 
 def _due(now: float) -> list[ColumnElement[bool]]:
-    busy = select(Attempt.run_id).where(Attempt.state.in_([*LIVE_ATTEMPT_STATES, AttemptState.STOPPING]))
+    busy = select(Attempt.run_id).where(Attempt.state.in_(ACTIVE_ATTEMPT_STATES))
     return [
-        Run.state.in_([RunState.PENDING, RunState.QUEUED]),
+        Run.state.in_(WAITING_RUN_STATES),
         Run.cancel_requested.is_(False),
         Run.id.not_in(busy),
         (Run.next_submit_at.is_(None)) | (Run.next_submit_at <= ts(now)),
@@ -91,15 +100,16 @@ def submitting_attempts(session: Session) -> Sequence[Attempt]:
 
 def attempts_to_poll(session: Session) -> Sequence[Attempt]:
     return session.scalars(
-        select(Attempt).where(Attempt.state.in_(SCHEDULER_OWNED), Attempt.external_id.is_not(None))
+        select(Attempt).where(
+            Attempt.state.in_(SCHEDULER_OWNED_ATTEMPT_STATES), Attempt.external_id.is_not(None)
+        )
     ).all()
 
 
-def scheduler_owned_attempts(session: Session, run_id: int) -> Sequence[Attempt]:
+def active_attempts(session: Session, run_id: int) -> Sequence[Attempt]:
+    """The run's attempts that have not ended (submitting, queued, running or stopping)."""
     return session.scalars(
-        select(Attempt).where(
-            Attempt.run_id == run_id, Attempt.state.in_([*SCHEDULER_OWNED, AttemptState.SUBMITTING])
-        )
+        select(Attempt).where(Attempt.run_id == run_id, Attempt.state.in_(ACTIVE_ATTEMPT_STATES))
     ).all()
 
 
@@ -109,9 +119,10 @@ def attempt_by_job(session: Session, backend: str, external_id: str) -> Attempt 
     )
 
 
-def ended_attempts(session: Session, run_id: int) -> Sequence[Attempt]:
+def history(session: Session, run_id: int) -> list[AttemptOutcome]:
+    """The run's ended attempts, oldest first, as the failure budget sees them."""
     q = select(Attempt).where(Attempt.run_id == run_id, Attempt.state == AttemptState.ENDED)
-    return session.scalars(q.order_by(Attempt.number)).all()
+    return [AttemptOutcome.of(a) for a in session.scalars(q.order_by(Attempt.number))]
 
 
 def successor_of(session: Session, attempt: Attempt) -> Attempt | None:
@@ -124,7 +135,7 @@ def successor_of(session: Session, attempt: Attempt) -> Attempt | None:
     )
 
 
-def _events(session: Session, attempt: Attempt, types: Sequence[str]) -> Sequence[WorkerEventRecord]:
+def _events(session: Session, attempt: Attempt, types: Sequence[EventType]) -> Sequence[WorkerEventRecord]:
     q = select(WorkerEventRecord).where(
         WorkerEventRecord.run_id == attempt.run_id,
         WorkerEventRecord.attempt == attempt.number,
@@ -134,20 +145,23 @@ def _events(session: Session, attempt: Attempt, types: Sequence[str]) -> Sequenc
 
 
 def stop_announced(session: Session, attempt: Attempt) -> bool:
-    return bool(_events(session, attempt, ["stopping"]))
+    return bool(_events(session, attempt, [EventType.STOPPING]))
 
 
 def reported(session: Session, attempt: Attempt) -> Reported:
-    finished = stopping = error = None
-    for event in _events(session, attempt, ["stopping", "finished", "failed"]):
+    """What the attempt's worker said about its end (its ``stopping``/``finished``/``failed`` events)."""
+    finished = False
+    stopping: StopReason | None = None
+    error: str | None = None
+    for event in _events(session, attempt, sorted(ENDING_EVENT_TYPES)):
         payload: dict[str, Any] = dict(event.payload or {})
-        if event.type == "finished":
+        if event.type == EventType.FINISHED:
             finished = True
-        elif event.type == "stopping":
-            stopping = str(payload.get("reason") or "deadline")
+        elif event.type == EventType.STOPPING:
+            stopping = StopReason(payload.get("reason") or StopReason.DEADLINE)
         else:
             error = str(payload.get("error") or "the worker reported a failure")
-    return Reported(finished=bool(finished), stopping_reason=stopping, error=error)
+    return Reported(finished=finished, stopping_reason=stopping, error=error)
 
 
 # ---------------------------------------------------------------- writes (the caller commits)
@@ -179,10 +193,11 @@ def add_attempt(
 
 
 def issue_token(session: Session, run_id: int) -> str:
+    """A fresh run-scoped worker token (plaintext; only its hash is stored)."""
     return issue_worker_token(session, run_id)
 
 
-def record_submitted(session: Session, run: Run, attempt: Attempt, external_id: str, now: float) -> None:
+def record_submitted(session: Session, run: Run, attempt: Attempt, external_id: str) -> None:
     attempt.external_id = external_id
     transition_attempt(session, attempt, AttemptState.PENDING)
     if RunState(run.state) is RunState.PENDING or (
@@ -209,7 +224,7 @@ def set_attempt_state(session: Session, attempt: Attempt, state: AttemptState) -
     transition_attempt(session, attempt, state)
 
 
-def end_attempt(
+def record_end(
     session: Session,
     attempt: Attempt,
     reason: EndReason,
@@ -218,6 +233,7 @@ def end_attempt(
     error: str | None,
     now: float,
 ) -> None:
+    """The attempt ENDED: why, with its exit code, error, end time and the run's committed step."""
     transition_attempt(session, attempt, AttemptState.ENDED, reason=reason.value)
     attempt.end_reason = reason
     attempt.exit_code = status.exit_code
@@ -229,14 +245,14 @@ def end_attempt(
     session.flush()  # sessions do not autoflush: the decision that follows queries the attempt chain
 
 
-def finish_run(session: Session, run: Run, state: RunState, message: str, now: float) -> None:
+def finish_run(session: Session, run: Run, state: RunState, message: str) -> None:
     if state is RunState.FAILED:
         run.last_error = message
     run.next_submit_at = None
     transition_run(session, run, state, reason=message)
 
 
-def requeue_run(session: Session, run: Run, not_before: float | None, message: str, now: float) -> None:
+def requeue_run(session: Session, run: Run, not_before: float | None, message: str) -> None:
     run.next_submit_at = ts(not_before)
     if RunState(run.state) is not RunState.QUEUED:
         transition_run(session, run, RunState.QUEUED, reason=message)
