@@ -1,29 +1,27 @@
 """Building a token store from Parquet: streaming, parallel, resumable, deterministic.
 
 The sources (the files a ``--dataset`` spec resolves to, in the training order) are cut into
-*units*: consecutive row groups of one file, about ``shard_mb`` MB of uncompressed text each
-(never less than one row group). Each unit becomes one shard, tokenized by one process that
-streams it record batch by record batch (memory is bounded by one batch, not by the file), so
-every core works and the output order is the units' order, whatever finishes first.
+units of whole row groups (``store_shard``); each becomes one shard, tokenized by one of
+``workers`` processes, so every core works, and the output order is the units' order whatever
+finishes first.
 
-A unit is *committed* once its two files were written to temporary names, fsynced and renamed,
-and then its record ``.build/shard-N.json`` was written the same way. ``.build/plan.json`` says
-what is being built (sources, tokenizer fingerprint, units). An interrupted build (even kill -9)
-re-run with the same inputs keeps the committed units and builds the rest; with other inputs it
-starts over. The manifest is written last, then ``.build/`` is removed: the result is byte for
-byte the one an uninterrupted build makes. A lock in ``.build/`` keeps two builds apart.
+``.build/plan.json`` says what is being built (sources, tokenizer fingerprint, units). An
+interrupted build (even kill -9) re-run with the same inputs keeps the committed units and
+builds the rest; with other inputs it starts over. The manifest is written last, then
+``.build/`` is removed: the result is byte for byte the one an uninterrupted build makes, with
+any number of workers. A lock in ``.build/`` keeps two builds apart; pool workers end when the
+build process dies.
 """
 
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import multiprocessing
 import os
 import shutil
 import threading
-import zlib
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -33,12 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from worker.data.files import TEXT_COLUMN, DataError, resolve_parquet_files
+from worker.data.files import DataError, resolve_parquet_files
 from worker.data.store_manifest import (
     BUILD_DIRNAME,
-    DOCS_DTYPE,
     FORMAT_VERSION,
     MANIFEST_NAME,
     STORE_FORMAT,
@@ -46,35 +42,18 @@ from worker.data.store_manifest import (
     file_crc32,
     fsync_dir,
     read_manifest,
-    shard_name,
     source_identity,
     stale_reason,
     token_dtype_for,
     tokenizer_fingerprint,
     write_json_atomic,
 )
-from worker.data.tokenizer import encode_batch, load_tokenizer
+from worker.data.store_shard import Unit, committed_record, plan_units, write_unit
+from worker.data.tokenizer import load_tokenizer
 
 DEFAULT_SHARD_MB = 64.0
-ROWS_PER_BATCH = 1024
 PLAN_NAME = "plan.json"
 _OURS = ("shard-", "manifest.json", BUILD_DIRNAME)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Unit:
-    """Row groups [first_group, end_group) of source ``source``: rows first_row … first_row+rows-1."""
-
-    index: int
-    source: int
-    first_group: int
-    end_group: int
-    first_row: int
-    rows: int
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.index)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,88 +66,6 @@ class BuildResult:
     manifest: dict[str, Any]
     stale: str | None = None
     """Why an existing store was rebuilt, if it was."""
-
-
-def plan_units(files: list[Path], *, shard_bytes: int) -> list[Unit]:
-    """Units over ``files`` in stream order, from the footers only (no data read)."""
-    units: list[Unit] = []
-    for fi, path in enumerate(files):
-        meta = pq.ParquetFile(path).metadata
-        row = start = 0
-        size = rows = 0
-        for rg in range(meta.num_row_groups):
-            group = meta.row_group(rg)
-            size += group.total_byte_size
-            rows += group.num_rows
-            if size >= shard_bytes or rg == meta.num_row_groups - 1:
-                if rows:
-                    units.append(Unit(index=len(units), source=fi, first_group=start,
-                                      end_group=rg + 1, first_row=row, rows=rows))  # fmt: skip
-                row, start, size, rows = row + rows, rg + 1, 0, 0
-    return units
-
-
-def write_unit(
-    unit: Unit,
-    source: Path,
-    out: Path,
-    tokenizer: Any,
-    *,
-    bos: int,
-    token_dtype: str,
-    on_rows: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Tokenize ``unit`` into ``out/<name>.tokens`` + ``.docs``, commit it, and return its record."""
-    dtype = np.dtype(TOKEN_DTYPES[token_dtype])
-    max_id = np.iinfo(dtype).max
-    final = {kind: out / f"{unit.name}.{kind}" for kind in ("tokens", "docs")}
-    tmp = {kind: out / f".{p.name}.tmp-{os.getpid()}" for kind, p in final.items()}
-    crc = {"tokens": 0, "docs": 0}
-    tokens = rows = 0
-    parquet = pq.ParquetFile(source)
-    with open(tmp["tokens"], "wb") as ft, open(tmp["docs"], "wb") as fd:
-        groups = list(range(unit.first_group, unit.end_group))
-        for batch in parquet.iter_batches(
-            batch_size=ROWS_PER_BATCH, row_groups=groups, columns=[TEXT_COLUMN], use_threads=False
-        ):
-            ids = encode_batch(tokenizer, [t or "" for t in batch.column(0).to_pylist()])
-            lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-            local = np.cumsum(lengths) - lengths  # each document's BOS, within this batch
-            flat = np.full(int(lengths.sum()), bos, dtype=np.int64)
-            body = np.ones(flat.size, dtype=bool)
-            body[local] = False
-            flat[body] = np.fromiter(itertools.chain.from_iterable(ids), np.int64, flat.size - len(ids))
-            if flat.size and (int(flat.max()) > max_id or int(flat.min()) < 0):
-                raise DataError(f"{source}: a token id does not fit {token_dtype}")
-            data, starts = flat.astype(dtype), (local + tokens).astype(DOCS_DTYPE)
-            ft.write(memoryview(data))
-            fd.write(memoryview(starts))
-            crc["tokens"] = zlib.crc32(memoryview(data), crc["tokens"])
-            crc["docs"] = zlib.crc32(memoryview(starts), crc["docs"])
-            tokens += flat.size
-            rows += len(ids)
-            if on_rows is not None:
-                on_rows(len(ids))
-        for fh in (ft, fd):
-            fh.flush()
-            os.fsync(fh.fileno())
-    if rows != unit.rows:
-        raise DataError(f"{source}: read {rows} rows of row groups {groups}, the footer says {unit.rows}")
-    for kind in ("tokens", "docs"):
-        os.replace(tmp[kind], final[kind])
-    fsync_dir(out)
-    record = {
-        "name": unit.name,
-        "source": unit.source,
-        "row_groups": [unit.first_group, unit.end_group],
-        "first_row": unit.first_row,
-        "documents": rows,
-        "tokens": tokens,
-        "tokens_crc32": f"{crc['tokens']:08x}",
-        "docs_crc32": f"{crc['docs']:08x}",
-    }
-    write_json_atomic(out / BUILD_DIRNAME / f"{unit.name}.json", record)
-    return record
 
 
 class _BackendOnly:
@@ -184,13 +81,22 @@ class _BackendOnly:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(backend_json: str | None, tokenizer_spec: str, fingerprint: str) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this process once ``parent`` is gone: idle pool workers of a killed build wait forever
+    on a queue their siblings keep open. Whatever they were writing is uncommitted, hence harmless."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(parent: int, backend_json: str | None, tokenizer_spec: str, fingerprint: str) -> None:
     """Pool initializer: one single-threaded tokenizer per process (``--workers`` counts cores).
 
     A fast tokenizer travels as its backend's JSON: rebuilt here it is the very tokenizer the
     parent fingerprinted, and the worker starts in a fraction of a second because it never
     imports transformers. A slow one is loaded again and checked against the fingerprint.
     """
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         if backend_json is not None:
@@ -210,26 +116,6 @@ def _unit_in_worker(unit: Unit, source: str, out: str, bos: int, token_dtype: st
     if "error" in _worker:
         raise _worker["error"]
     return write_unit(unit, Path(source), Path(out), _worker["tokenizer"], bos=bos, token_dtype=token_dtype)
-
-
-def _committed(out: Path, unit: Unit, itemsize: int) -> dict[str, Any] | None:
-    """The record of ``unit`` if an earlier (interrupted) build committed it, else None.
-
-    Sizes are checked, not checksums: the files were fsynced and renamed before the record was
-    written, so a record exists only for complete files.
-    """
-    try:
-        record = json.loads((out / BUILD_DIRNAME / f"{unit.name}.json").read_text())
-        ok = (
-            record["row_groups"] == [unit.first_group, unit.end_group]
-            and record["source"] == unit.source
-            and record["documents"] == unit.rows
-            and (out / f"{unit.name}.docs").stat().st_size == unit.rows * np.dtype(DOCS_DTYPE).itemsize
-            and (out / f"{unit.name}.tokens").stat().st_size == record["tokens"] * itemsize
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return record if ok else None
 
 
 @contextmanager
@@ -299,7 +185,12 @@ def _tokenize_units(
         max_workers=min(workers, len(todo)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(backend.to_str() if backend is not None else None, tokenizer_spec, fingerprint),
+        initargs=(
+            os.getpid(),
+            backend.to_str() if backend is not None else None,
+            tokenizer_spec,
+            fingerprint,
+        ),
     )
     try:
         futures = {
@@ -413,7 +304,7 @@ def build_store(
         for p in out.glob(".shard-*.tmp-*"):  # left by killed workers
             p.unlink(missing_ok=True)
         itemsize = np.dtype(TOKEN_DTYPES[token_dtype]).itemsize
-        records = {u.index: r for u in units if (r := _committed(out, u, itemsize)) is not None}
+        records = {u.index: r for u in units if (r := committed_record(out, u, itemsize)) is not None}
         reused = len(records)
         todo = [u for u in units if u.index not in records]
         advance = progress(sum(u.rows for u in units)) if progress else (lambda n: None)
@@ -453,6 +344,7 @@ def build_store(
                 "tokens": sum(sh["tokens"] for sh in shards),
             },
         }
+        fsync_dir(out)  # every shard's rename is durable before the manifest that names it
         write_json_atomic(out / MANIFEST_NAME, manifest)
         shutil.rmtree(build, ignore_errors=True)
     return BuildResult(directory=out, built=len(todo), reused=reused, manifest=manifest, stale=stale)
