@@ -15,7 +15,9 @@ delivered to the rank (local batch × L per batch).
 
 Goals: the store gives world 64 >= 90% of world 1's per-rank tokens/s, and >= 1M tokens/s per
 rank on one core. Also reported: tokenize tokens/s with every core against one, and the one-core
-build's peak RSS for a corpus 1/5 the size (bounded memory: it should hardly grow).
+build's peak RSS for a corpus 1/5 the size (bounded memory: it should hardly grow). The CPU
+time of each build (its pool workers included) shows how many cores it kept busy: on a machine
+others load, the wall-clock ratio alone understates what every core gives.
 Writes bench/results/token_store.json.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,16 +57,20 @@ def tokenize(corpus: Path, tokenizer: Path, out: Path, workers: int, shard_mb: f
     """``pyrecover data tokenize`` in a fresh process; its wall time (process start included)."""
     args = ["tokenize", "--dataset", str(corpus), "--tokenizer-name-or-path", str(tokenizer),
             "--out", str(out), "--workers", str(workers), "--shard-mb", str(shard_mb), "--quiet"]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _TOKENIZE_CHILD, *args], capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and its pool workers, all waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"tokenize failed:\n{proc.stderr[-3000:]}")
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     manifest = json.loads((out / "manifest.json").read_text())
     tokens = manifest["counts"]["tokens"]
     return {"workers": workers, "wall_s": wall, "build_s": child["seconds"], "tokens": tokens,
-            "tokens_per_s": tokens / wall, "peak_rss_mb": child["peak_rss_mb"],
+            "tokens_per_s": tokens / wall, "peak_rss_mb": child["peak_rss_mb"], "cpu_s": cpu,
+            "cores_busy": cpu / wall, "tokens_per_cpu_s": tokens / cpu,
             "shards": manifest["counts"]["shards"]}  # fmt: skip
 
 
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.data.token_store import TokenStore
 
     cores = len(os.sched_getaffinity(0))
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pyrecover-bench-store-") as tmp:
         work = opts.dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "bench": "token_store",
         "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": cores, "load_average_1m": os.getloadavg()[0]},
+        "machine": {"cpus": cores, "load_average_1m": os.getloadavg()[0], "load_average_1m_at_start": load0},
         "corpus_mb": corpus_mb,
         "seq_len": opts.seq_len,
         "local_batch": opts.batch,
@@ -212,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({one['wall_s']:.1f} s), "
           f"{cores} workers {every['tokens_per_s']:,.0f} tok/s ({every['wall_s']:.1f} s): "
           f"{record['tokenize']['speedup']:.2f}x; identical stores: {identical}")  # fmt: skip
+    print(f"  cores kept busy: {one['cores_busy']:.2f} with 1 worker, {every['cores_busy']:.2f} with {cores} "
+          f"(load average {record['machine']['load_average_1m']:.1f}); tokens per CPU-second "
+          f"{one['tokens_per_cpu_s']:,.0f} and {every['tokens_per_cpu_s']:,.0f}")  # fmt: skip
     print(f"one-worker build peak RSS: {small_one['peak_rss_mb']:.0f} MB for {small_mb:.0f} MB of Parquet, "
           f"{one['peak_rss_mb']:.0f} MB for {corpus_mb:.0f} MB")  # fmt: skip
     print(f"wrote {opts.out}")
