@@ -19,6 +19,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import threading
 import time
@@ -53,7 +54,15 @@ from worker.data.tokenizer import load_tokenizer
 
 DEFAULT_SHARD_MB = 64.0
 PLAN_NAME = "plan.json"
-_OURS = ("shard-", "manifest.json", BUILD_DIRNAME)
+# The only names a build ever creates, deletes or overwrites in --out.
+_SHARD_FILE = re.compile(r"shard-[0-9]{5,9}\.(tokens|docs)")
+_TMP_FILE = re.compile(r"\.(shard-[0-9]{5,9}\.(tokens|docs)|manifest\.json)\.tmp-[0-9]+")
+
+
+def _is_ours(name: str) -> bool:
+    return name in (MANIFEST_NAME, BUILD_DIRNAME) or bool(
+        _SHARD_FILE.fullmatch(name) or _TMP_FILE.fullmatch(name)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +141,7 @@ def _build_lock(out: Path) -> Iterator[None]:
         fh.close()
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path) -> None:
     """Refuse an ``--out`` that is something else than a (partial) store: it would be written into."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
@@ -146,7 +155,7 @@ def _check_out_dir(out: Path) -> None:
         if not isinstance(raw, dict) or raw.get("format") != STORE_FORMAT:
             raise DataError(f"--out {out}: its {MANIFEST_NAME} is not a token store's; pick a new directory")
         return
-    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(_OURS))
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p.name))
     if foreign and not (out / BUILD_DIRNAME).exists():
         raise DataError(
             f"--out {out}: not empty and not a token store ({foreign[0]!r}); pick a new directory"
@@ -261,7 +270,7 @@ def build_store(
         raise DataError(f"tokenizer {tokenizer_spec!r} has no BOS token")
     fingerprint = tokenizer_fingerprint(tokenizer)
     token_dtype = token_dtype_for(len(tokenizer))
-    _check_out_dir(out)
+    check_out_dir(out)
     stale = None
     if (out / MANIFEST_NAME).exists():
         try:
@@ -301,8 +310,9 @@ def build_store(
             for p in build.glob("shard-*.json"):
                 p.unlink()
             write_json_atomic(build / PLAN_NAME, plan)
-        for p in out.glob(".shard-*.tmp-*"):  # left by killed workers
-            p.unlink(missing_ok=True)
+        for p in out.iterdir():  # left by killed workers
+            if _TMP_FILE.fullmatch(p.name):
+                p.unlink(missing_ok=True)
         itemsize = np.dtype(TOKEN_DTYPES[token_dtype]).itemsize
         records = {u.index: r for u in units if (r := committed_record(out, u, itemsize)) is not None}
         reused = len(records)
@@ -320,8 +330,8 @@ def build_store(
         for s, crc, n in zip(sources, join_checksums(), rows, strict=True):
             s.update(crc32=crc, rows=n)
         names = {f"{sh['name']}.{kind}" for sh in shards for kind in ("tokens", "docs")}
-        for p in out.glob("shard-*"):  # shards of an older, larger build of this directory
-            if p.name not in names:
+        for p in out.iterdir():  # shards of an older, larger build of this directory
+            if _SHARD_FILE.fullmatch(p.name) and p.name not in names:
                 p.unlink()
         manifest = {
             "format": STORE_FORMAT,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from worker.data.files import DataError
-from worker.data.store_build import DEFAULT_SHARD_MB, build_store
+from worker.data.store_build import DEFAULT_SHARD_MB, build_store, check_out_dir
 from worker.data.store_manifest import BUILD_DIRNAME, MANIFEST_NAME, read_manifest, stale_reason
 
 EXIT_STALE = 1
@@ -106,6 +106,7 @@ def check(args: argparse.Namespace) -> int:
     files = [f.resolve() for f in resolve_parquet_files(args.dataset)]
     fingerprint = tokenizer_fingerprint(load_tokenizer(args.tokenizer_name_or_path))
     out: Path = args.out
+    check_out_dir(out)  # a directory that is something else is bad input, not a store to build
     if not (out / MANIFEST_NAME).exists():
         state = "unfinished: an interrupted build" if (out / BUILD_DIRNAME).is_dir() else "missing: no store"
         print(f"{state} in {out}")

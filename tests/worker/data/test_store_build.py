@@ -173,6 +173,7 @@ def test_an_out_dir_that_is_something_else_is_refused_untouched(
     notes = tmp_path / "home"
     notes.mkdir()
     (notes / "notes.txt").write_text("mine")
+    (notes / "shard-plan.txt").write_text("also mine")  # shard-like, but no name a build writes
     with pytest.raises(DataError, match="not empty and not a token store"):
         build_store(str(src), str(sample_data[1]), notes)
     ckpt = tmp_path / "step-10"
@@ -182,7 +183,7 @@ def test_an_out_dir_that_is_something_else_is_refused_untouched(
         build_store(str(src), str(sample_data[1]), ckpt)
     with pytest.raises(DataError, match="not a directory"):
         build_store(str(src), str(sample_data[1]), notes / "notes.txt")
-    assert store_files(notes) == {"notes.txt": b"mine"}
+    assert store_files(notes) == {"notes.txt": b"mine", "shard-plan.txt": b"also mine"}
     assert store_files(ckpt) == {MANIFEST_NAME: b'{"step": 10}'}
 
 

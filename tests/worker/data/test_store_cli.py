@@ -58,6 +58,7 @@ def test_bad_input_is_exit_3_with_one_line(
         (src, tmp_path / "no-tokenizer", tmp_path / "o2", ()),
         (src, sample_data[1], tmp_path / "o3", ("--workers", "0")),
         (src, sample_data[1], src, ()),  # into the Parquet directory itself
+        (src, sample_data[1], src, ("--check",)),
     ]
     for dataset, tok, out, extra in cases:
         assert tokenize(dataset, tok, out, *extra) == 3
