@@ -8,7 +8,9 @@ timed for ``--seconds``, for the streaming ``IterableParquetDataset`` and for th
 ``TokenStoreDataset``, alternating, best of ``--rounds``. The store is read from a warm page
 cache (its files are read once first) by one thread (torch.set_num_threads(1)); the streaming
 path runs as in training (the tokenizer's own threads included). Tokens are input positions
-delivered to the rank (local batch × L per batch).
+delivered to the rank (local batch × L per batch), per wall second and per CPU-second of the
+reading process: on a machine other jobs load, the CPU-second rate is what one core gives,
+and the goals below are judged on it (the wall-clock figures are printed beside them).
 
     python bench/token_store.py [--dir DIR] [--size-mb 50] [--seq-len 512] [--batch 4]
                                 [--worlds 1 8 64] [--seconds 2] [--rounds 3] [--shard-mb 8]
@@ -82,16 +84,19 @@ def same_files(a: Path, b: Path) -> bool:
 
 
 def measure(make: Any, *, seconds: float, min_batches: int = 3) -> dict[str, Any]:
-    """Tokens/s one dataset delivers: batches pulled for at least ``seconds`` after one warm-up batch."""
+    """Tokens one dataset delivers per second of wall time and per CPU-second of this process
+    (all its threads), over at least ``seconds`` after one warm-up batch."""
     it = iter(make())
     next(it)
     batches = tokens = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - t0) < seconds or batches < min_batches:
         inputs, _ = next(it)
         tokens += inputs.numel()
         batches += 1
-    return {"tokens_per_s": tokens / elapsed, "batches": batches, "seconds": elapsed}
+    cpu = time.process_time() - c0
+    return {"tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu, "batches": batches,
+            "seconds": elapsed, "cpu_s": cpu}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,17 +171,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {source:<9} world {world:>3} rank {rank:>3}: {r['tokens_per_s']:>14,.0f} tok/s",
                       file=sys.stderr)  # fmt: skip
                 key = (source, world, rank)
-                if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
-                    best[key] = r
+                # Best of the rounds, per metric: a burst of load from others only ever slows one down.
+                best[key] = {k: max(v, best.get(key, {}).get(k, v)) for k, v in r.items()}
 
-    def rate(source: str, world: int) -> float:
+    def rate(source: str, world: int, metric: str = "tokens_per_cpu_s") -> float:
         """The slowest measured rank of that world (a job runs at its slowest rank's pace)."""
-        return min(v["tokens_per_s"] for (s, w, _), v in best.items() if s == source and w == world)
+        return min(v[metric] for (s, w, _), v in best.items() if s == source and w == world)
 
+    wall = "tokens_per_s"
     w1, wmax = min(opts.worlds), max(opts.worlds)
     scaling = rate("store", wmax) / rate("store", w1)
+    scaling_wall = rate("store", wmax, wall) / rate("store", w1, wall)
     stream_scaling = rate("streaming", wmax) / rate("streaming", w1)
     store_min = min(rate("store", w) for w in opts.worlds)
+    store_min_wall = min(rate("store", w, wall) for w in opts.worlds)
     record = {
         "bench": "token_store",
         "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -187,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_measurement": opts.seconds,
         "rounds": opts.rounds,
         "per_rank": [{"source": s, "world": w, "rank": r, **v} for (s, w, r), v in sorted(best.items())],
-        "store_world_scaling": scaling,
-        "streaming_world_scaling": stream_scaling,
-        "store_over_streaming": {str(w): rate("store", w) / rate("streaming", w) for w in opts.worlds},
-        "store_min_tokens_per_s": store_min,
+        "store_world_scaling_per_cpu_s": scaling,
+        "store_world_scaling_wall": scaling_wall,
+        "streaming_world_scaling_per_cpu_s": stream_scaling,
+        "store_over_streaming_per_cpu_s": {
+            str(w): rate("store", w) / rate("streaming", w) for w in opts.worlds
+        },
+        "store_min_tokens_per_cpu_s": store_min,
+        "store_min_tokens_per_s_wall": store_min_wall,
         "small_corpus_mb": small_mb,
         "tokenize": {
             "one_worker": one,
@@ -201,21 +213,27 @@ def main(argv: list[str] | None = None) -> int:
         },
         "goals": {
             f"store_world_{wmax}_at_least_90pct_of_world_{w1}": scaling >= 0.9,
-            "store_at_least_1M_tokens_per_s_per_rank": store_min >= 1e6,
+            "store_at_least_1M_tokens_per_s_per_rank": min(store_min, store_min_wall) >= 1e6,
             "stores_identical_whatever_the_workers": identical,
         },
     }
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(record, indent=2) + "\n")
 
-    print(f"\nper-rank tokens/s: L={opts.seq_len}, local batch {opts.batch}, best of {opts.rounds} x "
-          f"{opts.seconds:g} s, slowest of ranks 0 and W-1 (store)")  # fmt: skip
-    print(f"{'world':>6} {'streaming':>12} {'store':>14} {'store/streaming':>16}")
+    print(f"\nper-rank tokens: L={opts.seq_len}, local batch {opts.batch}, best of {opts.rounds} x "
+          f"{opts.seconds:g} s, slowest of ranks 0 and W-1 for the store; per wall second and per "
+          f"CPU-second of the reading process (load average {load0:.1f} on {cores} CPUs)")  # fmt: skip
+    print(f"{'world':>6} {'streaming/s':>12} {'store/s':>12} {'ratio':>7}   "
+          f"{'streaming/CPU-s':>15} {'store/CPU-s':>12} {'ratio':>7}")  # fmt: skip
     for w in opts.worlds:
-        print(f"{w:>6} {rate('streaming', w):>12,.0f} {rate('store', w):>14,.0f} "
-              f"{rate('store', w) / rate('streaming', w):>15,.0f}x")  # fmt: skip
-    print(f"store world {wmax} / world {w1}: {scaling:.1%} (goal >= 90%); streaming: {stream_scaling:.1%}")
-    print(f"store, slowest world: {store_min:,.0f} tokens/s per rank on one core (goal >= 1,000,000)")
+        print(f"{w:>6} {rate('streaming', w, wall):>12,.0f} {rate('store', w, wall):>12,.0f} "
+              f"{rate('store', w, wall) / rate('streaming', w, wall):>6,.0f}x   "
+              f"{rate('streaming', w):>15,.0f} {rate('store', w):>12,.0f} "
+              f"{rate('store', w) / rate('streaming', w):>6,.0f}x")  # fmt: skip
+    print(f"store world {wmax} / world {w1}: {scaling:.1%} per CPU-second (goal >= 90%), {scaling_wall:.1%} "
+          f"per wall second; streaming: {stream_scaling:.1%}")  # fmt: skip
+    print(f"store, slowest world: {store_min:,.0f} tokens per CPU-second per rank, {store_min_wall:,.0f} "
+          f"per wall second, one thread (goal >= 1,000,000)")  # fmt: skip
     print(f"tokenize {one['tokens']:,} tokens: 1 worker {one['tokens_per_s']:,.0f} tok/s "
           f"({one['wall_s']:.1f} s), "
           f"{cores} workers {every['tokens_per_s']:,.0f} tok/s ({every['wall_s']:.1f} s): "
