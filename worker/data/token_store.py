@@ -5,6 +5,7 @@ of the endless stream (epoch after epoch) is token ``p mod T`` of that epoch: fi
 is a bisection over the shard offsets the manifest lists (no data read), and reading is a copy
 out of the shard's memory map. A shard is mapped when first touched (and its file sizes checked
 against the manifest then, so a rank opens only what it reads); at most ``max_open`` stay mapped.
+A store rebuilt while it is read is noticed when the next shard is mapped, and refused.
 
 Positions translate to and from the Parquet path's cursor (epoch, file, row, token offset) with
 the documents index, so both sources share one cursor format.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from worker.data.files import DataError
-from worker.data.store_manifest import DOCS_DTYPE, TOKEN_DTYPES, read_manifest
+from worker.data.store_manifest import DOCS_DTYPE, MANIFEST_NAME, TOKEN_DTYPES, read_manifest
 
 
 class TokenStore:
@@ -30,6 +31,7 @@ class TokenStore:
     def __init__(self, directory: str | Path, *, max_open: int = 64) -> None:
         self.directory = Path(directory).expanduser()
         self.manifest: dict[str, Any] = read_manifest(self.directory)
+        self._manifest_id = self._identity()
         m = self.manifest
         self.dtype = np.dtype(TOKEN_DTYPES[m["token_dtype"]])
         self.bos_token_id: int = m["tokenizer"]["bos_token_id"]
@@ -43,12 +45,26 @@ class TokenStore:
         self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._max_open = max(1, max_open)
 
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.directory / MANIFEST_NAME).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def _map(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, document starts) of shard ``i`` as memory maps."""
         maps = self._maps.get(i)
         if maps is not None:
             self._maps.move_to_end(i)
             return maps
+        # A rebuild removes the manifest before it rewrites any shard and writes a new one last:
+        # an unchanged manifest file means the shards are still the ones it describes.
+        if self._identity() != self._manifest_id:
+            raise DataError(
+                f"token store {self.directory} was rebuilt or removed while this run read it; "
+                "restart the run (its checkpoint keeps the position)"
+            )
         shard = self._shards[i]
         out = []
         for kind, dtype, count in (

@@ -95,3 +95,16 @@ def test_a_manifest_is_validated_before_anything_is_mapped(built: dict[str, Any]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="must be named 'shard-00000'"):
         TokenStore(copy)
+
+
+def test_a_store_rebuilt_under_a_reader_is_refused_at_the_next_shard(built: dict[str, Any]) -> None:
+    copy = built["tmp"] / "rebuilt"
+    shutil.copytree(built["dir"], copy)
+    store = TokenStore(copy)
+    store.read(0, 4)
+    manifest = (copy / "manifest.json").read_text()
+    (copy / "manifest.json").unlink()  # what a rebuild does first
+    (copy / "manifest.json").write_text(manifest)  # ... and last (a new file, even with these bytes)
+    store.read(1, 4)  # shard 0 stays mapped: it still reads what it mapped
+    with pytest.raises(DataError, match="rebuilt or removed while this run read it"):
+        store.read(store._token_starts[1], 4)
