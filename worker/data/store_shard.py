@@ -96,11 +96,12 @@ def write_unit(
             flat[body] = np.fromiter(itertools.chain.from_iterable(ids), np.int64, flat.size - len(ids))
             if flat.size and (int(flat.max()) > max_id or int(flat.min()) < 0):
                 raise DataError(f"{source}: a token id does not fit {token_dtype}")
-            data, starts = flat.astype(dtype), (local + tokens).astype(DOCS_DTYPE)
-            ft.write(memoryview(data))
-            fd.write(memoryview(starts))
-            crc["tokens"] = zlib.crc32(memoryview(data), crc["tokens"])
-            crc["docs"] = zlib.crc32(memoryview(starts), crc["docs"])
+            data = flat.astype(dtype).data  # fresh, contiguous arrays: their buffers, no copy
+            starts = (local + tokens).astype(DOCS_DTYPE).data
+            ft.write(data)
+            fd.write(starts)
+            crc["tokens"] = zlib.crc32(data, crc["tokens"])
+            crc["docs"] = zlib.crc32(starts, crc["docs"])
             tokens += flat.size
             rows += len(ids)
             if on_rows is not None:
