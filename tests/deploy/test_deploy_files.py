@@ -34,6 +34,27 @@ def test_shell_scripts_parse_and_are_executable(script: Path) -> None:
     assert "set -euo pipefail" in script.read_text()
 
 
+def test_slurm_local_common_library_parses() -> None:
+    # Sourced by up.sh and down.sh, never run: no shebang, no exec bit needed.
+    subprocess.run(["bash", "-n", str(DEPLOY / "slurm-local" / "common.sh")], check=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--nodes", "0"], ["--nodes", "17"], ["--nodes=x"], ["--nodes", "2;id"], ["--nodes"], ["--bogus"]],
+    ids=str,
+)
+def test_slurm_up_refuses_bad_arguments_before_doing_anything(args: list[str]) -> None:
+    out = subprocess.run(
+        [str(DEPLOY / "slurm-local" / "up.sh"), *args], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 1
+    assert out.stdout == "", "nothing may be installed, written or started for a bad argument"
+    [line] = out.stderr.splitlines()
+    assert line.startswith("[slurm-local] ERROR: ")
+    assert "--nodes" in line or "unknown argument '--bogus'" in line
+
+
 def test_llama3_8b_example_is_a_valid_run_on_4_gpus_per_node() -> None:
     run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-llama3-8b.yaml").read_text()))
     assert run.training.model_preset == "llama3-8b"
@@ -97,8 +118,28 @@ def test_slurm_conf_template_has_the_measured_settings() -> None:
     assert "batch_sched_delay=0" in conf["SchedulerParameters"]
     node = next(line for line in text.splitlines() if line.startswith("NodeName="))
     assert "NodeAddr=127.0.0.1" in node and "CPUs=@CPUS@" in node
-    partition = next(line for line in text.splitlines() if line.startswith("PartitionName="))
-    assert "PartitionName=debug" in partition and "Default=YES" in partition
+    # N slurmd on one host (multiple-slurmd): a port per node, files kept apart by node name (%n),
+    # and nodes that together declare more CPUs than the host has are not drained.
+    assert "NodeName=@NODES@" in node and "Port=@PORTS@" in node and "NodeHostname=@HOSTNAME@" in node
+    for key in ("SlurmdPidFile", "SlurmdSpoolDir", "SlurmdLogFile"):
+        assert "%n" in conf[key], key
+    assert conf["SlurmdParameters"] == "config_overrides"
+    partitions = {
+        fields["PartitionName"]: fields
+        for fields in (
+            dict(word.split("=", 1) for word in line.split())
+            for line in text.splitlines()
+            if line.startswith("PartitionName=")
+        )
+    }
+    assert partitions["debug"]["Default"] == "YES"
+    # A job in `high` preempts jobs in `debug`: cancelled after a grace (pyrecover resubmits
+    # itself, its jobs are --no-requeue), never requeued or suspended; `high` is never preempted.
+    assert conf["PreemptType"] == "preempt/partition_prio"
+    assert conf["PreemptMode"] == partitions["debug"]["PreemptMode"] == "CANCEL"
+    assert int(partitions["high"]["PriorityTier"]) > int(partitions["debug"]["PriorityTier"])
+    assert partitions["high"]["PreemptMode"] == "OFF"
+    assert int(partitions["debug"]["GraceTime"]) > 0
     # Every placeholder the template uses is one up.sh fills in.
     up = (DEPLOY / "slurm-local" / "up.sh").read_text()
     settings = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
@@ -111,7 +152,7 @@ def test_ci_run_brings_up_slurm_and_postgres_strictly() -> None:
     assert text.index("apt-get update") < text.index("apt-get install")
     for needed in ("slurm-wlm", "munge", "postgresql", "chromium"):
         assert needed in text
-    assert text.index("deploy/slurm-local/up.sh") < text.index("make test PYTEST_ARGS")
+    assert text.index("deploy/slurm-local/up.sh --nodes 3") < text.index("make test PYTEST_ARGS")
     assert text.index("deploy/postgres-local/up.sh") < text.index("make test PYTEST_ARGS")
     assert "export PYRECOVER_TEST_POSTGRES_URL" in text
     assert "export PYRECOVER_STRICT_INTEGRATION=1" in text
