@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -156,5 +157,25 @@ def test_ci_run_brings_up_slurm_and_postgres_strictly() -> None:
     assert text.index("deploy/postgres-local/up.sh") < text.index("make test PYTEST_ARGS")
     assert "export PYRECOVER_TEST_POSTGRES_URL" in text
     assert "export PYRECOVER_STRICT_INTEGRATION=1" in text
-    # pytest's exit 5 (nothing collected) fails the test command itself, so CI fails on it too.
-    assert "$$rc -eq 5" in (ROOT / "Makefile").read_text()
+    # The test command runs the suite's two phases; nothing collected in both fails it (tests/suite.py).
+    assert "tests/suite.py $(PYTEST_ARGS)" in (ROOT / "Makefile").read_text()
+
+
+def test_the_suite_runner_combines_markers_and_fails_an_empty_run() -> None:
+    import suite  # tests/ is on sys.path (rootdir)
+
+    assert suite.split_marker(["-m", "not slow", "-x", "-mfoo"]) == ("foo", ["-x"])
+    calls: list[list[str]] = []
+
+    def fake(codes: list[int]) -> Any:
+        def run(args: list[str], junit: Path) -> tuple[int, dict[str, int]]:
+            calls.append(args)
+            return codes.pop(0), {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+
+        return run
+
+    assert suite.main(["-m", "not slow", "tests/x"], fake([5, 5])) == 1  # nothing anywhere
+    assert calls[0][:2] == ["-m", "(not slow) and not slurm_wait"] and calls[0][-1] == "tests/x"
+    assert calls[1][:2] == ["-m", "(not slow) and slurm_wait"] and "-n" in calls[1]
+    assert suite.main([], fake([0, 5])) == 0  # one phase empty is fine
+    assert suite.main([], fake([0, 1])) == 1 and suite.main([], fake([2, 0])) == 2

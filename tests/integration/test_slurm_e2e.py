@@ -30,7 +30,7 @@ from shared.schemas import TrainingSpec
 from shared.states import SchedulerJobState as S
 from worker.data.prepare import ensure_sample_data
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 WINDOW_S = 60  # --time=1, SLURM's smallest limit

@@ -26,7 +26,7 @@ from controller.scheduler.slurm import SlurmScheduler
 from shared.states import SchedulerJobState as S
 from worker.data.prepare import ensure_sample_data
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
 
 STEPS = 20  # a periodic checkpoint at 10 and the final one: both go through the 2-rank DCP save
 
