@@ -21,7 +21,7 @@ from controller.api import create_app
 from controller.api.limits import ReportRateLimiter
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt
-from controller.services import create_run, create_user_token, ingest, issue_worker_token
+from controller.services import create_run, create_user_token, get_user, ingest, issue_worker_token
 from controller.settings import Settings
 from shared.schemas import ReportBatch, RunCreate
 from shared.states import AttemptState, RunState
@@ -92,10 +92,11 @@ class Seeded:
 
 def _seed(factory: Callable[[], Session]) -> tuple[str, str, int, int]:
     with factory() as s:
-        user = create_user_token(s, "fuzzer")
+        user = create_user_token(s, "fuzzer")  # the first user: an admin, who may call every route
+        owner = get_user(s, "fuzzer")
         body = run_body("seeded-running")
-        running = create_run(s, RunCreate.model_validate(body))
-        failed = create_run(s, RunCreate.model_validate(run_body("seeded-failed")))
+        running = create_run(s, RunCreate.model_validate(body), owner=owner)
+        failed = create_run(s, RunCreate.model_validate(run_body("seeded-failed")), owner=owner)
         s.flush()
         s.add(
             Attempt(run_id=running.id, number=1, backend="local", job_name="j1", state=AttemptState.PENDING)

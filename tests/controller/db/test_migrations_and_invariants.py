@@ -14,7 +14,7 @@ from controller.db import (
     upgrade_database,
 )
 from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
-from controller.services import create_run
+from controller.services import create_run, first_admin
 from shared.schemas import RunCreate
 from shared.states import AttemptState
 
@@ -50,8 +50,8 @@ def test_one_live_attempt_per_run_is_enforced_by_the_database(any_db_url: str) -
     engine = make_engine(any_db_url)
     factory = make_session_factory(engine)
     with factory() as s:
-        run = create_run(s, _spec())
-        other = create_run(s, _spec("run-b"))
+        run = create_run(s, _spec(), owner=first_admin(s))
+        other = create_run(s, _spec("run-b"), owner=first_admin(s))
         s.add(_attempt(run.id, 1, AttemptState.RUNNING))
         s.add(_attempt(other.id, 1, AttemptState.PENDING))  # another run: fine
         s.commit()
@@ -84,7 +84,7 @@ def test_unique_worker_event_key_and_checkpoint_step(any_db_url: str) -> None:
     factory = make_session_factory(engine)
     now = datetime.now(UTC)
     with factory() as s:
-        run_id = create_run(s, _spec()).id
+        run_id = create_run(s, _spec(), owner=first_admin(s)).id
         s.add(WorkerEventRecord(run_id=run_id, attempt=1, seq=0, type="progress", time=now, payload={}))
         s.add(Checkpoint(run_id=run_id, step=5, path="/c/step-5", format="dcp"))
         s.commit()
