@@ -65,7 +65,7 @@ class HeadTimeoutH11(H11Protocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            type(self).timed_out += 1
+            HeadTimeoutH11.timed_out += 1
             log.info(
                 "closing a connection from %s: no request head within %.0f s",
                 self.client,
