@@ -26,7 +26,14 @@ from controller.api import create_app
 from controller.api.limits import ReportRateLimiter
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt
-from controller.services import create_run, create_user_token, get_user, ingest, issue_worker_token
+from controller.services import (
+    create_run,
+    create_user,
+    create_user_token,
+    ingest,
+    issue_user_token,
+    issue_worker_token,
+)
 from controller.settings import Settings
 from shared.schemas import ReportBatch, RunCreate
 from shared.states import AttemptState, RunState
@@ -161,8 +168,13 @@ class Seeded:
 
 def _seed(factory: Callable[[], Session]) -> tuple[str, str, int, int]:
     with factory() as s:
-        user = create_user_token(s, "fuzzer")  # the first user: an admin, who may call every route
-        owner = get_user(s, "fuzzer")
+        owner = create_user(s, "fuzzer")  # the first user: an admin, who may call every route
+        # The fuzzer revokes and rotates tokens by id (1, 2, ...): decoys take the small ids, so the
+        # token it calls with survives the revoke route's own fuzzing (test_fuzz_openapi revives it
+        # before each operation in case a generated id hit it anyway).
+        for i in range(64):
+            issue_user_token(s, owner, label=f"decoy-{i}")
+        user = issue_user_token(s, owner, label="fuzzer")[0]
         body = run_body("seeded-running")
         running = create_run(s, RunCreate.model_validate(body), owner=owner)
         failed = create_run(s, RunCreate.model_validate(run_body("seeded-failed")), owner=owner)
