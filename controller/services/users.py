@@ -79,8 +79,8 @@ def first_admin(session: Session) -> User:
     user = session.scalar(select(User).where(User.role == Role.ADMIN).order_by(User.id).limit(1))
     if user is not None:
         return user
-    existing = find_user(session, FIRST_ADMIN_NAME)
-    if existing is not None:  # users exist but no admin (all demoted): never promote silently
+    if session.scalar(select(User.id).limit(1)) is not None:
+        # Users but no admin (a hand-edited database): never make one up silently.
         raise Conflict("no admin exists: make one with `pyrecover user set NAME --role admin`")
     return create_user(session, FIRST_ADMIN_NAME, role=Role.ADMIN)
 

@@ -71,6 +71,10 @@ def test_first_admin_creates_one_only_on_an_empty_database(session: Session) -> 
     assert first_admin(session).id == admin.id
     create_user(session, "zed", role=Role.ADMIN)
     assert first_admin(session).id == admin.id, "the oldest admin"
+    for user in (admin, get_user(session, "zed")):
+        user.role = Role.USER  # what only a hand-edited database can hold
+    with pytest.raises(Conflict, match="no admin exists"):
+        first_admin(session)
 
 
 def test_the_last_admin_stays_one(session: Session) -> None:
