@@ -1,6 +1,6 @@
 """``controller/serving.py``: serve flags become Settings keywords, the auth choice, binding port 0,
 and the uvicorn configuration every server uses (the end-to-end behaviour is in
-tests/security/test_serving.py)."""
+tests/security/test_serve.py)."""
 
 from __future__ import annotations
 

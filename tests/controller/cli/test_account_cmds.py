@@ -1,5 +1,5 @@
 """``pyrecover user create|list|set|login-link`` on a fresh database (the token commands are
-attacked in tests/security/test_sessions.py and test_ownership.py)."""
+attacked in tests/security/test_dashboard_sessions.py and test_ownership.py)."""
 
 from __future__ import annotations
 
