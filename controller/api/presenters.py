@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt, Run
+from controller.db.models import Attempt, Run, User
 from controller.reconciler.decide import AttemptOutcome, attempts_without_progress
 from controller.services import goodput
 from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
@@ -25,6 +25,10 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
     by_run: dict[int, list[Attempt]] = defaultdict(list)
     for attempt in session.scalars(select(Attempt).where(Attempt.run_id.in_([r.id for r in runs]))):
         by_run[attempt.run_id].append(attempt)
+    owners: dict[int, str] = dict(
+        (int(i), str(n))
+        for i, n in session.execute(select(User.id, User.name).where(User.id.in_({r.owner_id for r in runs})))
+    )
     out = []
     for run in runs:
         attempts = sorted(by_run.get(run.id, []), key=lambda a: a.number)
@@ -47,6 +51,7 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
         out.append(
             public.model_copy(
                 update={
+                    "owner": owners.get(run.owner_id, ""),
                     "attempts_count": len(attempts),
                     "failures_without_progress": attempts_without_progress(ended, run.resumed_after_attempt),
                     "goodput": total.goodput,

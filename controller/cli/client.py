@@ -7,7 +7,7 @@ Every failure is a ``controller.client.PyrecoverError`` whose text is the one li
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,7 +15,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from controller.client import Client, PyrecoverError, load_config, save_config
+from controller.client import Client, PyrecoverError, load_config, resolve, save_config
 from controller.client.config import DEFAULT_URL
 from controller.client.errors import error_for
 from controller.settings import default_data_dir
@@ -49,33 +49,27 @@ def format_http_error(resp: httpx.Response) -> str:
 
 @dataclass
 class Api:
-    """The public client, answering in plain JSON (what the CLI's tables print)."""
+    """The public client, answering in plain JSON (what the CLI's tables print). Each call opens and
+    closes its own connection: a CLI command makes a handful of calls, and nothing is left open."""
 
     url: str
     token: str | None = None
     timeout: float = 15.0
     transport: httpx.BaseTransport | None = None
-    _client: Client | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def resolve(cls, url: str | None, token: str | None, data_dir: Path | None = None) -> Api:
-        client = Client(url, token, data_dir=data_dir)
-        return cls(url=client.url, token=client.connection.token, _client=client)
+        connection = resolve(url, token, data_dir)
+        return cls(url=connection.url, token=connection.token)
 
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(
-                self.url,
-                self.token,
-                timeout=self.timeout,
-                transport=self.transport,
-                data_dir=Path("/nonexistent"),
-            )
-        return self._client
+    def _client(self) -> Client:
+        return Client(
+            self.url, self.token, timeout=self.timeout, transport=self.transport, data_dir=_NO_CONFIG
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.client.request(method, path, **kwargs)
+        with self._client() as client:
+            return client.request(method, path, **kwargs)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -85,7 +79,12 @@ class Api:
 
     def run_id(self, ref: str) -> int:
         """A run given by id or by name."""
-        return self.client.run_id(ref)
+        with self._client() as client:
+            return client.run_id(ref)
+
+
+_NO_CONFIG = Path("/nonexistent")
+"""The connection is already resolved: the client must not read cli.json again."""
 
 
 def items(page: Any) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""``pyrecover submit | runs | show | cancel | resume | logs``: runs through the REST API."""
+"""``pyrecover submit | runs | show | cancel | resume | share | unshare | logs``: runs through the REST
+API, as the user whose token the CLI sends (``controller/cli/client.py``)."""
 
 from __future__ import annotations
 
@@ -203,6 +204,48 @@ def register(app: typer.Typer) -> None:
             api = Api.resolve(url, token)
             result = api.post(f"/runs/{api.run_id(run)}/resume")
             console.print(f"run {run}: {(result or {}).get('state', 'resumed')}")
+
+        with_api(go)
+
+    @app.command("share")
+    def share(
+        run: RunArg,
+        user: Annotated[
+            str | None, typer.Argument(help="Who may now read it (a viewer) or act on it.")
+        ] = None,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Share a run with a user (its owner or an admin); without USER, list whom it is shared with."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            run_id = api.run_id(run)
+            if user is not None:
+                api.post(f"/runs/{run_id}/shares", {"user": user})
+                console.print(f"run {run} shared with {user}")
+            table = Table("user", "role", "shared by", "since")
+            for row in api.get(f"/runs/{run_id}/shares") or []:
+                table.add_row(
+                    row["user"], row["role"], str(row.get("shared_by") or ""), str(row["created_at"])
+                )
+            console.print(table)
+
+        with_api(go)
+
+    @app.command("unshare")
+    def unshare(
+        run: RunArg,
+        user: Annotated[str, typer.Argument(help="Whose access to take away.")],
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Stop sharing a run with a user."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            api.request("DELETE", f"/runs/{api.run_id(run)}/shares/{user}")
+            console.print(f"run {run} is no longer shared with {user}")
 
         with_api(go)
 

@@ -11,7 +11,11 @@ __all__ = [
     "InvalidField",
     "InvalidReport",
     "InvalidTransition",
+    "NotShared",
+    "QuotaExceeded",
     "RunNotFound",
+    "TokenNotFound",
+    "UserNotFound",
 ]
 
 
@@ -50,3 +54,30 @@ class InvalidField(DomainError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class UserNotFound(DomainError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"user {name!r} does not exist")
+        self.name = name
+
+
+class TokenNotFound(DomainError):
+    def __init__(self, token_id: int) -> None:
+        super().__init__(f"token {token_id} does not exist (or is a worker token)")
+        self.token_id = token_id
+
+
+class QuotaExceeded(DomainError):
+    """The owner already has as many active runs as their limit allows (HTTP 429)."""
+
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(
+            f"user {user} already has {limit} active run(s), their limit: wait for one to end, "
+            "cancel one, or ask an admin to raise the limit"
+        )
+        self.limit = limit
+
+
+class NotShared(DomainError):
+    """Unsharing a run from a user it was not shared with (HTTP 404)."""

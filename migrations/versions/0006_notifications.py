@@ -1,7 +1,7 @@
 """webhook notifications: an outbox of run events and their deliveries
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 13:00:00.000000
 
 A notification row is written in the same transaction as the state change it reports, so none is
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision = '0006'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -47,6 +47,7 @@ class GoodputPublic(_Public):
 class RunPublic(_Public):
     id: int
     name: str
+    owner: str = Field(default="", description="The user who created the run (or was handed it).")
     state: RunState
     scheduler: str
     training_steps: int

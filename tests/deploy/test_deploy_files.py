@@ -91,7 +91,9 @@ def test_systemd_unit_runs_pyrecover_serve_with_an_environment_file() -> None:
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth() -> None:
+def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pairs = {}
     for line in (DEPLOY / "examples" / "controller.env").read_text().splitlines():
         if not line.strip() or line.startswith("#"):
@@ -102,6 +104,16 @@ def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth()
     assert pairs["PYRECOVER_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert pairs["PYRECOVER_PUBLIC_URL"].startswith("https://")
     assert "PYRECOVER_SLURM_CLI_TIMEOUT_S" in pairs
+    # Every value is one the settings accept, and the example is a safe deployment.
+    from controller.settings import Settings
+
+    for key, value in pairs.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (
+        settings.auth_required and settings.host == "127.0.0.1" and settings.trusted_proxies == ["127.0.0.1"]
+    )
+    settings.validate_for_serving()
 
 
 def test_slurm_conf_template_has_the_measured_settings() -> None:

@@ -81,7 +81,7 @@ def api(cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
     ctl = demo_module.DemoController(demo_module.demo_settings(tmp_path / "controller", free_port()))
     ctl.start()
     try:
-        yield Api(url=ctl.url)
+        yield Api(url=ctl.url, token=ctl.demo_token())  # auth is on, as in every controller
     finally:
         ctl.stop()
 

@@ -21,7 +21,16 @@ COMMANDS = [
     "cancel",
     "resume",
     "logs",
+    "share",
+    "unshare",
     "token create",
+    "token list",
+    "token revoke",
+    "token rotate",
+    "user create",
+    "user list",
+    "user set",
+    "user login-link",
     "db upgrade",
 ]
 

@@ -10,7 +10,7 @@ import pytest
 
 from controller.api import create_app
 from tests.controller.api.conftest import Api, make_api
-from tests.live_server import serve
+from tests.live_server import free_port, serve
 
 
 @dataclass
@@ -22,7 +22,8 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
-    for api in make_api(tmp_path):
+    port = free_port()
+    for api in make_api(tmp_path, allowed_hosts=[f"127.0.0.1:{port}"]):
         app = create_app(api.settings, session_factory=api.factory)
-        with serve(app) as url:
+        with serve(app, port) as url:
             yield Live(url=url, api=api)

@@ -20,7 +20,7 @@ from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Event, Notification, NotificationDelivery, Run
 from controller.notify.deliver import Notifier, backoff_s
 from controller.reconciler import Reconciler
-from controller.services import create_run
+from controller.services import create_run, first_admin
 from controller.settings import Settings
 from controller.state_machine import transition_run
 from shared.schemas import RunCreate
@@ -96,7 +96,7 @@ def new_run(
         }
     )
     with factory() as s:
-        run = create_run(s, body, settings=settings)
+        run = create_run(s, body, owner=first_admin(s), settings=settings)
         s.commit()
         return int(run.id)
 

@@ -96,13 +96,15 @@ def test_api_dashboard_and_metrics_agree_after_a_batch_of_only_progress_events(t
     from controller.api import create_app
     from controller.db import make_engine, make_session_factory, upgrade_database
     from controller.db.models import Attempt
-    from controller.services import create_run, issue_worker_token
+    from controller.services import create_run, first_admin, issue_worker_token
     from controller.settings import Settings
     from controller.web.formatting import pct
     from shared.schemas import RunCreate
     from shared.states import AttemptState, EndReason
 
-    settings = Settings(data_dir=tmp_path, run_reconciler=False)
+    # Auth off (as `serve --insecure-no-auth` on a loopback address): this test is about the three
+    # readers agreeing on goodput, and reads them all without signing in.
+    settings = Settings(data_dir=tmp_path, run_reconciler=False, auth_required=False)
     upgrade_database(settings.database_url)
     engine = make_engine(settings)
     factory = make_session_factory(engine)
@@ -112,7 +114,7 @@ def test_api_dashboard_and_metrics_agree_after_a_batch_of_only_progress_events(t
         "resources": {"scheduler": "local", "time_limit": "10m"},
     }
     with factory() as s:
-        run = create_run(s, RunCreate.model_validate(body))
+        run = create_run(s, RunCreate.model_validate(body), owner=first_admin(s))
         run.created_at = at(-10)  # before its attempts (the test's clock is in the past)
         s.flush()
         # attempt 1 ended: 300 s allocated, 200 s of it ended in a committed checkpoint
