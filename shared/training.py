@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.unknown_fields import refuse_unknown
+
 PRESETS = ("tiny", "small", "llama3-1b", "llama3-8b")
 Preset = Literal["tiny", "small", "llama3-1b", "llama3-8b"]
 Dtype = Literal["fp32", "bf16", "fp16", "fp64"]
@@ -122,6 +124,11 @@ class TrainingFields(BaseModel):
     """Last profiled step."""
     profile_dir: Annotated[str, Field(min_length=1)] | None = None
     """Where traces go; default <checkpoint_dir>/<experiment_name>/profile."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return refuse_unknown(cls, data)
 
     @model_validator(mode="after")
     def _combinations(self) -> Any:

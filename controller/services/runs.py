@@ -30,6 +30,13 @@ from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
+def _taken(name: str) -> str:
+    return (
+        f"a run named {name!r} already exists: pick another name, or look at that run "
+        f"(`pyrecover show {name}`; `pyrecover extend {name}` trains it further)"
+    )
+
+
 def create_run(
     session: Session, body: RunCreate, *, owner: User, by: str | None = None, settings: Settings | None = None
 ) -> Run:
@@ -43,7 +50,7 @@ def create_run(
             field, _, message = str(exc).partition(": ")
             raise InvalidField(message, field=field) from None
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
-        raise Conflict(f"a run named {body.name!r} already exists", field="name")
+        raise Conflict(_taken(body.name), field="name")
     check_quota(session, owner)
     run = Run(
         name=body.name,
@@ -64,7 +71,7 @@ def create_run(
             session.add(run)
             session.flush()
     except IntegrityError as exc:  # a concurrent create with the same name
-        raise Conflict(f"a run named {body.name!r} already exists", field="name") from exc
+        raise Conflict(_taken(body.name), field="name") from exc
     actor = by or owner.name
     record_run_event(
         session,

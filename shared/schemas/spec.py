@@ -8,13 +8,14 @@ every value (defence in depth).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.names import validate_run_name
 from shared.schemas.notify import NotifyTarget
 from shared.training import TrainingFields, TrainingSteps
+from shared.unknown_fields import refuse_unknown
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
@@ -82,6 +83,11 @@ def parse_time_limit(value: str | int) -> int:
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return refuse_unknown(cls, data)
 
 
 class TrainingSpec(TrainingFields):

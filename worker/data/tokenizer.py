@@ -5,12 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shared.paths import looks_local
 from worker.data.files import DataError
-
-
-def _looks_like_path(text: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else is meant as a path (and must not hit the hub)."""
-    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
@@ -32,23 +28,35 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
             tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
         elif local.exists():
             raise DataError(f"tokenizer {text!r} is a file; pass the directory that holds tokenizer.json")
-        elif _looks_like_path(text):
+        elif looks_local(text):
             raise DataError(f"tokenizer directory {text!r} does not exist (run `pyrecover data prepare`?)")
         else:
-            tokenizer = AutoTokenizer.from_pretrained(text)
+            tokenizer = _from_hub(AutoTokenizer, text)
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"cannot load tokenizer {text!r}: it is neither a local tokenizer directory nor a hub name "
-            f"in the local cache (no network at run time?). Run `pyrecover data prepare` for the "
-            f"offline sample tokenizer, or pass a directory saved with save_pretrained(). ({exc})"
+            f"cannot load tokenizer {text!r} ({first}): pass a local directory saved with "
+            "save_pretrained() (`pyrecover data prepare` makes the sample one)"
         ) from exc
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise DataError(f"tokenizer {text!r} has neither a pad nor an EOS token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _from_hub(auto: Any, name: str) -> Any:
+    """A hub tokenizer from the local cache, else (unless ``HF_HUB_OFFLINE``) one download try."""
+    import os
+
+    try:
+        return auto.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise
+    return auto.from_pretrained(name)
 
 
 def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:

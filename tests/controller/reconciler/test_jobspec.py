@@ -126,3 +126,21 @@ def test_a_hub_name_or_remote_path_is_left_alone(tmp_path: Path, monkeypatch: py
     argv = list(spec.argv)
     assert argv[argv.index("--tokenizer-name-or-path") + 1] == "meta-llama/Llama-3.1-8B"
     assert argv[argv.index("--dataset") + 1] == "shards/train"
+
+
+def test_a_mistyped_relative_path_reaches_the_worker_absolute_not_as_a_hub_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.reconciler.jobspec import absolute_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    training = TrainingSpec(
+        dataset="data/*.parquet", tokenizer_name_or_path="data/tokenizr", training_steps=20
+    )
+    assert absolute_inputs(training) == {
+        "dataset": str(tmp_path / "data" / "*.parquet"),
+        "tokenizer_name_or_path": str(tmp_path / "data" / "tokenizr"),
+    }
+    hub = TrainingSpec(dataset="/d", tokenizer_name_or_path="meta-llama/Llama-3.1-8B", training_steps=20)
+    assert absolute_inputs(hub) == {}

@@ -51,3 +51,29 @@ def test_every_registered_scheduler_is_accepted(scheduler: str) -> None:
 def test_unknown_scheduler_is_refused() -> None:
     with pytest.raises(ValidationError, match="scheduler"):
         RunCreate.model_validate(_payload(resources={"scheduler": "kubernetes"}))
+
+
+def test_an_unknown_field_says_which_known_one_was_meant() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from shared.schemas import RunCreate
+
+    body = {
+        "name": "x",
+        "training": {"dataset": "d", "tokenizer_name_or_path": "t", "trainng_steps": 5},
+        "resources": {"scheduler": "local", "time_limit": "1m"},
+    }
+    with pytest.raises(ValidationError) as err:
+        RunCreate.model_validate(body)
+    (error,) = err.value.errors()
+    assert error["loc"] == ("training",) and error["type"] == "extra_forbidden"
+    assert error["msg"] == "unknown field 'trainng_steps': did you mean 'training_steps'?"
+    with pytest.raises(ValidationError, match=r"unknown field 'zzz' \(known: backoff_seconds, max_attempts"):
+        RunCreate.model_validate(
+            {
+                **body,
+                "training": {"dataset": "d", "tokenizer_name_or_path": "t", "training_steps": 50},
+                "policy": {"zzz": 1},
+            }
+        )

@@ -69,3 +69,15 @@ def test_encode_batch_restores_settings_a_padded_call_left(sample_data: tuple[Pa
     state = (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding)
     assert encode_batch(tok, [text]) == expected
     assert (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding) == state
+
+
+def test_a_mistyped_relative_path_is_a_missing_directory_not_a_hub_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.data.files import DataError
+    from worker.data.tokenizer import load_tokenizer
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"tokenizer directory 'data/tokenizr' does not exist"):
+        load_tokenizer("data/tokenizr")
