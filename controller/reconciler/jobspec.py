@@ -49,15 +49,18 @@ def resolve_checkpoint_dir(settings: Settings, checkpoint_dir: str) -> Path:
 
 
 def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
-    """Dataset and tokenizer paths made absolute where they exist relative to the controller's cwd.
+    """Dataset, tokenizer and ``init_from_hf`` paths made absolute where they exist relative to the
+    controller's cwd (workers run in the run's own directory).
 
     A value that does not exist here is left alone: it may be a Hugging Face hub name
     (``meta-llama/Llama-3.1-8B``) or a path that only exists on the compute nodes.
     """
     updates: dict[str, str] = {}
-    for key in ("dataset", "tokenizer_name_or_path"):
-        value = str(getattr(training, key))
-        path = Path(value)
+    for key in ("dataset", "tokenizer_name_or_path", "init_from_hf"):
+        value = getattr(training, key)
+        if value is None:
+            continue
+        path = Path(str(value))
         if not path.is_absolute() and path.exists():
             updates[key] = str(path.absolute())
     return updates
