@@ -96,6 +96,7 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     """
     from worker.checkpoint import CheckpointError
     from worker.hf.pretrained import load_pretrained
+    from worker.trackers import with_trackers
 
     started = time.monotonic()
     info: DistInfo | None = None
@@ -107,6 +108,7 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
         reporter = make_reporter(rank=info.rank)
         config.check_world_size(info.world_size)
         comp = build_components(config, info)
+        reporter = with_trackers(reporter, config, is_main=info.is_main)  # progress → trackers (rank 0)
         manager, state = build_checkpointing(config, info, comp)
         restored = restore(config, comp, manager, state, reporter)
         if restored is None and config.init_from_hf is not None:  # a fresh start of an imported model
