@@ -26,7 +26,7 @@ from worker.checkpoint.restore import problems_of
 from worker.checkpoint.types import CheckpointError, CommittedCheckpoint
 from worker.model import TransformerModelArgs, model_args
 
-from .mapping import MappingError, args_from_record, expected_shapes
+from .mapping import args_from_record, expected_shapes
 
 _MODEL_PREFIX = "model."
 
@@ -133,6 +133,3 @@ def read_checkpoint_model(path: Path) -> CheckpointModel:
         run_config=config,
         max_position_embeddings=int(context) if isinstance(context, int) else None,
     )
-
-
-__all__ = ["CheckpointModel", "MappingError", "committed", "model_tensors", "read_checkpoint_model"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from worker.checkpoint.manifest import fsync_dir
 from worker.checkpoint.types import CheckpointError
 
 from .checkpoint_model import CheckpointModel, read_checkpoint_model
@@ -197,8 +198,6 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    from worker.checkpoint.manifest import fsync_dir
-
     fsync_dir(root)
 
 
