@@ -32,6 +32,15 @@ def run_checkpoint_dir(checkpoint_root: Path, run_name: str) -> Path:
     return checkpoint_root / run_name
 
 
+TRACKERS_DIR_NAME = "trackers"
+"""``<checkpoint_dir>/<run name>/trackers/``: the tracker run's identity (``state.json``) and the
+trackers' own files (``tensorboard/``, ``wandb/``), shared by every attempt of the run."""
+
+
+def tracker_dir(checkpoint_root: Path, run_name: str) -> Path:
+    return run_checkpoint_dir(checkpoint_root, run_name) / TRACKERS_DIR_NAME
+
+
 def step_dir_name(step: int) -> str:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")

@@ -95,12 +95,13 @@ def _build_optimizer(
 
 
 def build_components(config: TrainConfig, info: DistInfo) -> Components:
+    from worker.hf.pretrained import model_shape
     from worker.metrics import flops_per_token, num_params, peak_flops
-    from worker.model import Transformer, model_args
+    from worker.model import Transformer
 
     seed_everything(config.seed)
     dataset, vocab_size = _build_data(config, info)
-    args = model_args(config.model_preset, vocab_size=vocab_size, seq_len=config.sequence_length)
+    args = model_shape(config, vocab_size=vocab_size)  # the preset's, or init_from_hf's config.json
     precision = resolve_precision(config.model_dtype, mixed=config.mixed_precision, device=info.device)
     with default_dtype(precision.param_dtype):
         base = Transformer(args)

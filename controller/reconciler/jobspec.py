@@ -49,15 +49,19 @@ def resolve_checkpoint_dir(settings: Settings, checkpoint_dir: str) -> Path:
 
 
 def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
-    """Relative dataset and tokenizer paths made absolute against the controller's cwd.
+    """Relative dataset, tokenizer and ``init_from_hf`` paths made absolute against the controller's cwd
+    (workers run in the run's own directory).
 
     Relative means what ``shared.paths.looks_local`` says: a mistyped ``data/tokenizr`` becomes an
     absolute path the worker reports as missing, instead of a hub name it would try to download. A
     value that is not a local path here is left alone: a hub name (``meta-llama/Llama-3.1-8B``).
     """
     updates: dict[str, str] = {}
-    for key in ("dataset", "tokenizer_name_or_path"):
-        value = str(getattr(training, key))
+    for key in ("dataset", "tokenizer_name_or_path", "init_from_hf"):
+        value = getattr(training, key)
+        if value is None:
+            continue
+        value = str(value)
         if not Path(value).is_absolute() and looks_local(value) and not value.startswith("~"):
             updates[key] = str(Path(value).absolute())
     return updates

@@ -103,7 +103,7 @@ class TrainingSpec(TrainingFields):
     training_steps: TrainingSteps
     """Total optimizer steps of the run (required in a run; absolute across resumptions)."""
 
-    @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir")
+    @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir", "init_from_hf")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:
         return None if v is None else _check_safe_path(v)
