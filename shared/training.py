@@ -52,6 +52,10 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
 a different model or on a different token stream: the worker's checkpoint manager refuses such a
 resume. Everything else (steps, learning rate, cadence, world size, ...) may change between attempts."""
 
+FROZEN_FIELDS: tuple[str, ...] = (*IMMUTABLE_FIELDS, "checkpoint_dir")
+"""What ``PATCH /runs/{id}`` (``pyrecover extend``) refuses: the immutable fields, and the checkpoint
+root (a run's past lives there: a new root would start it over)."""
+
 PER_ATTEMPT_FIELDS: tuple[str, ...] = ("deadline", "stop_after_steps", "resume_from_checkpoint")
 """Worker fields that describe one attempt, not the run (left out of the checkpoint's config)."""
 
