@@ -132,12 +132,28 @@ def _scalar(hint: Any) -> tuple[type, tuple[str, ...] | None]:
     return (first if first in (int, float, str, bool) else str), None
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one (not "(default: None)"), and the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str = "pyrecover train") -> argparse.ArgumentParser:
     """The worker's argument parser; every config field becomes a flag whose help is its docstring."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train a Llama-style model with DDP, checkpoints and a time-aware stop.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
+        epilog="examples:\n"
+        "  pyrecover train --dataset data/sample.parquet --tokenizer-name-or-path data/tokenizer \\\n"
+        "      --model-preset tiny --training-steps 200 --experiment-name try1\n"
+        "  torchrun --nproc-per-node 4 -m worker --dataset /data/fineweb \\\n"
+        "      --tokenizer-name-or-path /models/tok --model-preset llama3-1b --training-steps 100000\n\n"
+        "Exit codes: 0 done, or stopped cleanly after a committed checkpoint; the others: "
+        "docs/architecture.md (Exit codes).",
     )
     hints = typing.get_type_hints(TrainConfig, include_extras=True)
     for name, info in TrainConfig.model_fields.items():

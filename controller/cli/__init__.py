@@ -8,8 +8,19 @@ and imported lazily, so ``pyrecover --help`` and every controller command start 
 from __future__ import annotations
 
 import typer
+import typer.core
 
 from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, run_cmds, worker_cmds
+
+
+# Typer prints the Python type beside every argument's name in --help ("RUN <str>"); the metavar
+# already says what goes there, and options show only their metavar. One help style: no type noise.
+def _no_type(self: typer.core.TyperArgument, ctx: object) -> None:
+    return None
+
+
+typer.core.TyperArgument.display_type_rich = _no_type  # type: ignore[method-assign,assignment]
+
 
 app = typer.Typer(
     name="pyrecover",

@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyrecover checkpoint",
         description="List, verify and compare pyrecover checkpoints (DCP and vanilla).",
-        epilog="Exit codes: 0 ok/equal, 1 corrupt/different, 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  pyrecover checkpoint list checkpoints/my-run\n"
+        "  pyrecover checkpoint verify checkpoints/my-run/step-200\n"
+        "  pyrecover checkpoint compare checkpoints/a/step-200 checkpoints/b/step-200\n\n"
+        "Exit codes: 0 ok/equal, 1 corrupt/different, 2 usage error.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,verify,compare}")
     ls = sub.add_parser(
