@@ -27,6 +27,7 @@ from controller.services.errors import (
     UserNotFound,
 )
 from shared.events import EventType
+from shared.unknown_fields import error_loc
 
 _LOC_PREFIXES = ("body", "query", "path", "header")
 
@@ -60,7 +61,7 @@ def _clean(msg: str) -> str:
 def validation_body(errors: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     detail = []
     for err in errors:
-        loc = tuple(err.get("loc", ()))
+        loc = error_loc(err)
         detail.append(
             {
                 "loc": list(loc),
