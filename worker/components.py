@@ -50,7 +50,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
-    from worker.data import IterableParquetDataset, load_tokenizer, resolve_parquet_files
+    """The data stream and the vocabulary size. Every problem with the dataset or the tokenizer is a
+    ConfigError naming the field (exit code 3, one line): retrying cannot fix it."""
+    from worker.data import DataError, IterableParquetDataset, load_tokenizer, resolve_parquet_files
 
     try:
         files = resolve_parquet_files(config.dataset)
@@ -65,15 +67,18 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
     bos = tokenizer.bos_token_id
     if bos is None:
         raise ConfigError(f"tokenizer_name_or_path: {config.tokenizer_name_or_path!r} has no BOS token")
-    dataset = IterableParquetDataset(
-        files,
-        tokenizer,
-        sequence_length=config.sequence_length,
-        rank=info.rank,
-        world_size=info.world_size,
-        local_batch_size=config.batch_size // info.world_size,
-        bos_token_id=bos,
-    )
+    try:
+        dataset = IterableParquetDataset(
+            files,
+            tokenizer,
+            sequence_length=config.sequence_length,
+            rank=info.rank,
+            world_size=info.world_size,
+            local_batch_size=config.batch_size // info.world_size,
+            bos_token_id=bos,
+        )
+    except DataError as exc:  # e.g. files without rows
+        raise ConfigError(f"dataset: {exc}") from exc
     return dataset, len(tokenizer)
 
 
