@@ -204,6 +204,8 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     except KeyboardInterrupt:
         code = _fail(ExitCode.INTERRUPTED, "interrupted", reporter, loop.step if loop else 0)
     except Exception as exc:
+        if watch is not None and watch.tripped:
+            watch.hold()  # it is reporting the hang and ends the process with its own code
         if watch is not None and watch.on_failure():  # a peer's hang broke our collective
             code = int(ExitCode.HUNG)
         else:

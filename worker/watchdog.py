@@ -148,6 +148,7 @@ class Watchdog:
         self.created_run_dir = False
         """Rank 0: this attempt's watchdog created the run directory (a failed start removes it)."""
         self._stop = threading.Event()
+        self._exited = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deferring_to: int | None = None
 
@@ -318,6 +319,7 @@ class Watchdog:
             log.error("watchdog: reporting the hang did not finish in time; exiting anyway")
         bounded(_flush, 2.0, default=None)
         self._exit(int(ExitCode.HUNG))
+        self._exited.set()  # reached only when ``exit`` returns (tests)
 
     def _trip_work(self) -> None:
         stalled, limit, phase = self.stalled_for(), self.limit(), self.phase
@@ -379,9 +381,15 @@ class Watchdog:
         the exit allowance: the process exits right after)."""
         suspects = self.board.suspects(self.heartbeat(), peers)
         named = ", ".join(f"rank {s['rank']} on {s['host']} ({s['reason']})" for s in suspects)
+        if named:
+            culprit = f"stalled by {named}"
+        elif self.world_size > 1:
+            culprit = "every rank waits on another (a deadlock: compare their stacks)"
+        else:
+            culprit = "its stack dump shows where it is stuck"
         message = (
             f"hung: no progress in {phase.value} at step {self.step} for {stalled:.0f} s "
-            f"(limit {limit:.0f} s); " + (f"stalled by {named}" if named else "every rank waits on another")
+            f"(limit {limit:.0f} s); {culprit}"
         )
         log.error("watchdog: %s", message)
         if self.board.reporting_rank(peers) != self.rank:
@@ -407,6 +415,11 @@ class Watchdog:
         if close:
             with contextlib.suppress(Exception):
                 reporter.close(timeout=max(self.config.exit_allowance * 0.8, 0.5))
+
+    def hold(self) -> None:
+        """The main thread, after this watchdog tripped: wait for it to end the process instead of
+        racing it with an exit code of our own (a peer's exit breaks our collectives meanwhile)."""
+        self._exited.wait(self.config.grace + self.config.exit_allowance + 15.0)
 
     def on_failure(self) -> bool:
         """Called when the main thread failed (a peer's exit broke a collective): True when a peer
