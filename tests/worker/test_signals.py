@@ -1,12 +1,19 @@
-"""Stop signals only set a flag; previous handlers come back afterwards."""
+"""Signals only set flags; a walltime warning tightens the deadline, a TERM (or no known lead) stops at once."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from train_launch import run_worker, tiny_args, wait_for_step
 
+from worker.loss_log import read_losses
 from worker.signals import Backstop, StopSignals, backstop, read_signal_lead
 
 
@@ -108,3 +115,56 @@ def test_backstop_tightens_the_tracker_once_and_rereads_the_sources_once() -> No
     assert backstop_.stop_now(stop, None)  # no time-aware stop to hand the deadline to: stop now
     stop.terminate = True
     assert backstop_.stop_now(stop, tracker)  # type: ignore[arg-type]
+
+
+STOP_RE = re.compile(r"stopped at step (\d+) \((\w+)\)")
+
+
+def _warn_at_step(
+    csv: Path, step: int, seen: dict[str, float]
+) -> Callable[[list[subprocess.Popen[bytes]]], None]:
+    def act(procs: list[subprocess.Popen[bytes]]) -> None:
+        assert wait_for_step(csv, step, procs)
+        seen["step"] = float(max(read_losses(csv)))
+        seen["at"] = time.monotonic()
+        procs[0].send_signal(signal.SIGUSR1)
+
+    return act
+
+
+@pytest.mark.slow  # two single-rank workers, ~40 s on the development machine
+def test_a_walltime_warning_tightens_the_deadline_instead_of_stopping_at_once(
+    sample_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    def args(name: str) -> list[str]:
+        return [
+            *tiny_args(sample_data, tmp_path, name, steps=5000, fmt="dcp"),
+            *("--checkpoint-frequency", "-1", "--deadline", str(time.time() + 3600)),
+            *("--deadline-margin", "0", "--exit-allowance", "1"),
+        ]
+
+    seen: dict[str, float] = {}
+    lead = 15
+    warned = run_worker(
+        args("warned"),
+        world_size=1,
+        env={"PYRECOVER_SIGNAL_LEAD": str(lead)},
+        while_running=_warn_at_step(tmp_path / "warned" / "loss.csv", 5, seen),
+        timestamps=True,
+    )
+    assert warned.ok, warned.explain()
+    m = STOP_RE.search(warned.stderr[0])
+    assert m and m.group(2) == "deadline", warned.stderr[0][-2000:]
+    assert "deadline tightened by the walltime signal" in warned.stderr[0]
+    assert int(m.group(1)) > seen["step"] + 1, "it should have kept training into the signal's lead"
+    print(
+        f"USR1 with a {lead} s lead: exited {warned.exited[0] - seen['at']:.1f} s later, at step {m.group(1)}"
+    )
+
+    # Without a known lead the same signal is all the worker has: it stops at the next boundary.
+    blind = run_worker(
+        args("blind"), world_size=1, while_running=_warn_at_step(tmp_path / "blind" / "loss.csv", 5, seen)
+    )
+    assert blind.ok, blind.explain()
+    m = STOP_RE.search(blind.stderr[0])
+    assert m and m.group(2) == "signal" and int(m.group(1)) <= seen["step"] + 2
