@@ -1,4 +1,4 @@
-"""Signals only set flags; a walltime warning tightens the deadline, a TERM (or no known lead) stops at once."""
+"""Signals only set flags; a walltime warning tightens the deadline, a TERM (or no lead) stops at once."""
 
 from __future__ import annotations
 
