@@ -26,6 +26,7 @@ import logging
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,13 +199,16 @@ class DataSkipError(ValueError):
     """``--data-skip-to`` cannot be honoured; the message says why."""
 
 
-def skip_data_window(dataset: Any, to: int, *, global_batch: int, max_chunks: int) -> tuple[int, int]:
+def skip_data_window(
+    dataset: Any, to: int, *, global_batch: int, max_chunks: int, progress: Callable[[], None] | None = None
+) -> tuple[int, int]:
     """Move ``dataset`` (just restored from a checkpoint) forward to ``chunks_consumed == to``.
 
     The batches in between are read and dropped, exactly as training would have drawn them, so
     the stream after the window is the one an uninterrupted run would have seen there. Returns
     (from, to) in samples. ``to`` is untrusted (a flag): it may not lie behind the cursor, must be
     a whole number of global batches ahead, and at most ``max_chunks`` ahead (the whole run).
+    ``progress`` is called after every batch read (the watchdog: a long window is not a hang).
     """
     start = int(dataset.state_dict()["chunks_consumed"])
     if to < start:
@@ -225,6 +229,8 @@ def skip_data_window(dataset: Any, to: int, *, global_batch: int, max_chunks: in
     batches = iter(dataset)
     for _ in range((to - start) // global_batch):
         next(batches)
+        if progress is not None:
+            progress()
     reached = int(dataset.state_dict()["chunks_consumed"])
     if reached != to:  # the dataset counts chunks per global batch: cannot happen, but never guess
         raise DataSkipError(f"data_skip_to: the stream reached {reached} samples, not {to}")

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -40,6 +41,7 @@ READING_DATA = "reading data"
 COMPUTING = "computing"
 _PHASES = frozenset(p.value for p in HangPhase)
 _MAX_SUSPECTS = 64
+_ABANDONED_AFTER_S = 86_400.0
 
 
 def this_host() -> str:
@@ -176,6 +178,29 @@ def new_job_key() -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
+def prune_abandoned(root: Path, *, older_than: float = _ABANDONED_AFTER_S) -> list[Path]:
+    """Remove job directories under ``root`` (``.watchdog``) left by killed attempts: no stack dump
+    in them (a hang's evidence is kept) and nothing written for ``older_than`` seconds."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    try:
+        jobs = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:
+        return removed
+    for job in jobs:
+        try:
+            entries = list(job.iterdir())
+            if any(e.name.startswith("stacks-") for e in entries):
+                continue
+            newest = max([job.stat().st_mtime, *(e.stat().st_mtime for e in entries)])
+        except OSError:
+            continue
+        if newest < cutoff:
+            shutil.rmtree(job, ignore_errors=True)
+            removed.append(job)
+    return removed
+
+
 def open_job_directory(run_dir: Path, *, info: DistInfo, enabled: bool) -> tuple[Path | None, bool]:
     """Collective: rank 0 creates ``<run_dir>/.watchdog/<job key>/`` and broadcasts it.
 
@@ -187,6 +212,7 @@ def open_job_directory(run_dir: Path, *, info: DistInfo, enabled: bool) -> tuple
         created = not run_dir.exists()
         decision = ("off", "hang_detection is off", False)
         if enabled:
+            prune_abandoned(run_dir / WATCHDOG_DIRNAME)
             directory = run_dir / WATCHDOG_DIRNAME / new_job_key()
             try:
                 directory.mkdir(parents=True)

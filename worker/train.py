@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,20 @@ def build_checkpointing(config: TrainConfig, info: DistInfo, comp: Components) -
     return manager, state
 
 
-def restore(config: TrainConfig, comp: Components, manager: Any, state: Any, reporter: Reporter) -> Any:
+def restore(
+    config: TrainConfig,
+    comp: Components,
+    manager: Any,
+    state: Any,
+    reporter: Reporter,
+    *,
+    progress: Callable[[], None] | None = None,
+) -> Any:
     """Resume as ``--resume-from-checkpoint`` says; returns the RestoreResult or None (fresh start).
 
     "latest" over a run directory with a past but nothing that verifies raises FreshStartRefused
-    unless ``--allow-restart-from-scratch``; ``--data-skip-to`` then moves the stream forward.
+    unless ``--allow-restart-from-scratch``; ``--data-skip-to`` then moves the stream forward
+    (``progress`` is called for every batch it skips).
     """
     target = config.resume_from_checkpoint
     if target == "none":
@@ -87,7 +97,7 @@ def restore(config: TrainConfig, comp: Components, manager: Any, state: Any, rep
         return None
     comp.dataset.load_state_dict(state.progress["data_cursor"])
     if config.data_skip_to is not None:
-        _skip_data(config, comp, reporter, step=int(state.progress["step"]))
+        _skip_data(config, comp, reporter, step=int(state.progress["step"]), progress=progress)
     apply_peak_lr(comp.scheduler, config.learning_rate)
     for warning in result.warnings:
         log.warning("checkpoint: %s", warning)
@@ -99,7 +109,14 @@ def restore(config: TrainConfig, comp: Components, manager: Any, state: Any, rep
     return result
 
 
-def _skip_data(config: TrainConfig, comp: Components, reporter: Reporter, *, step: int) -> None:
+def _skip_data(
+    config: TrainConfig,
+    comp: Components,
+    reporter: Reporter,
+    *,
+    step: int,
+    progress: Callable[[], None] | None,
+) -> None:
     """``--data-skip-to``: the rollback after a divergence skips the window that preceded it."""
     assert config.data_skip_to is not None
     try:
@@ -108,6 +125,7 @@ def _skip_data(config: TrainConfig, comp: Components, reporter: Reporter, *, ste
             config.data_skip_to,
             global_batch=config.batch_size,
             max_chunks=config.training_steps * config.batch_size,
+            progress=progress,
         )
     except DataSkipError as exc:
         raise ConfigError(str(exc)) from None
@@ -179,7 +197,9 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
         manager, state = build_checkpointing(config, info, comp)
         batch_hook, manager = _test_hooks(config, info, comp, manager)
         watch.enter(HangPhase.LOAD)
-        restored = restore(config, comp, manager, state, reporter)
+        restored = restore(
+            config, comp, manager, state, reporter, progress=lambda: watch.enter(HangPhase.LOAD)
+        )
         watch.enter(HangPhase.STARTUP)
         loop = TrainingLoop(
             config=config,

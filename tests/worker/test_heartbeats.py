@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from shared.events import HangPhase
 from shared.schemas import HungRank
 from worker.distributed import DistInfo
-from worker.heartbeats import READING_DATA, HeartbeatBoard, open_job_directory
+from worker.heartbeats import READING_DATA, HeartbeatBoard, open_job_directory, prune_abandoned
 
 STALE = 3.0
 
@@ -111,3 +112,17 @@ def test_the_job_directory_is_created_by_rank_0(tmp_path: Path, enabled: bool) -
     assert created
     again, created_again = open_job_directory(run_dir, info=info, enabled=True)
     assert again != directory and not created_again
+
+
+def test_abandoned_job_directories_are_pruned_but_a_hang_is_kept(tmp_path: Path) -> None:
+    old = time.time() - 2 * 86_400
+    killed, hung, live = (tmp_path / name for name in ("killed", "hung", "live"))
+    for job in (killed, hung, live):
+        job.mkdir()
+        (job / "rank-0.json").write_text("{}")
+    (hung / "stacks-rank0.txt").write_text("Thread 0x...")
+    for job in (killed, hung):
+        for path in (*job.iterdir(), job):
+            os.utime(path, (old, old))
+    assert prune_abandoned(tmp_path) == [killed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hung", "live"]
