@@ -61,6 +61,14 @@ def quarantine_dir(path: Path, step: int, why: str) -> Path:
     return path.with_name(f"{QUARANTINE_PREFIX}{step}-{why}-{uuid.uuid4().hex[:8]}")
 
 
+def is_quarantined(name: str) -> bool:
+    """A quarantined checkpoint's directory name, including those earlier versions moved aside as
+    ``.tmp-step-<N>-corrupt-*`` / ``-invalid-*`` (and would have deleted after the next commit)."""
+    if name.startswith(QUARANTINE_PREFIX):
+        return True
+    return name.startswith(TMP_PREFIX) and ("-corrupt-" in name or "-invalid-" in name)
+
+
 def parse_step(name: str) -> int | None:
     """``"step-120"`` → 120; anything else (temporaries, stray files) → ``None``. Numeric, never lexical."""
     m = _STEP_RE.fullmatch(name)

@@ -31,7 +31,14 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.paths import LOSS_CSV_NAME, MANIFEST_NAME, QUARANTINE_PREFIX, parse_step, quarantine_dir
+from shared.paths import (
+    LOSS_CSV_NAME,
+    MANIFEST_NAME,
+    QUARANTINE_PREFIX,
+    is_quarantined,
+    parse_step,
+    quarantine_dir,
+)
 
 from . import manifest as mf
 from . import storage
@@ -170,7 +177,7 @@ def run_history(run_dir: Path) -> list[str]:
     except OSError:
         return found
     for entry in entries:
-        if entry.name.startswith(QUARANTINE_PREFIX) and entry.is_dir():
+        if is_quarantined(entry.name) and entry.is_dir():
             found.append(f"quarantined checkpoint {entry.path}")
         elif parse_step(entry.name) is not None and entry.is_dir():
             found.append(f"unverifiable checkpoint {entry.path} (no valid {MANIFEST_NAME})")

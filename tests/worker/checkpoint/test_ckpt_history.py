@@ -109,3 +109,15 @@ def test_a_new_run_starts_fresh_and_a_failed_restore_creates_no_directory(tmp_pa
     with pytest.raises(CheckpointError):
         manager(tmp_path).restore(make_state(), tmp_path / "elsewhere" / "step-3")
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_an_earlier_version_moved_aside_are_kept_and_count_as_history(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    legacy = run / f"{TMP_PREFIX}20-corrupt-1234abcd"
+    legacy.mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(legacy, (old, old))
+    with pytest.raises(FreshStartRefused, match="20-corrupt-1234abcd"):
+        manager(tmp_path).restore(make_state())
+    _save_steps(tmp_path, [30])  # a commit cleans temporaries, but not this one
+    assert legacy.is_dir()
