@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.schemas.notify import NotifyTarget
+
 DB_FILE_NAME = "pyrecover.db"
 DATA_DIR_ENV = "PYRECOVER_DATA_DIR"
 DEFAULT_DATA_DIR = Path("var")
@@ -81,6 +83,23 @@ class Settings(BaseSettings):
     )
     report_burst: Annotated[int, Field(ge=1, le=10**9)] = Field(
         default=REPORT_BURST, description="Report requests a run may make at once (a spool replay)."
+    )
+    run_notifier: bool = Field(default=True, description="Deliver webhook notifications (a thread).")
+    notify_webhooks: list[NotifyTarget] = Field(
+        default_factory=list,
+        description="Webhooks told about every run (admin; JSON list of {url, events}). Trusted: any host.",
+    )
+    notify_secret: str = Field(
+        default="",
+        description="HMAC key signing webhook bodies; default: a random key kept in <data_dir>/notify.key.",
+    )
+    notify_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a run's own webhooks (policy.notify) may target although they resolve to a "
+        "private, loopback or link-local address; every other host must resolve to public addresses only.",
+    )
+    notify_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=8, description="Tries per webhook delivery (exponential backoff from 2 s, at most 1 h apart)."
     )
 
     @model_validator(mode="after")

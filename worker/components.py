@@ -52,10 +52,11 @@ def seed_everything(seed: int) -> None:
 def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
     """The data stream and the vocabulary size. Every problem with the dataset or the tokenizer is a
     ConfigError naming the field (exit code 3, one line): retrying cannot fix it."""
-    from worker.data import DataError, IterableParquetDataset, load_tokenizer, resolve_parquet_files
+    from worker.data import DataError, load_tokenizer
+    from worker.data.source import open_training_dataset, resolve_dataset
 
-    try:
-        files = resolve_parquet_files(config.dataset)
+    try:  # a token store (pyrecover data tokenize) or Parquet files to stream
+        source = resolve_dataset(config.dataset)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"dataset: {exc}") from exc
     try:
@@ -68,16 +69,17 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
     if bos is None:
         raise ConfigError(f"tokenizer_name_or_path: {config.tokenizer_name_or_path!r} has no BOS token")
     try:
-        dataset = IterableParquetDataset(
-            files,
+        dataset = open_training_dataset(
+            source,
             tokenizer,
+            tokenizer_spec=config.tokenizer_name_or_path,
             sequence_length=config.sequence_length,
             rank=info.rank,
             world_size=info.world_size,
             local_batch_size=config.batch_size // info.world_size,
             bos_token_id=bos,
         )
-    except DataError as exc:  # e.g. files without rows
+    except DataError as exc:  # e.g. files without rows, a store built with another tokenizer
         raise ConfigError(f"dataset: {exc}") from exc
     return dataset, len(tokenizer)
 

@@ -196,7 +196,13 @@ class TrainingLoop:
             self.committed_step = resume_step
             # The cursor as the checkpoint holds it (before any --data-skip-to moved the stream on).
             self.committed_cursor = copy.deepcopy(restored.checkpoint.manifest.get("data_cursor"))
-            log_rank0(info, "resumed from %s at step %d", restored.checkpoint.path, resume_step)
+            log_rank0(
+                info,
+                "resumed from %s at step %d (loaded in %.2fs)",
+                restored.checkpoint.path,
+                resume_step,
+                restored.load_seconds,
+            )
         csv = None
         if config.log_loss_to_csv and info.is_main:
             csv = LossCSV(self.run_dir / LOSS_CSV_NAME, resume_step=resume_step)

@@ -51,9 +51,17 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
             reconciler = Reconciler(settings=settings, session_factory=factory)
             reconciler.start()
         app.state.reconciler = reconciler
+        notifier: Any = None
+        if settings.run_notifier:
+            from controller.notify.deliver import Notifier  # lazy, like the reconciler
+
+            notifier = Notifier(settings=settings, session_factory=factory)
+            notifier.start()
         try:
             yield
         finally:
+            if notifier is not None:
+                notifier.stop()
             if reconciler is not None:
                 reconciler.stop()
             app.state.reconciler = None

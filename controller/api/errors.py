@@ -17,6 +17,7 @@ from controller.db.migrate import DatabaseNotMigrated
 from controller.services.errors import (
     AttemptNotFound,
     Conflict,
+    InvalidField,
     InvalidReport,
     InvalidTransition,
     RunNotFound,
@@ -90,8 +91,9 @@ def install(app: FastAPI) -> None:
             return JSONResponse(validation_body([error]), status_code=422)
         return await http_exception_handler(request, exc)
 
+    @app.exception_handler(InvalidField)
     @app.exception_handler(InvalidReport)
-    async def _invalid_report(_: Request, exc: InvalidReport) -> JSONResponse:
+    async def _invalid_report(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
         detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
 

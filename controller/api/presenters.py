@@ -30,6 +30,9 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
         attempts = sorted(by_run.get(run.id, []), key=lambda a: a.number)
         total = goodput.run_goodput(goodput.of_attempt(a, now) for a in attempts)
         ended = [AttemptOutcome.of(a) for a in attempts if a.state == AttemptState.ENDED]
+        ledger = goodput.run_ledger(
+            created=run.created_at, finished=run.finished_at, attempts=attempts, now=now
+        )
         detail = GoodputPublic(
             goodput=total.goodput,
             allocated_s=total.allocated_s,
@@ -37,6 +40,8 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             lost_work_s=total.lost_work_s,
             queue_wait_s=total.queue_wait_s,
             checkpoint_stall_s=total.checkpoint_stall_s,
+            wall_s=sum(ledger.values()),
+            ledger=ledger,
         )
         public = RunPublic.model_validate(run)
         out.append(

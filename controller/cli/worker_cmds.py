@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("data", context_settings=_PASSTHROUGH, add_help_option=False)
     def data(ctx: typer.Context) -> None:
-        """Prepare the offline sample corpus and tokenizer. See `pyrecover data prepare --help`."""
+        """Sample data (`data prepare`) and token stores (`data tokenize`). See `pyrecover data --help`."""
         from worker.data.prepare import main as data_main
 
         raise typer.Exit(data_main(list(ctx.args)))

@@ -8,6 +8,7 @@ __all__ = [
     "AttemptNotFound",
     "Conflict",
     "DomainError",
+    "InvalidField",
     "InvalidReport",
     "InvalidTransition",
     "RunNotFound",
@@ -36,6 +37,15 @@ class InvalidReport(DomainError):
     """A report the schema admits but the store cannot hold or must not trust (HTTP 422): a time
     outside the calendar, a counter past 64 bits, a checkpoint path with ``..`` or control characters.
     ``field`` names the value the way request validation does (``events[3].time``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidField(DomainError):
+    """A request field the schema admits but this controller's settings refuse (HTTP 422), e.g. a
+    webhook aimed at a private address. ``field`` names it as request validation does."""
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)

@@ -15,7 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
-from controller.services.errors import Conflict, InvalidTransition, RunNotFound
+from controller.notify.targets import UnsafeTarget, check_run_targets
+from controller.services.errors import Conflict, InvalidField, InvalidTransition, RunNotFound
+from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
 from shared.names import validate_run_name
@@ -23,7 +25,15 @@ from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
-def create_run(session: Session, body: RunCreate) -> Run:
+def create_run(session: Session, body: RunCreate, *, settings: Settings | None = None) -> Run:
+    """Store a new PENDING run. With ``settings``, the checks that depend on this controller's
+    configuration run first (``InvalidField`` names the field)."""
+    if settings is not None:
+        try:
+            check_run_targets(body.policy.notify, settings)
+        except UnsafeTarget as exc:
+            field, _, message = str(exc).partition(": ")
+            raise InvalidField(message, field=field) from None
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
         raise Conflict(f"a run named {body.name!r} already exists", field="name")
     run = Run(

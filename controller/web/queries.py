@@ -27,6 +27,7 @@ from controller.web.views import (
     RunRow,
     RunsPage,
     eta_seconds,
+    ledger_parts,
     restarts_by_cause,
     timeline,
 )
@@ -234,6 +235,7 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         attempts=len(attempts),
         restarts=restarts_by_cause(a.end_reason for a in attempts if a.ended_at is not None),
         goodput=goodput.for_runs(session, [run.id], now=_at(now))[run.id].goodput,
+        ledger=ledger_parts(goodput.ledgers(session, [run.id], now=_at(now))[run.id]),
         updated_at=run.updated_at,
         last_loss=last_loss,
         latest_checkpoint_step=checkpoints[0].step if checkpoints else None,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from controller import services
-from controller.services.errors import Conflict, DomainError, RunNotFound
+from controller.services.errors import Conflict, DomainError, InvalidField, RunNotFound
 from controller.web import forms, queries
 from controller.web.access import WebContext, resolve_viewer, web_context
 from controller.web.rendering import STATIC_DIR, render
@@ -156,19 +156,20 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     try:
         run_id = await run_in_threadpool(_create, ctx, body)
-    except Conflict as exc:
+    except (Conflict, InvalidField) as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
             errors.fields[exc.field] = [str(exc)]
         else:
             errors.form.append(str(exc))
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=409)
+        code = 409 if isinstance(exc, Conflict) else 422
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=code)
     return RedirectResponse(request.app.url_path_for("web_run", run_id=run_id), status_code=303)
 
 
 def _create(ctx: WebContext, body: RunCreate) -> int:
     with ctx.session_factory() as session, session.begin():
-        return services.create_run(session, body).id
+        return services.create_run(session, body, settings=ctx.settings).id
 
 
 # ---- one run -----------------------------------------------------------------------------------

@@ -226,6 +226,22 @@ class EventRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LedgerPart:
+    category: str
+    seconds: float
+    fraction: float
+    """Of the run's wall time (the bar's width)."""
+
+
+def ledger_parts(ledger: dict[str, float]) -> list[LedgerPart]:
+    """The ledger as bar segments in its category order, leaving out empty ones."""
+    wall = sum(ledger.values())
+    if wall <= 0:
+        return []
+    return [LedgerPart(category=k, seconds=v, fraction=v / wall) for k, v in ledger.items() if v > 0]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunDetail:
     id: int
     name: str
@@ -247,6 +263,8 @@ class RunDetail:
     cancel_requested: bool = False
     pending_action: str = "none"
     """A checkpoint/stop request the worker has not picked up yet (delivered with its next report)."""
+    ledger: list[LedgerPart] = field(default_factory=list)
+    """Where the run's wall time went (``controller.services.goodput.run_ledger``), non-empty parts."""
 
     @property
     def allowed_actions(self) -> tuple[Action, ...]:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.names import validate_run_name
+from shared.schemas.notify import NotifyTarget
 from shared.training import TrainingFields, TrainingSteps
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
@@ -236,6 +237,10 @@ class PolicySpec(_Spec):
         description=(
             "Queue the next attempt with --dependency=afterany as soon as the worker announces its stop."
         ),
+    )
+    notify: Annotated[list[NotifyTarget], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Webhooks told about this run: [{url, events}] (events default to all of them).",
     )
 
 

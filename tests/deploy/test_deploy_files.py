@@ -51,6 +51,13 @@ def test_demo_slurm_example_fits_the_local_cluster() -> None:
     assert run.resources.time_limit_seconds == 60
 
 
+def test_local_tiny_example_runs_on_the_embedded_scheduler_in_a_few_windows() -> None:
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-local-tiny.yaml").read_text()))
+    assert run.resources.scheduler == "local" and run.resources.gpus_per_node == 0
+    assert run.resources.time_limit_seconds < 60 and run.training.training_steps <= 200
+    assert run.training.dataset == "data/sample.parquet"  # what `pyrecover data prepare` makes
+
+
 def test_systemd_unit_runs_pyrecover_serve_with_an_environment_file() -> None:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]

@@ -17,12 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worker.data.files import DataError, _has_glob, resolve_parquet_files
+from worker.data.store_manifest import is_token_store, read_manifest
 from worker.data.tokenizer import _looks_like_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 """One of these makes a directory loadable by ``AutoTokenizer.from_pretrained`` (fast or slow)."""
-TOKEN_STORE_MANIFEST = "manifest.json"
-"""A dataset directory holding this is a token store (``pyrecover data tokenize``): the worker checks it."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +39,10 @@ class InputProblem:
 def check_training_inputs(dataset: str, tokenizer: str) -> list[InputProblem]:
     """What the controller can check at submit, reading only file metadata (never torch, never data).
 
-    * ``dataset``: resolves (a file, a directory of ``*.parquet``, a glob), every file is readable
-      Parquet with a string ``text`` column, and together they hold at least one row. A directory
-      with a token store manifest is left to the worker.
+    * ``dataset``: a token store's manifest is valid (its tokenizer fingerprint and sources are the
+      worker's to check: they need the tokenizer); otherwise it resolves (a file, a directory of
+      ``*.parquet``, a glob), every file is readable Parquet with a string ``text`` column, and
+      together they hold at least one row.
     * ``tokenizer``: a local path must be a directory holding tokenizer files (``TOKENIZER_FILES``);
       a hub name (``org/name``) is not checked (it may be in the compute nodes' cache).
 
@@ -56,7 +56,11 @@ def check_training_inputs(dataset: str, tokenizer: str) -> list[InputProblem]:
 
 def _dataset_problems(spec: str) -> list[InputProblem]:
     path = Path(spec).expanduser()
-    if path.is_dir() and (path / TOKEN_STORE_MANIFEST).is_file():
+    if is_token_store(path):
+        try:
+            read_manifest(path)
+        except DataError as exc:
+            return [InputProblem("dataset", "invalid", str(exc))]
         return []
     exists = path.exists() or (_has_glob(spec) and bool(glob.glob(str(path), recursive=True)))
     try:

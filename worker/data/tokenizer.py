@@ -52,10 +52,27 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
 
 
 def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens; batched (and parallel) in Rust for fast tokenizers."""
+    """Token ids of each text, without special tokens, never truncated or padded.
+
+    Batched (and parallel) in Rust for fast tokenizers. A backend tokenizer remembers truncation
+    and padding: ``tokenizer.json`` saved after a padded call carries them, and a padded call in
+    this process leaves them set. They are switched off for this call only and restored after,
+    because other callers (the seed's padded ``ParquetDataset``) set and expect their own.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if getattr(tokenizer, "is_fast", False) and backend is not None:
+    if not (getattr(tokenizer, "is_fast", False) and backend is not None):
+        return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    truncation, padding = backend.truncation, backend.padding
+    if truncation is not None:
+        backend.no_truncation()
+    if padding is not None:
+        backend.no_padding()
+    try:
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never use: ~1.5x faster.
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [enc.ids for enc in encode(texts, add_special_tokens=False)]
-    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
-from controller.api.deps import RunId, SessionDep, UserDep
+from controller.api.deps import RunId, SessionDep, SettingsDep, UserDep
 from controller.api.presenters import attempt_public, downsample_indices, runs_public
 from controller.db.types import utcnow
 from controller.services import (
@@ -59,9 +59,11 @@ def _one(session: SessionDep, run_id: int) -> RunPublic:
     status_code=status.HTTP_201_CREATED,
     responses={**ERRORS, 409: {"description": "Name taken"}, 422: {"description": "Invalid field"}},
 )
-def post_run(body: RunCreate, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
+def post_run(
+    body: RunCreate, session: SessionDep, _user: UserDep, settings: SettingsDep, request: Request
+) -> RunPublic:
     """Create a run; the reconciler submits its first attempt."""
-    run = create_run(session, body)
+    run = create_run(session, body, settings=settings)
     session.commit()
     _wake(request)
     return _one(session, run.id)

@@ -43,7 +43,7 @@ def test_submit_time_checks_name_the_field_and_tell_missing_from_unusable(tmp_pa
         assert _kinds(check_training_inputs(spec, str(tok))) == [expected], spec
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "manifest.json").write_text("{}")
-    assert check_training_inputs(str(tmp_path / "store"), str(tok)) == []  # the worker checks stores
+    assert _kinds(check_training_inputs(str(tmp_path / "store"), str(tok))) == [("dataset", "invalid")]
 
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -67,3 +67,11 @@ def test_the_submit_time_checks_never_import_torch(sample_data: tuple[Path, Path
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_built_token_store_passes(sample_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from worker.data.store_build import build_store
+
+    src = write_texts(tmp_path / "src.parquet", ["a few words", "and a few more"])
+    build_store(str(src), str(sample_data[1]), tmp_path / "store")
+    assert check_training_inputs(str(tmp_path / "store"), str(sample_data[1])) == []

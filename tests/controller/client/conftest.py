@@ -1,0 +1,28 @@
+"""The real app served by uvicorn on loopback, with a user token: what the public client talks to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controller.api import create_app
+from tests.controller.api.conftest import Api, make_api
+from tests.live_server import serve
+
+
+@dataclass
+class Live:
+    url: str
+    api: Api
+    """The same app in process, for arranging state (attempts, tokens)."""
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    for api in make_api(tmp_path):
+        app = create_app(api.settings, session_factory=api.factory)
+        with serve(app) as url:
+            yield Live(url=url, api=api)
