@@ -176,10 +176,16 @@ def test_two_ranks_agree_to_diverge_and_a_rollback_skips_the_window(
     assert _cursor(tmp_path / "roll" / "step-10")["chunks_consumed"] == 14 * 4
 
 
+@pytest.mark.parametrize("source", ["parquet", "token-store"])
 def test_after_a_skip_the_stream_is_exactly_the_data_after_the_window(
-    sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str
 ) -> None:
     args = tiny_args(sample_data, tmp_path, "skip", steps=20, fmt="vanilla")
+    if source == "token-store":
+        from worker.data.store_build import build_store
+
+        build_store(str(sample_data[0]), str(sample_data[1]), tmp_path / "store")
+        args += ["--dataset", str(tmp_path / "store")]
     assert main([*args, "--stop-after-steps", "5"]) == ExitCode.OK
     reference = iter(build_components(parse_config(args), CPU).dataset)
     batches = [next(reference) for _ in range(11)]
