@@ -326,7 +326,7 @@ def main() -> None:
             results[mode] = {"median_s": statistics.median(gaps), "max_s": max(gaps), "gaps_s": gaps}
         if not args.skip_utilisation:
             modes = [
-                (f"prequeue+signal{args.signal_lead}", True, args.signal_lead),
+                (f"prequeue-signal{args.signal_lead}", True, args.signal_lead),
                 ("prequeue", True, 0),
                 ("poll", False, 0),
             ]
