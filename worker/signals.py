@@ -11,7 +11,13 @@ What a signal means (``backstop``, docs/architecture.md "Environment variables")
   sent ``PYRECOVER_SIGNAL_LEAD`` seconds before the time limit. The worker already knows its
   deadline, so the warning only *tightens* it: the job ends no later than ``lead`` seconds after
   the signal, and the time-aware stop saves the final checkpoint just in time. Stopping at once
-  instead threw away the lead (and SLURM may deliver the signal up to a minute early).
+  instead threw away the lead.
+* SLURM may deliver ``--signal`` up to a minute early (its event resolution; measured here: 20-25 s
+  early on a 1-minute limit with a 20 s lead). So on the first warning the worker re-reads its
+  deadline, and when ``squeue`` answers, the scheduler itself has just restated the job's end
+  (an admin's change included): the warning adds nothing and the deadline stands. Only a deadline
+  the scheduler did not just confirm (``--deadline``, ``PYRECOVER_DEADLINE``, the job's start-time
+  ``SLURM_JOB_END_TIME``, or a failed ``squeue``) is tightened.
 * The worker stops at once when it knows no deadline or no lead (nothing to tighten: the signal
   is all it has), and on SIGTERM (preemption grace, ``scancel``, the time limit itself).
 """
@@ -38,6 +44,8 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2, sign
 WARNING_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2})
 """Signals that announce the time limit (they tighten the deadline) rather than demand a stop."""
 _MAX_LEAD_S = 86_400.0
+SCHEDULER_CONFIRMED = "squeue"
+"""The deadline source that is the scheduler's answer at the time of asking (``worker.deadline``)."""
 
 
 class StopSignals:
@@ -113,12 +121,18 @@ def read_signal_lead(env: Mapping[str, str]) -> float | None:
 
 
 def backstop(
-    *, deadline: float | None, warned_at: float | None, terminate: bool, lead: float | None
+    *,
+    deadline: float | None,
+    warned_at: float | None,
+    terminate: bool,
+    lead: float | None,
+    confirmed: bool = False,
 ) -> tuple[bool, float | None]:
     """The rule for the signals seen so far: (stop at once?, the deadline to plan with).
 
     ``deadline`` is what the deadline sources say (None: unknown); ``warned_at`` when the first
-    SIGUSR1/USR2 came; ``lead`` the backend's signal lead (None: unknown).
+    SIGUSR1/USR2 came; ``lead`` the backend's signal lead (None: unknown); ``confirmed``: the
+    scheduler restated ``deadline`` after the warning came (a fresh ``squeue`` answer).
     """
     if terminate:
         return True, deadline
@@ -126,6 +140,8 @@ def backstop(
         return False, deadline
     if deadline is None or lead is None:
         return True, deadline
+    if confirmed:
+        return False, deadline
     return False, min(deadline, warned_at + lead)
 
 
@@ -135,6 +151,7 @@ class Backstop:
     def __init__(self, lead: float | None) -> None:
         self.lead = lead
         self._refreshed = False
+        self._confirmed = False
 
     def stop_now(self, signals: StopSignals, tracker: DeadlineTracker | None) -> bool:
         """True to stop at this boundary; otherwise a warning signal has tightened ``tracker``.
@@ -144,14 +161,21 @@ class Backstop:
         """
         if not signals.requested:
             return False
-        if tracker is not None and not self._refreshed:
+        if tracker is not None and not self._refreshed and signals.warned_at is not None:
             self._refreshed = True
             tracker.refresh()  # the warning may mean the time limit changed: read it again now
+            self._confirmed = tracker.source == SCHEDULER_CONFIRMED
+            if self._confirmed:
+                log.info(
+                    "walltime warning: squeue restates the deadline %s; keeping it (SLURM signals early)",
+                    tracker.deadline,
+                )
         stop, deadline = backstop(
             deadline=tracker.current() if tracker is not None else None,
             warned_at=signals.warned_at,
             terminate=signals.terminate,
             lead=self.lead,
+            confirmed=self._confirmed,
         )
         if not stop and deadline is not None and tracker is not None:
             tracker.tighten(deadline)

@@ -83,11 +83,22 @@ def test_the_signal_lead_from_the_environment(value: str | None, lead: float | N
     assert read_signal_lead(env) == lead
 
 
-class _Tracker:
-    """The two methods of DeadlineTracker the backstop uses, with a scripted deadline."""
+def test_a_deadline_the_scheduler_restated_after_the_warning_stands() -> None:
+    # SLURM may send --signal up to a minute early; a fresh squeue answer is the real end.
+    assert backstop(deadline=1000.0, warned_at=500.0, terminate=False, lead=30.0, confirmed=True) == (
+        False,
+        1000.0,
+    )
+    assert backstop(deadline=None, warned_at=500.0, terminate=False, lead=30.0, confirmed=True)[0]
+    assert backstop(deadline=1000.0, warned_at=500.0, terminate=True, lead=30.0, confirmed=True)[0]
 
-    def __init__(self, deadline: float | None) -> None:
+
+class _Tracker:
+    """The methods of DeadlineTracker the backstop uses, with a scripted deadline and source."""
+
+    def __init__(self, deadline: float | None, source: str = "--deadline") -> None:
         self.deadline = deadline
+        self.source = source
         self.refreshes = 0
 
     def refresh(self) -> float | None:
@@ -115,6 +126,12 @@ def test_backstop_tightens_the_tracker_once_and_rereads_the_sources_once() -> No
     assert backstop_.stop_now(stop, None)  # no time-aware stop to hand the deadline to: stop now
     stop.terminate = True
     assert backstop_.stop_now(stop, tracker)  # type: ignore[arg-type]
+
+    squeue = _Tracker(deadline=10_000.0, source="squeue")
+    warned = StopSignals()
+    warned.received, warned.warned_at = signal.SIGUSR1, 5_000.0
+    assert not Backstop(lead=20.0).stop_now(warned, squeue)  # type: ignore[arg-type]
+    assert squeue.deadline == 10_000.0 and squeue.refreshes == 1
 
 
 STOP_RE = re.compile(r"stopped at step (\d+) \((\w+)\)")
