@@ -14,6 +14,14 @@ ATTEMPT = "PYRECOVER_ATTEMPT"
 TOKEN_FILE = "PYRECOVER_TOKEN_FILE"
 DEADLINE = "PYRECOVER_DEADLINE"  # Unix seconds, float allowed
 SPOOL_DIR = "PYRECOVER_SPOOL_DIR"  # where the reporter spools undelivered events
+SIGNAL_LEAD = "PYRECOVER_SIGNAL_LEAD"
+"""Seconds before the time limit at which the backend sends its backstop SIGUSR1 (0 or unset: the
+worker does not know the lead, and a USR1/USR2 then stops it at once)."""
+
+TEST_PREFIX = "PYRECOVER_TEST_"
+"""Fault-injection hooks (``worker.testhooks``). The API refuses every ``PYRECOVER_*`` name in a run's
+``resources.env`` and the backends never pass the controller's own ``PYRECOVER_*`` variables on, so
+only a test that starts workers itself can set them."""
 
 # Deadline fallbacks, in the order docs/architecture.md gives after PYRECOVER_DEADLINE.
 SLURM_JOB_END_TIME = "SLURM_JOB_END_TIME"

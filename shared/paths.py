@@ -5,6 +5,11 @@
 * ``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
   ``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
   place, so a reader never sees a half-written ``step-<N>``.
+* ``<checkpoint_dir>/<run name>/.quarantine-step-<N>-<why>-<hex>/``: a checkpoint that failed
+  verification (or a ``step-<N>`` without a valid manifest), moved out of the committed namespace.
+  Nothing deletes it automatically: it may be the only copy of the run's progress.
+* ``<checkpoint_dir>/<run name>/.watchdog/<job key>/``: the ranks' heartbeats and, after a hang,
+  their stack dumps (``worker.watchdog``).
 
 See docs/architecture.md, "Checkpoint layout".
 """
@@ -20,6 +25,10 @@ TOKEN_FILE_NAME = "worker.token"
 """The run-scoped worker token, in the run directory (never on a command line or in the environment)."""
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
+QUARANTINE_PREFIX = ".quarantine-step-"
+"""Checkpoints moved aside because they failed verification; never removed by retention or clean-up."""
+WATCHDOG_DIRNAME = ".watchdog"
+LOSS_CSV_NAME = "loss.csv"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -54,6 +63,19 @@ def step_dir(checkpoint_root: Path, run_name: str, step: int) -> Path:
 def tmp_step_dir(checkpoint_root: Path, run_name: str, step: int) -> Path:
     """A unique temporary sibling for writing ``step-<N>`` before the atomic rename."""
     return run_checkpoint_dir(checkpoint_root, run_name) / f"{TMP_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+
+
+def quarantine_dir(path: Path, step: int, why: str) -> Path:
+    """A unique quarantine name beside ``path`` (a ``step-<N>`` directory) for a checkpoint that failed."""
+    return path.with_name(f"{QUARANTINE_PREFIX}{step}-{why}-{uuid.uuid4().hex[:8]}")
+
+
+def is_quarantined(name: str) -> bool:
+    """A quarantined checkpoint's directory name, including those earlier versions moved aside as
+    ``.tmp-step-<N>-corrupt-*`` / ``-invalid-*`` (and would have deleted after the next commit)."""
+    if name.startswith(QUARANTINE_PREFIX):
+        return True
+    return name.startswith(TMP_PREFIX) and ("-corrupt-" in name or "-invalid-" in name)
 
 
 def parse_step(name: str) -> int | None:

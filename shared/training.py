@@ -56,7 +56,13 @@ FROZEN_FIELDS: tuple[str, ...] = (*IMMUTABLE_FIELDS, "checkpoint_dir")
 """What ``PATCH /runs/{id}`` (``pyrecover extend``) refuses: the immutable fields, and the checkpoint
 root (a run's past lives there: a new root would start it over)."""
 
-PER_ATTEMPT_FIELDS: tuple[str, ...] = ("deadline", "stop_after_steps", "resume_from_checkpoint")
+PER_ATTEMPT_FIELDS: tuple[str, ...] = (
+    "deadline",
+    "stop_after_steps",
+    "resume_from_checkpoint",
+    "data_skip_to",
+    "allow_restart_from_scratch",
+)
 """Worker fields that describe one attempt, not the run (left out of the checkpoint's config)."""
 
 _FINITE = {"allow_inf_nan": False}
@@ -129,6 +135,25 @@ class TrainingFields(BaseModel):
     teardown); the time-aware stop budgets them, and a teardown step that overruns them is cut off."""
     deadline_refresh_seconds: Annotated[float, Field(ge=0, le=86_400, **_FINITE)] = 60.0
     """How often the deadline sources are re-read (an admin may change the time limit)."""
+    hang_detection: bool = True
+    """Watch every rank for progress (worker.watchdog): a phase that runs past its limit dumps every
+    thread's stack into the log, reports ``hung`` naming the stalled rank, and exits with code 5."""
+    hang_factor: Annotated[float, Field(ge=1.5, le=1000, **_FINITE)] = 3.0
+    """A step or save may take this many times its expected duration (the p99 of this attempt's steps,
+    the longest measured save) before it counts as hung."""
+    hang_floor_seconds: Annotated[float, Field(ge=1, le=86_400, **_FINITE)] = 60.0
+    """No limit is shorter than this: a phase is hung after max(hang_factor x expected, this)."""
+    hang_startup_seconds: Annotated[float, Field(ge=1, le=86_400, **_FINITE)] = 900.0
+    """The limit where nothing was measured yet: start-up, the checkpoint load, the first steps
+    (compilation, warm-up) and the first save."""
+    max_skipped_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
+    """Updates with a non-finite loss or gradient norm are skipped; this many in a row end the attempt
+    as diverged (exit code 6), without committing the state."""
+    loss_spike_factor: Annotated[float, Field(ge=0, le=1e6, **_FINITE)] = 5.0
+    """End the attempt as diverged when a step's loss exceeds this multiple of the running median of
+    the last loss_spike_window losses (once half the window is filled); 0 disables it."""
+    loss_spike_window: Annotated[int, Field(ge=4, le=100_000)] = 100
+    """Steps in the running median that loss spikes are measured against."""
     log_loss_to_csv: bool = True
     """Rank 0 writes step,loss for every step to <checkpoint_dir>/<experiment_name>/loss.csv."""
     profile: bool = False

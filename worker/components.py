@@ -50,6 +50,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
+    """The data stream and the vocabulary size. Every problem with the dataset or the tokenizer is a
+    ConfigError naming the field (exit code 3, one line): retrying cannot fix it."""
     from worker.data import DataError, load_tokenizer
     from worker.data.source import open_training_dataset, resolve_dataset
 
@@ -77,7 +79,7 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
             local_batch_size=config.batch_size // info.world_size,
             bos_token_id=bos,
         )
-    except DataError as exc:
+    except DataError as exc:  # e.g. files without rows, a store built with another tokenizer
         raise ConfigError(f"dataset: {exc}") from exc
     return dataset, len(tokenizer)
 

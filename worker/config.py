@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from shared.names import validate_run_name
 from shared.training import IMMUTABLE_FIELDS, PER_ATTEMPT_FIELDS, TrainingFields
@@ -23,6 +23,8 @@ from shared.training import IMMUTABLE_FIELDS, PER_ATTEMPT_FIELDS, TrainingFields
 IMMUTABLE_KEYS = IMMUTABLE_FIELDS
 """Fields a resume may not change (``shared.training.IMMUTABLE_FIELDS``); the checkpoint manager checks."""
 PER_ATTEMPT_KEYS = PER_ATTEMPT_FIELDS
+MAX_DATA_POSITION = 2**62
+"""Largest ``--data-skip-to`` accepted (a sample count; fits every integer column on the way)."""
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,15 @@ class TrainConfig(TrainingFields):
     """Deadline override in Unix seconds (else PYRECOVER_DEADLINE, SLURM_JOB_END_TIME, squeue)."""
     stop_after_steps: int | None = None
     """Stop gracefully (final checkpoint, exit 0) after N steps in this attempt."""
+    allow_restart_from_scratch: bool = False
+    """When no committed checkpoint verifies, start from step 0 even though the run directory holds
+    the run's past (quarantined or unverifiable checkpoints, loss.csv rows); without it the worker
+    refuses (exit code 7). Nothing of that past is deleted."""
+    data_skip_to: int | None = None
+    """After resuming, move the data stream forward to where CHUNKS samples have been consumed (the
+    cursor's chunks_consumed in a 'diverged' report): the window before a divergence is skipped, not
+    trained on. Needs a checkpoint to resume from, at or behind that position, and a whole number of
+    global batches from it."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -77,6 +88,21 @@ class TrainConfig(TrainingFields):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError("must be Unix seconds > 0")
         return v
+
+    @field_validator("data_skip_to")
+    @classmethod
+    def _skip_to(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_DATA_POSITION:
+            raise ValueError(f"must be a sample count in [0, {MAX_DATA_POSITION}]")
+        return v
+
+    @model_validator(mode="after")
+    def _per_attempt(self) -> TrainConfig:
+        if self.data_skip_to is not None and self.resume_from_checkpoint == "none":
+            raise ValueError(
+                "data_skip_to: needs a checkpoint to resume from (not --resume-from-checkpoint none)"
+            )
+        return self
 
     @field_validator("stop_after_steps")
     @classmethod
@@ -111,6 +137,7 @@ def _flag(name: str) -> str:
 _ALIASES: dict[str, tuple[str, ...]] = {"experiment_name": ("--experiment_name",)}
 _METAVARS: dict[str, str] = {
     "deadline": "UNIX_SECONDS",
+    "data_skip_to": "CHUNKS",
     "deadline_margin": "SECONDS",
     "exit_allowance": "SECONDS",
     "deadline_refresh_seconds": "SECONDS",

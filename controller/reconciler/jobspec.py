@@ -123,6 +123,9 @@ def build_job_spec(
         envvars.RUN_ID: str(run_id),
         envvars.ATTEMPT: str(attempt),
         envvars.TOKEN_FILE: str(token_file),
+        # The walltime warning's lead: a SIGUSR1 then tightens the worker's deadline instead of
+        # stopping it at once (worker.signals). A backend that sends it at another lead overrides this.
+        envvars.SIGNAL_LEAD: str(resources.signal_lead_seconds),
     }
     return JobSpec(
         run_id=run_id,

@@ -200,6 +200,7 @@ class LocalScheduler:
                         "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": str(port),
                         envvars.DEADLINE: f"{record['deadline']:.3f}",
+                        envvars.SIGNAL_LEAD: f"{record['signal_lead_s']:g}",  # what this backend sends
                         JOB_ID_ENV: job_id,
                     }
                     argv = ["/bin/sh", "-c", _SHIM, "sh", str(self._exit_file(job_id, rank)), *spec.argv]

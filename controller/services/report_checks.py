@@ -23,7 +23,9 @@ from typing import Any
 from controller.services.errors import InvalidReport
 from shared.schemas import (
     CheckpointCommittedEvent,
+    DivergedEvent,
     FailedEvent,
+    HungEvent,
     ProgressEvent,
     ReportBatch,
     StartedEvent,
@@ -114,6 +116,10 @@ def _check_event(at: str, event: Any) -> Any:
     elif isinstance(event, WarningEvent) and ("\x00" in event.kind or "\x00" in event.message):
         kind, message = (text.replace("\x00", "\ufffd") for text in (event.kind, event.message))
         return event.model_copy(update={"kind": kind, "message": message})
+    elif isinstance(event, HungEvent) and "\x00" in event.stacks_excerpt:
+        return event.model_copy(update={"stacks_excerpt": event.stacks_excerpt.replace("\x00", "\ufffd")})
+    elif isinstance(event, DivergedEvent) and "\x00" in event.message:
+        return event.model_copy(update={"message": event.message.replace("\x00", "\ufffd")})
     return event
 
 

@@ -9,7 +9,11 @@ late-spooled batch changes nothing twice. Applying an event:
 * ``progress``: a metric point; run progress (monotone);
 * ``checkpoint_committed``: a checkpoint row (once per step), the run's latest checkpoint;
 * ``stopping``: attempt → STOPPING; ``finished`` / ``failed``: logged (error text kept);
-* ``warning``: an event in the run's log.
+* ``warning``: an event in the run's log;
+* ``hung`` / ``diverged``: a readable event in the run's log, the facts in its data (suspect ranks
+  and hosts, where the stacks are; the divergence's step and data window). The worker follows each
+  with ``failed``, which ends the attempt as today; what a hang or a divergence should change
+  (end reason, node exclusion, ``on_divergence``) is the reconciler's to decide, from these events.
 
 Values the schema admits but the store cannot hold are refused (422) or made storable first: see
 ``controller.services.report_checks``.
@@ -34,8 +38,10 @@ from controller.state_machine import record_run_event, transition_attempt, trans
 from shared.events import ENDING_EVENT_TYPES, WorkerAction
 from shared.schemas import (
     CheckpointCommittedEvent,
+    DivergedEvent,
     FailedEvent,
     FinishedEvent,
+    HungEvent,
     ProgressEvent,
     ReportBatch,
     ReportReply,
@@ -150,7 +156,9 @@ def _apply(
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
-    | WarningEvent,
+    | WarningEvent
+    | HungEvent
+    | DivergedEvent,
     known_steps: set[int],
 ) -> None:
     at = to_datetime(event.time)
@@ -194,6 +202,41 @@ def _apply(
                 data={"step": event.step},
             )
         )
+    elif isinstance(event, HungEvent):
+        session.add(
+            Event(
+                run_id=run.id,
+                time=at,
+                kind="hung",
+                message=hung_message(attempt.number, event),
+                data=event.model_dump(mode="json", exclude={"seq", "type", "time"}),
+            )
+        )
+    elif isinstance(event, DivergedEvent):
+        message = f"attempt {attempt.number} diverged: {event.message}"
+        session.add(
+            Event(
+                run_id=run.id,
+                time=at,
+                kind="diverged",
+                message=message[:4000],
+                data=event.model_dump(mode="json", exclude={"seq", "type", "time", "message"}),
+            )
+        )
+
+
+def hung_message(attempt: int, event: HungEvent) -> str:
+    """One readable line: where it stalled, who is suspected (rank and host), where the stacks are."""
+    who = (
+        "; ".join(f"rank {s.rank} on {s.host}: {s.reason}" for s in event.suspects[:8])
+        or "no rank stands out (every rank waits on another)"
+    )
+    stacks = f"; stacks of rank {event.rank} in {event.stacks_path}" if event.stacks_path else ""
+    return (
+        f"attempt {attempt} hung in {event.phase} at step {event.step}: no progress for "
+        f"{event.stalled_seconds:.0f} s (limit {event.limit_seconds:.0f} s), seen by rank {event.rank} on "
+        f"{event.host}; suspects: {who}{stacks}"
+    )[:4000]
 
 
 def _metric(run: Run, attempt: Attempt, event: ProgressEvent) -> dict[str, object]:

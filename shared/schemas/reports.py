@@ -11,12 +11,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import EventType, StopReason, WorkerAction
+from shared.events import DivergenceReason, EventType, HangPhase, StopReason, WorkerAction
 
 __all__ = [
     "CheckpointCommittedEvent",
+    "DataCursor",
+    "DivergedEvent",
     "FailedEvent",
     "FinishedEvent",
+    "HungEvent",
+    "HungRank",
     "ProgressEvent",
     "ReportBatch",
     "ReportReply",
@@ -27,6 +31,13 @@ __all__ = [
     "WorkerAction",
     "WorkerEvent",
 ]
+
+
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_Text = Annotated[str, Field(max_length=256, pattern=_NO_CONTROL)]
+_Seconds = Annotated[float, Field(ge=0, le=10 * 366 * 86_400.0, allow_inf_nan=False)]
 
 
 class _Event(BaseModel):
@@ -57,6 +68,8 @@ class ProgressEvent(_Event):
     step_time: Annotated[float, Field(ge=0)] = 0.0
     grad_norm: float | None = None
     mfu: float | None = None
+    skipped_steps: Annotated[int, Field(ge=0, le=_INT32)] = 0
+    """Updates skipped so far in this attempt because the loss or gradient norm was non-finite."""
 
 
 class CheckpointCommittedEvent(_Event):
@@ -96,6 +109,79 @@ class WarningEvent(_Event):
     message: Annotated[str, Field(max_length=8000)]
 
 
+class HungRank(BaseModel):
+    """One rank as its heartbeat showed it when a watchdog gave up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: Annotated[int, Field(ge=0, le=_INT32)]
+    host: _Text
+    phase: HangPhase | None = None
+    step: Annotated[int, Field(ge=0, le=_INT32)] | None = None
+    doing: _Text = ""
+    """The finer activity inside the phase (``reading data``, ``computing``) where known."""
+    heartbeat_age_seconds: _Seconds | None = None
+    """How old its last heartbeat was (None: it never wrote one)."""
+    reason: _Text
+    """Why it is suspected: ``not running`` (no heartbeat: stopped, frozen or its node is gone),
+    ``stuck reading data``, ``behind`` (in an earlier step or phase than the others), ``hung``."""
+
+
+class HungEvent(_Event):
+    """A watchdog saw no progress for longer than the phase allows; ``suspects`` names who stalled."""
+
+    type: Literal[EventType.HUNG] = EventType.HUNG
+    phase: HangPhase
+    rank: Annotated[int, Field(ge=0, le=_INT32)]
+    """The rank reporting (rank 0, or the lowest rank still running when rank 0 is not)."""
+    host: _Text
+    stalled_seconds: _Seconds
+    limit_seconds: _Seconds
+    suspects: Annotated[list[HungRank], Field(max_length=64)] = Field(default_factory=list)
+    """The ranks that stalled the job (empty when every rank waits on every other: a deadlock)."""
+    stacks_path: Annotated[str, Field(max_length=4096, pattern=_NO_CONTROL)] | None = None
+    """Where the reporting rank's stack dump was written (it is also in the attempt's log)."""
+    stacks_excerpt: Annotated[str, Field(max_length=4000)] = ""
+    """The first lines of that dump."""
+
+
+_Count = Annotated[int, Field(ge=0, le=_INT64)]
+
+
+class DataCursor(BaseModel):
+    """A data stream position (the dataset's ``state_dict()``, ``worker.data.iterable.Cursor``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunks_consumed: _Count
+    """Global samples consumed since the start of the run: what ``--data-skip-to`` takes."""
+    version: _Count | None = None
+    epoch: _Count | None = None
+    file_index: _Count | None = None
+    row_index: _Count | None = None
+    token_offset: _Count | None = None
+
+
+class DivergedEvent(_Event):
+    """The run diverged at ``step``; nothing after ``committed_step`` was committed."""
+
+    type: Literal[EventType.DIVERGED] = EventType.DIVERGED
+    reason: DivergenceReason
+    message: Annotated[str, Field(max_length=2000)]
+    loss: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """The step's loss where finite (None: NaN/inf)."""
+    loss_median: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    skipped_steps: Annotated[int, Field(ge=0, le=_INT32)] = 0
+    """Updates skipped in a row when it stopped."""
+    committed_step: Annotated[int, Field(ge=0, le=_INT32)] | None = None
+    """The newest checkpoint this attempt knows committed (resumed from or saved); None: none."""
+    committed_cursor: DataCursor | None = None
+    """The data cursor of ``committed_step``'s checkpoint: the start of the suspect window."""
+    cursor: DataCursor
+    """The data cursor after the batch of ``step``: the end of the window. A rollback resumes from
+    ``committed_step`` with ``--data-skip-to <cursor.chunks_consumed>``."""
+
+
 WorkerEvent = Annotated[
     StartedEvent
     | ProgressEvent
@@ -103,7 +189,9 @@ WorkerEvent = Annotated[
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
-    | WarningEvent,
+    | WarningEvent
+    | HungEvent
+    | DivergedEvent,
     Field(discriminator="type"),
 ]
 

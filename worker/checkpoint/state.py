@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,30 @@ def unpack(blob: Any) -> Any:
     raise TypeError(f"expected a bytes blob in the checkpoint, got {type(blob).__name__}")
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP), or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when no floating-point tensor in ``tensors`` holds NaN or inf (this rank's shards only).
+
+    One device sync in all: the per-tensor checks are stacked and reduced on the device.
+    """
+    checks = []
+    for t in tensors:
+        local = _local(t)
+        if local.is_floating_point() and local.numel():
+            checks.append(torch.isfinite(local).all())
+    if not checks:
+        return True
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for c in checks:
+        by_device.setdefault(c.device, []).append(c)
+    return all(bool(torch.stack(group).all()) for group in by_device.values())
+
+
 class TrainState:
     """Model, optimizer, scheduler, the loop's progress dict and this rank's RNG, as one Stateful.
 
@@ -91,6 +116,13 @@ class TrainState:
         self.progress = progress
         self.notes: list[str] = []
         """What the last load_state_dict decided that the caller should hear about (e.g. RNG kept)."""
+
+    def is_finite(self) -> bool:
+        """No NaN/inf in this rank's weights or optimizer state (its shards, under FSDP)."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        for per_param in self.optimizer.state.values():
+            tensors.extend(v for v in per_param.values() if isinstance(v, torch.Tensor))
+        return all_finite(tensors)
 
     def meta_blob(self) -> bytes:
         _, world = _rank_world()

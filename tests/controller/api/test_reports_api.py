@@ -233,3 +233,73 @@ def test_concurrent_reports_on_sqlite_are_written_one_at_a_time_and_all_land(
     assert outside == []
     with api.factory() as s:
         assert s.scalar(select(func.count()).select_from(Metric)) == len(workers) * batches * 8
+
+
+def test_hung_and_diverged_events_are_stored_and_readable_in_the_run_log(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    url = f"/api/v1/runs/{run_id}/reports"
+    hung = {
+        "type": "hung",
+        "seq": 1,
+        "time": T0 + 50,
+        "step": 8,
+        "phase": "step",
+        "rank": 0,
+        "host": "node-a",
+        "stalled_seconds": 61.5,
+        "limit_seconds": 60.0,
+        "suspects": [
+            {"rank": 1, "host": "node-b", "phase": "step", "step": 8, "reason": "not running (no heartbeat)"}
+        ],
+        "stacks_path": "/c/run/.watchdog/a0001-abc/stacks-rank0.txt",
+        "stacks_excerpt": 'Thread 0x1 (most recent call first):\n  File "loop.py"\x00',
+    }
+    diverged = {
+        "type": "diverged",
+        "seq": 2,
+        "time": T0 + 60,
+        "step": 14,
+        "reason": "non_finite",
+        "message": "diverged at step 14: 3 updates in a row had a non-finite loss",
+        "skipped_steps": 3,
+        "committed_step": 10,
+        "committed_cursor": {"chunks_consumed": 40, "epoch": 0},
+        "cursor": {"chunks_consumed": 56, "epoch": 0},
+    }
+    reply = api.client.post(
+        url, json={"attempt": 1, "events": [_started(0, T0), hung, diverged]}, headers=api.h(token)
+    )
+    assert reply.status_code == 200 and reply.json()["accepted"] == 3, reply.text
+    items = api.client.get(f"/api/v1/runs/{run_id}/events", headers=api.h()).json()["items"]
+    by_kind = {e["kind"]: e for e in items}
+    assert (
+        "rank 1 on node-b" in by_kind["hung"]["message"] and "stacks-rank0.txt" in by_kind["hung"]["message"]
+    )
+    assert by_kind["hung"]["data"]["suspects"][0]["host"] == "node-b"
+    assert "\x00" not in by_kind["hung"]["data"]["stacks_excerpt"]  # PostgreSQL refuses NUL
+    assert "attempt 1 diverged" in by_kind["diverged"]["message"]
+    assert by_kind["diverged"]["data"]["cursor"]["chunks_consumed"] == 56
+    with api.factory() as s:
+        kinds = sorted(s.scalars(select(WorkerEventRecord.type)).all())
+    assert kinds == ["diverged", "hung", "started"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"host": "node\nb"},
+        {"stalled_seconds": 1e12},  # past ten years
+        {"suspects": [{"rank": -1, "host": "x", "reason": "r"}]},
+        {"phase": "lunch"},
+    ],
+)
+def test_a_malformed_hung_event_is_refused(api: Api, bad: dict[str, Any]) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    event = {"type": "hung", "seq": 0, "time": T0, "step": 1, "phase": "step", "rank": 0, "host": "h",
+             "stalled_seconds": 1.0, "limit_seconds": 1.0, **bad}  # fmt: skip
+    r = api.client.post(
+        f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": [event]}, headers=api.h(token)
+    )
+    assert r.status_code == 422

@@ -45,6 +45,7 @@ def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:
     assert spec.env["PYRECOVER_CONTROLLER_URL"] == "http://127.0.0.1:8123"
     assert spec.env["PYRECOVER_RUN_ID"] == "4" and spec.env["PYRECOVER_ATTEMPT"] == "2"
     assert spec.env["HF_HOME"] == "/hf"
+    assert spec.env["PYRECOVER_SIGNAL_LEAD"] == "30"  # the run's signal_lead_seconds (the default)
     assert spec.stdout.name == "attempt-0002.out" and spec.stderr.parent == run_dir(tmp_path, 4) / "logs"
 
 
