@@ -254,9 +254,17 @@ class RunCreate(_Spec):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunCreate:
-        if self.training.batch_size % self.resources.world_size:
+        training, world = self.training, self.resources.world_size
+        if training.batch_size % world:
             raise ValueError(
-                f"training.batch_size ({self.training.batch_size}) must be divisible by the number of ranks "
-                f"(nodes × ntasks_per_node = {self.resources.world_size})"
+                f"training.batch_size ({training.batch_size}) must be divisible by the number of ranks "
+                f"(nodes × ntasks_per_node = {world})"
+            )
+        accumulation = training.gradient_accumulation_steps
+        if training.batch_size % (world * accumulation):
+            raise ValueError(
+                f"training.gradient_accumulation_steps ({accumulation}) must divide each rank's share of "
+                f"the batch (training.batch_size {training.batch_size} / {world} ranks = "
+                f"{training.batch_size // world} sequences)"
             )
         return self
