@@ -18,6 +18,7 @@ from controller.services.errors import (
     AttemptNotFound,
     Conflict,
     InvalidReport,
+    InvalidRun,
     InvalidTransition,
     RunNotFound,
 )
@@ -93,6 +94,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidReport)
     async def _invalid_report(_: Request, exc: InvalidReport) -> JSONResponse:
         detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(InvalidRun)
+    async def _invalid_run(_: Request, exc: InvalidRun) -> JSONResponse:
+        detail = [
+            {
+                "loc": ["body", *exc.field.split(".")],
+                "field": exc.field,
+                "msg": str(exc),
+                "type": "value_error",
+            }
+        ]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
 
     @app.exception_handler(RateLimited)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import admin_cmds, run_cmds, worker_cmds
+from controller.cli import admin_cmds, plan_cmd, run_cmds, worker_cmds
 
 app = typer.Typer(
     name="pyrecover",
@@ -22,6 +22,7 @@ app = typer.Typer(
 
 admin_cmds.register(app)
 run_cmds.register(app)
+plan_cmd.register(app)
 worker_cmds.register(app)
 
 

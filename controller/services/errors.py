@@ -9,6 +9,7 @@ __all__ = [
     "Conflict",
     "DomainError",
     "InvalidReport",
+    "InvalidRun",
     "InvalidTransition",
     "RunNotFound",
 ]
@@ -36,6 +37,15 @@ class InvalidReport(DomainError):
     """A report the schema admits but the store cannot hold or must not trust (HTTP 422): a time
     outside the calendar, a counter past 64 bits, a checkpoint path with ``..`` or control characters.
     ``field`` names the value the way request validation does (``events[3].time``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRun(DomainError):
+    """A run the schema admits but that cannot train as configured (HTTP 422), e.g. one whose memory
+    plan exceeds the GPU it names. ``field`` names the part to change, the message says how."""
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)

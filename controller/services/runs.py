@@ -15,15 +15,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
-from controller.services.errors import Conflict, InvalidTransition, RunNotFound
+from controller.services.errors import Conflict, InvalidRun, InvalidTransition, RunNotFound
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
+from shared.memory_plan import check_run
 from shared.names import validate_run_name
 from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
 def create_run(session: Session, body: RunCreate) -> Run:
+    """Store a PENDING run. A run that names its GPU must fit it by the memory plan
+    (``shared.memory_plan.check_run``; runs naming no GPU are not checked): else ``InvalidRun``."""
+    verdict = check_run(body)
+    if verdict is not None and not verdict.fits:
+        raise InvalidRun(verdict.refusal(), field="training")
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
         raise Conflict(f"a run named {body.name!r} already exists", field="name")
     run = Run(

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from controller import services
-from controller.services.errors import Conflict, DomainError, RunNotFound
+from controller.services.errors import Conflict, DomainError, InvalidRun, RunNotFound
 from controller.web import forms, queries
 from controller.web.access import WebContext, resolve_viewer, web_context
 from controller.web.rendering import STATIC_DIR, render
@@ -156,13 +156,16 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     try:
         run_id = await run_in_threadpool(_create, ctx, body)
-    except Conflict as exc:
+    except (Conflict, InvalidRun) as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
             errors.fields[exc.field] = [str(exc)]
         else:
             errors.form.append(str(exc))
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=409)
+        status = 422 if isinstance(exc, InvalidRun) else 409
+        return render(
+            request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=status
+        )
     return RedirectResponse(request.app.url_path_for("web_run", run_id=run_id), status_code=303)
 
 

@@ -120,10 +120,10 @@ def test_batch_that_does_not_split_into_micro_batches_is_refused_naming_the_fiel
     sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = tiny_args(sample_data, tmp_path, "bad", steps=2, fmt="vanilla")  # batch 4
-    with pytest.raises(ConfigError, match="^gradient_accumulation_steps: the global batch"):
+    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps: the global batch"):
         parse_config([*args, "--gradient-accumulation-steps", "3"])
     config = parse_config([*args, "--gradient-accumulation-steps", "4"])
-    with pytest.raises(ConfigError, match="^gradient_accumulation_steps: each rank's 2 sequences"):
+    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps: each rank's 2 sequences"):
         config.check_world_size(2)
     assert main([*args, "--gradient-accumulation-steps", "0"]) == ExitCode.CONFIG_ERROR
     assert "gradient_accumulation_steps" in capsys.readouterr().err
