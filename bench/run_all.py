@@ -21,7 +21,17 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Order: cheap and self-contained first; the SLURM one last.
-BENCHES = ["deadline", "data", "checkpoint", "train_step", "api_load", "dashboard", "resubmit_gap"]
+BENCHES = [
+    "deadline",
+    "data",
+    "checkpoint",
+    "train_step",
+    "memory_plan",
+    "fsdp",
+    "api_load",
+    "dashboard",
+    "resubmit_gap",
+]
 
 
 def main() -> int:

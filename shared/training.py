@@ -68,7 +68,7 @@ class TrainingFields(BaseModel):
     training_steps: TrainingSteps = 1000
     """Total optimizer steps of the run (absolute: a resumed run continues up to this number)."""
     model_preset: Preset = "tiny"
-    """Model size preset (worker.model.PRESETS)."""
+    """Model size preset (shared.model_shapes.PRESETS)."""
     sequence_length: Annotated[int, Field(ge=2, le=131_072)] = 128
     """Tokens per training sequence (also the model's RoPE table length)."""
     batch_size: Annotated[int, Field(gt=0, le=65_536)] = 8
