@@ -45,7 +45,7 @@ from sqlalchemy.engine import make_url
 
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt, Run
-from controller.services import create_run, create_user_token, issue_worker_token
+from controller.services import create_run, create_user_token, first_admin, issue_worker_token
 from shared.schemas import RunCreate
 from shared.states import AttemptState, RunState
 
@@ -114,7 +114,7 @@ def seed_workers(factory: Any, n: int, prefix: str) -> list[tuple[int, str]]:
     out = []
     with factory() as s:
         for i in range(n):
-            run = create_run(s, spec(f"{prefix}-{i}"))
+            run = create_run(s, spec(f"{prefix}-{i}"), owner=first_admin(s))
             run.state = RunState.RUNNING
             s.add(
                 Attempt(
@@ -210,9 +210,11 @@ def seed_runs(factory: Any, n: int) -> None:
     states = list(RunState)
     body = spec("x").model_dump(mode="json")
     with factory() as s:
+        owner_id = first_admin(s).id
         s.add_all(
             Run(
                 name=f"seed-{i:05d}",
+                owner_id=owner_id,
                 state=states[i % len(states)],
                 spec=body | {"name": f"seed-{i:05d}"},
                 scheduler="local",
@@ -243,7 +245,8 @@ def bench_backend(name: str, url: str, data_dir: Path, args: argparse.Namespace)
     paced_workers = seed_workers(factory, args.paced_workers, "paced")
     workers = seed_workers(factory, args.workers, "flat-out")
     with factory() as s:
-        user = create_user_token(s, "bench")
+        # The runs' owner (the first admin): the listing reads every run, as an admin's would.
+        user = create_user_token(s, first_admin(s).name)
         s.commit()
     try:
         server = Server(url, data_dir)  # default settings, rate limit included

@@ -24,6 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 BENCHES = [
     "deadline",
     "data",
+    "token_store",
     "checkpoint",
     "train_step",
     "memory_plan",

@@ -84,6 +84,11 @@ def render(session: Session, latency: LatencyHistogram, *, now: datetime, events
     lines.append(f"pyrecover_productive_committed_seconds {total.productive_committed_s!r}")
     lines += _family("pyrecover_goodput_ratio", "gauge", "Productive committed seconds / allocated seconds.")
     lines.append(f"pyrecover_goodput_ratio {total.goodput if total.goodput is not None else 0.0!r}")
+    lines += _family(
+        "pyrecover_run_seconds", "gauge", "Wall time of all runs by where it went (the goodput ledger)."
+    )
+    ledger = goodput.overall_ledger(session, now=now)
+    lines += [f'pyrecover_run_seconds{{category="{k}"}} {v!r}' for k, v in ledger.items()]
     lines += _family("pyrecover_report_events_total", "counter", "Worker events received, by outcome.")
     lines += [f'pyrecover_report_events_total{{outcome="{k}"}} {v}' for k, v in sorted(events.items())]
     lines += _family("pyrecover_report_latency_seconds", "histogram", "Time to ingest one report batch.")

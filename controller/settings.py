@@ -1,8 +1,9 @@
 """Controller settings: environment variables with the prefix ``PYRECOVER_``, or keywords in tests.
 
 Nothing is created at import time; ``Settings()`` reads the environment when called. Unsafe
-combinations are refused with a message that names the field: serving on a non-loopback address
-needs ``auth_required``, and the open read-only mode is for a loopback bind only.
+combinations are refused with a message that names the field: ``auth_required`` is on unless
+turned off explicitly, serving without it is for a loopback address only, and so is the open
+read-only mode. ``pyrecover serve --host/--port`` build their settings the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.schemas.notify import NotifyTarget
 
 DB_FILE_NAME = "pyrecover.db"
 DATA_DIR_ENV = "PYRECOVER_DATA_DIR"
@@ -57,10 +61,42 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file in data_dir.")
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_PORT
-    public_url: str = Field(default="", description="URL workers use to reach the controller.")
-    auth_required: bool = Field(default=False, description="Require a bearer token on every API call.")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=DEFAULT_PORT, description="0: any free port (``pyrecover serve`` reports the one it bound)."
+    )
+    public_url: str = Field(
+        default="",
+        description="URL workers and browsers use to reach the controller (behind a reverse proxy: its "
+        "https URL); default: derived from host and port.",
+    )
+    auth_required: bool = Field(
+        default=True,
+        description="Require a token (API) or a signed-in session (dashboard) for everything but /healthz. "
+        "Only `pyrecover serve --insecure-no-auth` turns it off, on a loopback address.",
+    )
     open_read_only: bool = Field(default=False, description="Let GET requests through without a token.")
+    users_read_all_runs: bool = Field(
+        default=False,
+        description="Let users and viewers read every run (acting on one still needs ownership or a share).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted besides public_url's host and the loopback names "
+        "(DNS rebinding defence); entries are host or host:port.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed; default: none.",
+    )
+    session_ttl_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = Field(
+        default=12 * 3600, description="How long a dashboard sign-in lasts."
+    )
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=10.0, description="A connection that has not sent a whole request head by then is closed."
+    )
+    login_failures_per_minute: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=10, description="Failed dashboard sign-ins per client address and minute before 429."
+    )
     reconcile_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     run_reconciler: bool = True
     local_kill_wait_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
@@ -82,6 +118,25 @@ class Settings(BaseSettings):
     report_burst: Annotated[int, Field(ge=1, le=10**9)] = Field(
         default=REPORT_BURST, description="Report requests a run may make at once (a spool replay)."
     )
+    run_notifier: bool = Field(
+        default=True, description="Deliver webhook notifications (a thread, beside the reconciler)."
+    )
+    notify_webhooks: list[NotifyTarget] = Field(
+        default_factory=list,
+        description="Webhooks told about every run (admin; JSON list of {url, events}). Trusted: any host.",
+    )
+    notify_secret: str = Field(
+        default="",
+        description="HMAC key signing webhook bodies; default: a random key kept in <data_dir>/notify.key.",
+    )
+    notify_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a run's own webhooks (policy.notify) may target although they resolve to a "
+        "private, loopback or link-local address; every other host must resolve to public addresses only.",
+    )
+    notify_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=8, description="Tries per webhook delivery (exponential backoff from 2 s, at most 1 h apart)."
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -94,10 +149,11 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / DB_FILE_NAME).as_posix()}"
         if not self.public_url:
-            host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            if ":" in host and not host.startswith("["):
-                host = f"[{host}]"
-            self.public_url = f"http://{host}:{self.port}"
+            self.public_url = derived_url(self.host, self.port)
+        self.public_url = self.public_url.rstrip("/")
+        parts = urlsplit(self.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"public_url must be an http(s) URL with a host, got {self.public_url!r}")
         if self.checkpoint_root is None:
             self.checkpoint_root = self.data_dir / "checkpoints"
         if self.open_read_only and not is_loopback(self.host):
@@ -111,6 +167,14 @@ class Settings(BaseSettings):
         """Refuse to serve an unauthenticated API beyond this machine (raise ``ValueError``)."""
         if not is_loopback(self.host) and not self.auth_required:
             raise ValueError(
-                f"refusing to listen on {self.host!r} without authentication: set PYRECOVER_AUTH_REQUIRED=1 "
-                "(and create tokens with `pyrecover token create`), or bind to 127.0.0.1"
+                f"refusing to listen on {self.host!r} without authentication: --insecure-no-auth is for a "
+                "loopback address (127.0.0.1) only; create tokens with `pyrecover token create` instead"
             )
+
+
+def derived_url(host: str, port: int) -> str:
+    """``http://host:port`` for a bind address (a wildcard bind → the loopback address)."""
+    host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

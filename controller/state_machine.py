@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Event, Run
 from controller.db.types import utcnow
+from controller.notify import outbox
 from shared.states import ATTEMPT_TRANSITIONS, RUN_TRANSITIONS, TERMINAL_RUN_STATES, AttemptState, RunState
 
 
@@ -52,6 +53,8 @@ def transition_run(
         run.finished_at = None
     payload = {"from": current.value, "to": new_state.value, **(data or {})}
     record_run_event(session, run, kind="state", message=f"{current} → {new_state}: {reason}", data=payload)
+    if (event := outbox.event_for_run_state(new_state)) is not None:
+        outbox.record(session, run, event, reason)
 
 
 def transition_attempt(

@@ -32,6 +32,15 @@ def run_checkpoint_dir(checkpoint_root: Path, run_name: str) -> Path:
     return checkpoint_root / run_name
 
 
+TRACKERS_DIR_NAME = "trackers"
+"""``<checkpoint_dir>/<run name>/trackers/``: the tracker run's identity (``state.json``) and the
+trackers' own files (``tensorboard/``, ``wandb/``), shared by every attempt of the run."""
+
+
+def tracker_dir(checkpoint_root: Path, run_name: str) -> Path:
+    return run_checkpoint_dir(checkpoint_root, run_name) / TRACKERS_DIR_NAME
+
+
 def step_dir_name(step: int) -> str:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -56,3 +65,17 @@ def parse_step(name: str) -> int | None:
 def attempt_log_paths(run_dir: Path, attempt: int) -> tuple[Path, Path]:
     """Per-attempt stdout/stderr files; one pair per attempt so nothing is ever overwritten."""
     return run_dir / "logs" / f"attempt-{attempt:04d}.out", run_dir / "logs" / f"attempt-{attempt:04d}.err"
+
+
+def looks_local(value: str, cwd: Path | None = None) -> bool:
+    """Whether a dataset or tokenizer value means a path here, never a Hugging Face hub id.
+
+    Hub ids are ``name`` or ``org/name``. A value is a path when it exists, is absolute or starts
+    with ``.``/``~``, has more than one ``/`` or a backslash, or when its first component is an
+    existing directory (``data/tokenizr`` is a typo inside ``data/``, not the hub's ``data`` org).
+    """
+    base = cwd or Path.cwd()
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value:
+        return True
+    first = value.split("/", 1)[0]
+    return (base / value).exists() or ("/" in value and (base / first).is_dir())

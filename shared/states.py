@@ -103,6 +103,17 @@ class EndReason(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     LOST = "lost"
+    HUNG = "hung"
+    """Stopped making progress (the worker's watchdog, or no report for the heartbeat timeout)."""
+    DIVERGED = "diverged"
+    """The loss or gradients went non-finite or spiked; the worker stopped without committing them."""
+
+
+CLEAN_END_REASONS = frozenset(
+    {EndReason.FINISHED, EndReason.DEADLINE_STOP, EndReason.SIGNAL_STOP, EndReason.CANCELLED}
+)
+"""Endings after a committed final checkpoint (or a user's cancel): nothing after the last commit
+was lost. Every other ending lost the work since the attempt's last commit."""
 
 
 class SchedulerJobState(StrEnum):

@@ -18,13 +18,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from shared.unknown_fields import refuse_unknown
 
 PRESETS = ("tiny", "small", "llama3-1b", "llama3-8b")
 """The keys of ``shared.model_shapes.PRESETS`` (a test keeps the two equal)."""
 Preset = Literal["tiny", "small", "llama3-1b", "llama3-8b"]
 Parallelism = Literal["ddp", "fsdp"]
 Dtype = Literal["fp32", "bf16", "fp16", "fp64"]
+Tracker = Literal["tensorboard", "wandb"]
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+"""Experiment trackers the worker can log to (``worker.trackers``); each is an optional extra."""
 
 EXIT_ALLOWANCE_S = 5.0
 """Default seconds the worker keeps for its exit after the final save (reporter flush, barrier,
@@ -43,6 +48,7 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "mixed_precision",
     "batch_size",
     "experiment_name",
+    "init_from_hf",
 )
 """Changing any of these between an attempt and the checkpoint it resumes from would silently train
 a different model or on a different token stream: the worker's checkpoint manager refuses such a
@@ -54,6 +60,13 @@ PER_ATTEMPT_FIELDS: tuple[str, ...] = ("deadline", "stop_after_steps", "resume_f
 """Worker fields that describe one attempt, not the run (left out of the checkpoint's config)."""
 
 _FINITE = {"allow_inf_nan": False}
+
+
+def _comma_list(value: Any) -> Any:
+    """``"tensorboard,wandb"`` (the worker's flag) → a tuple; lists and tuples pass unchanged."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 class TrainingFields(BaseModel):
@@ -141,6 +154,28 @@ class TrainingFields(BaseModel):
     """Last profiled step."""
     profile_dir: Annotated[str, Field(min_length=1)] | None = None
     """Where traces go; default <checkpoint_dir>/<experiment_name>/profile."""
+    init_from_hf: Annotated[str, Field(min_length=1)] | None = None
+    """Local Hugging Face checkpoint of a Llama model (a directory with config.json and .safetensors
+    weights) to start from. The model's shape then comes from its config.json (model_preset is not
+    used); a fresh start loads its weights, a resume continues from the run's own checkpoints. The
+    directory must stay readable for the whole run (every attempt reads its config.json)."""
+    trackers: Annotated[tuple[Tracker, ...], BeforeValidator(_comma_list), Field(max_length=2)] = ()
+    """Experiment trackers rank 0 logs the progress metrics to: tensorboard, wandb (W&B offline unless
+    WANDB_MODE=online). Every attempt appends to the same tracker run, kept in
+    <checkpoint_dir>/<experiment_name>/trackers/. On the command line: a comma-separated list."""
+
+    @field_validator("trackers")
+    @classmethod
+    def _distinct_trackers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if v.count(name) > 1:
+                raise ValueError(f"{name!r} is listed twice")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return refuse_unknown(cls, data)
 
     @model_validator(mode="after")
     def _combinations(self) -> Any:
@@ -167,12 +202,16 @@ class TrainingFields(BaseModel):
     def to_worker_args(self) -> list[str]:
         """The worker command line for these fields (``--kebab-case value``, ``--flag``/``--no-flag``).
 
-        ``None`` values are left out (the worker's default applies).
+        ``None`` values and empty lists are left out (the worker's default applies); lists are
+        rendered comma-separated (``--trackers tensorboard,wandb``).
         """
         args: list[str] = []
         for name, value in self.model_dump().items():
             flag = "--" + name.replace("_", "-")
-            if value is None:
+            if value is None or value == ():
+                continue
+            if isinstance(value, tuple | list):
+                args += [flag, ",".join(str(v) for v in value)]
                 continue
             if isinstance(value, bool):
                 args.append(flag if value else "--no-" + name.replace("_", "-"))

@@ -50,10 +50,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
-    from worker.data import IterableParquetDataset, load_tokenizer, resolve_parquet_files
+    from worker.data import DataError, load_tokenizer
+    from worker.data.source import open_training_dataset, resolve_dataset
 
-    try:
-        files = resolve_parquet_files(config.dataset)
+    try:  # a token store (pyrecover data tokenize) or Parquet files to stream
+        source = resolve_dataset(config.dataset)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"dataset: {exc}") from exc
     try:
@@ -65,15 +66,19 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
     bos = tokenizer.bos_token_id
     if bos is None:
         raise ConfigError(f"tokenizer_name_or_path: {config.tokenizer_name_or_path!r} has no BOS token")
-    dataset = IterableParquetDataset(
-        files,
-        tokenizer,
-        sequence_length=config.sequence_length,
-        rank=info.rank,
-        world_size=info.world_size,
-        local_batch_size=config.batch_size // info.world_size,
-        bos_token_id=bos,
-    )
+    try:
+        dataset = open_training_dataset(
+            source,
+            tokenizer,
+            tokenizer_spec=config.tokenizer_name_or_path,
+            sequence_length=config.sequence_length,
+            rank=info.rank,
+            world_size=info.world_size,
+            local_batch_size=config.batch_size // info.world_size,
+            bos_token_id=bos,
+        )
+    except DataError as exc:
+        raise ConfigError(f"dataset: {exc}") from exc
     return dataset, len(tokenizer)
 
 
@@ -90,12 +95,13 @@ def _build_optimizer(
 
 
 def build_components(config: TrainConfig, info: DistInfo) -> Components:
+    from worker.hf.pretrained import model_shape
     from worker.metrics import flops_per_token, num_params, peak_flops
-    from worker.model import Transformer, model_args
+    from worker.model import Transformer
 
     seed_everything(config.seed)
     dataset, vocab_size = _build_data(config, info)
-    args = model_args(config.model_preset, vocab_size=vocab_size, seq_len=config.sequence_length)
+    args = model_shape(config, vocab_size=vocab_size)  # the preset's, or init_from_hf's config.json
     precision = resolve_precision(
         config.model_dtype, mixed=config.mixed_precision, device=info.device, parallelism=config.parallelism
     )

@@ -178,7 +178,13 @@ class TrainingLoop:
         resume_step = self.step
         if restored is not None:
             self.last_saved_step = resume_step
-            log_rank0(info, "resumed from %s at step %d", restored.checkpoint.path, resume_step)
+            log_rank0(
+                info,
+                "resumed from %s at step %d (loaded in %.2fs)",
+                restored.checkpoint.path,
+                resume_step,
+                restored.load_seconds,
+            )
         csv = None
         if config.log_loss_to_csv and info.is_main:
             csv = LossCSV(self.run_dir / "loss.csv", resume_step=resume_step)

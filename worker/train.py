@@ -30,6 +30,7 @@ log = logging.getLogger("pyrecover.worker")
 def build_checkpointing(config: TrainConfig, info: DistInfo, comp: Components) -> tuple[Any, Any]:
     """The checkpoint manager and the TrainState it saves/restores (progress starts fresh at step 0)."""
     from worker.checkpoint import CheckpointConfig, CheckpointManager, TrainState
+    from worker.hf.pretrained import model_config_record
     from worker.parallel import is_sharded
 
     manager = CheckpointManager(
@@ -43,7 +44,8 @@ def build_checkpointing(config: TrainConfig, info: DistInfo, comp: Components) -
         ),
         rank=info.rank,
         world_size=info.world_size,
-        run_config=config.resolved(world_size=info.world_size),
+        # the model's shape is recorded so an export never guesses it (worker.hf)
+        run_config=config.resolved(world_size=info.world_size, model=model_config_record(config, comp.model)),
         immutable_keys=IMMUTABLE_KEYS,
     )
     state = TrainState(
@@ -96,6 +98,8 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     returns, within ``config.exit_allowance`` seconds (``worker.shutdown.teardown``).
     """
     from worker.checkpoint import CheckpointError
+    from worker.hf.pretrained import load_pretrained
+    from worker.trackers import with_trackers
 
     started = time.monotonic()
     info: DistInfo | None = None
@@ -107,8 +111,11 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
         reporter = make_reporter(rank=info.rank)
         config.check_world_size(info.world_size)
         comp = build_components(config, info)
+        reporter = with_trackers(reporter, config, is_main=info.is_main)  # progress → trackers (rank 0)
         manager, state = build_checkpointing(config, info, comp)
         restored = restore(config, comp, manager, state, reporter)
+        if restored is None and config.init_from_hf is not None:  # a fresh start of an imported model
+            load_pretrained(comp.model, config.init_from_hf)
         loop = TrainingLoop(
             config=config,
             info=info,

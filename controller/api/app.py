@@ -17,10 +17,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, configure_mappers
 
 from controller.api import errors
-from controller.api.limits import BodySizeLimit, ReportRateLimiter
-from controller.api.routes import ops, reports, runs
+from controller.api.limits import BodySizeLimit, LoginThrottle, ReportRateLimiter
+from controller.api.routes import ops, reports, runs, shares, tokens, users
 from controller.db import check_database_migrated, make_engine, make_session_factory
 from controller.metrics import LatencyHistogram
+from controller.origins import CrossSiteCheck, HostCheck
 from controller.settings import Settings
 from controller.web import web_router
 
@@ -51,9 +52,17 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
             reconciler = Reconciler(settings=settings, session_factory=factory)
             reconciler.start()
         app.state.reconciler = reconciler
+        notifier: Any = None
+        if settings.run_reconciler and settings.run_notifier:  # background work runs together
+            from controller.notify.deliver import Notifier  # lazy, like the reconciler
+
+            notifier = Notifier(settings=settings, session_factory=factory)
+            notifier.start()
         try:
             yield
         finally:
+            if notifier is not None:
+                notifier.stop()
             if reconciler is not None:
                 reconciler.stop()
             app.state.reconciler = None
@@ -75,11 +84,18 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.state.report_limiter = ReportRateLimiter(
         rate_per_s=settings.report_rate_per_s, burst=settings.report_burst
     )
+    app.state.login_throttle = LoginThrottle(failures_per_minute=settings.login_failures_per_minute)
     errors.install(app)
     app.include_router(runs.router, prefix=API_PREFIX)
+    app.include_router(shares.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)
+    app.include_router(users.router, prefix=API_PREFIX)
+    app.include_router(tokens.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)
     app.include_router(ops.router)  # /healthz and /metrics where probes and Prometheus look
     app.include_router(web_router)  # the dashboard is part of the product, never optional
+    # Outermost last: the Host check runs first, then the cross-site check, then the size limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CrossSiteCheck, settings=settings)
+    app.add_middleware(HostCheck, settings=settings)
     return app

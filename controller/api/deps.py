@@ -1,4 +1,7 @@
-"""Dependencies: the DB session (``SessionDep``), settings, who is calling, the ``RunId`` path parameter."""
+"""Dependencies: the DB session (``SessionDep``), settings, who is calling, and the run a route is
+about, already checked against the caller (``ReadableRun``, ``ActionableRun``, ``ShareableRun``:
+404 for a run the caller may not read, 403 for one they may read but not act on). Authentication
+runs before the body is validated: no token is 401, never 422."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from fastapi import Depends, Header, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from controller.auth import Principal, authenticate, require_user
+from controller import access
+from controller.auth import Principal, authenticate, require_admin, require_user
+from controller.db.models import Run
 from controller.settings import Settings
 
 
@@ -25,8 +30,11 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The run's id.")]
-"""Bounded like the column (32-bit on PostgreSQL): a larger id is a 422, never a database error."""
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit on PostgreSQL: every id in a URL is bounded by this, so a larger one is a 422,
+never a database error."""
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="The run's id.")]
+TokenId = Annotated[int, Path(ge=1, le=MAX_ID, description="The token's id (`pyrecover token list`).")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -56,3 +64,34 @@ def get_user(principal: PrincipalDep) -> Principal:
 
 
 UserDep = Annotated[Principal, Depends(get_user)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    return require_admin(principal)
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+def get_creator(principal: UserDep) -> Principal:
+    return access.require_creator(principal)
+
+
+CreatorDep = Annotated[Principal, Depends(get_creator)]
+
+
+def readable_run(run_id: RunId, session: SessionDep, principal: UserDep) -> Run:
+    return access.readable_run(session, principal, run_id)
+
+
+def actionable_run(run_id: RunId, session: SessionDep, principal: UserDep) -> Run:
+    return access.actionable_run(session, principal, run_id)
+
+
+def shareable_run(run_id: RunId, session: SessionDep, principal: UserDep) -> Run:
+    return access.shareable_run(session, principal, run_id)
+
+
+ReadableRun = Annotated[Run, Depends(readable_run)]
+ActionableRun = Annotated[Run, Depends(actionable_run)]
+ShareableRun = Annotated[Run, Depends(shareable_run)]

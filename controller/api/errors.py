@@ -17,10 +17,14 @@ from controller.db.migrate import DatabaseNotMigrated
 from controller.services.errors import (
     AttemptNotFound,
     Conflict,
+    InvalidField,
     InvalidReport,
-    InvalidRun,
     InvalidTransition,
+    NotShared,
+    QuotaExceeded,
     RunNotFound,
+    TokenNotFound,
+    UserNotFound,
 )
 from shared.events import EventType
 
@@ -91,21 +95,10 @@ def install(app: FastAPI) -> None:
             return JSONResponse(validation_body([error]), status_code=422)
         return await http_exception_handler(request, exc)
 
+    @app.exception_handler(InvalidField)
     @app.exception_handler(InvalidReport)
-    async def _invalid_report(_: Request, exc: InvalidReport) -> JSONResponse:
+    async def _invalid_report(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
         detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
-        return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
-
-    @app.exception_handler(InvalidRun)
-    async def _invalid_run(_: Request, exc: InvalidRun) -> JSONResponse:
-        detail = [
-            {
-                "loc": ["body", *exc.field.split(".")],
-                "field": exc.field,
-                "msg": str(exc),
-                "type": "value_error",
-            }
-        ]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
 
     @app.exception_handler(RateLimited)
@@ -116,6 +109,25 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RunNotFound)
     async def _not_found(_: Request, exc: RunNotFound) -> JSONResponse:
         return _json(404, str(exc), field="run_id")
+
+    @app.exception_handler(UserNotFound)
+    async def _no_user(_: Request, exc: UserNotFound) -> JSONResponse:
+        return _json(404, str(exc), field="user")
+
+    @app.exception_handler(TokenNotFound)
+    async def _no_token(_: Request, exc: TokenNotFound) -> JSONResponse:
+        return _json(404, str(exc), field="token_id")
+
+    @app.exception_handler(NotShared)
+    async def _not_shared(_: Request, exc: NotShared) -> JSONResponse:
+        return _json(404, str(exc), field="user")
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+        # Retry-After: an active run ends on its own schedule, so only a hint to come back later.
+        return JSONResponse(
+            {"detail": str(exc), "field": "active_run_limit"}, status_code=429, headers={"Retry-After": "60"}
+        )
 
     @app.exception_handler(InvalidTransition)
     async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:

@@ -6,6 +6,9 @@
   reports gets 429 with ``Retry-After`` (the worker's client backs off and retries; nothing is
   lost), and the requests it may still make are bounded, so other runs' reports keep flowing. A
   batch that turns out to hold only duplicates is refunded (see ``ReportRateLimiter.refund``).
+* ``LoginThrottle``: failed dashboard sign-ins per client address; past the limit a minute, the
+  address gets 429 until its oldest failure is a minute old (a password-guessing loop slows to a
+  crawl; a typo costs nothing).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import math
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +29,7 @@ __all__ = [
     "REPORT_BURST",
     "REPORT_RATE_PER_S",
     "BodySizeLimit",
+    "LoginThrottle",
     "RateLimited",
     "ReportRateLimiter",
     "retry_after_header",
@@ -164,6 +169,59 @@ class ReportRateLimiter:
         ]
         for key in full:
             del self._buckets[key]
+
+
+class LoginThrottle:
+    """At most ``failures_per_minute`` failed sign-ins per key (the client's address) in any 60 s.
+
+    Thread-safe; remembers at most ``max_keys`` addresses (the least recently failing are
+    forgotten first), so a flood of spoofed sources cannot grow it without bound."""
+
+    WINDOW_S = 60.0
+
+    def __init__(
+        self, *, failures_per_minute: int, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if failures_per_minute < 1:
+            raise ValueError("failures_per_minute must be at least 1")
+        self.limit = failures_per_minute
+        self.max_keys = max_keys
+        self.clock = clock
+        self.refused = 0
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        times = self._failures.get(key)
+        if times is not None:
+            while times and times[0] <= now - self.WINDOW_S:
+                times.popleft()
+        return times
+
+    def check(self, key: str) -> None:
+        """Raise ``RateLimited`` if ``key`` failed too often in the last minute."""
+        now = self.clock()
+        with self._lock:
+            times = self._recent(key, now)
+            if times is None or len(times) < self.limit:
+                return
+            self.refused += 1
+            wait = times[0] + self.WINDOW_S - now
+        raise RateLimited(
+            f"too many failed sign-ins from {key}: at most {self.limit} a minute; retry after {wait:.0f} s",
+            retry_after_s=wait,
+        )
+
+    def failed(self, key: str) -> None:
+        now = self.clock()
+        with self._lock:
+            times = self._recent(key, now)
+            if times is None:
+                times = self._failures[key] = deque()
+                while len(self._failures) > self.max_keys:
+                    self._failures.popitem(last=False)
+            self._failures.move_to_end(key)
+            times.append(now)
 
 
 def retry_after_header(seconds: float) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt, Run
+from controller.db.models import Attempt, Run, User
 from controller.reconciler.decide import AttemptOutcome, attempts_without_progress
 from controller.services import goodput
 from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
@@ -25,11 +25,18 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
     by_run: dict[int, list[Attempt]] = defaultdict(list)
     for attempt in session.scalars(select(Attempt).where(Attempt.run_id.in_([r.id for r in runs]))):
         by_run[attempt.run_id].append(attempt)
+    owners: dict[int, str] = dict(
+        (int(i), str(n))
+        for i, n in session.execute(select(User.id, User.name).where(User.id.in_({r.owner_id for r in runs})))
+    )
     out = []
     for run in runs:
         attempts = sorted(by_run.get(run.id, []), key=lambda a: a.number)
         total = goodput.run_goodput(goodput.of_attempt(a, now) for a in attempts)
         ended = [AttemptOutcome.of(a) for a in attempts if a.state == AttemptState.ENDED]
+        ledger = goodput.run_ledger(
+            created=run.created_at, finished=run.finished_at, attempts=attempts, now=now
+        )
         detail = GoodputPublic(
             goodput=total.goodput,
             allocated_s=total.allocated_s,
@@ -37,11 +44,14 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             lost_work_s=total.lost_work_s,
             queue_wait_s=total.queue_wait_s,
             checkpoint_stall_s=total.checkpoint_stall_s,
+            wall_s=sum(ledger.values()),
+            ledger=ledger,
         )
         public = RunPublic.model_validate(run)
         out.append(
             public.model_copy(
                 update={
+                    "owner": owners.get(run.owner_id, ""),
                     "attempts_count": len(attempts),
                     "failures_without_progress": attempts_without_progress(ended, run.resumed_after_attempt),
                     "goodput": total.goodput,

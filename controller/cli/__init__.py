@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import admin_cmds, plan_cmd, run_cmds, worker_cmds
+from controller.cli import account_cmds, admin_cmds, plan_cmd, run_cmds, worker_cmds
 
 app = typer.Typer(
     name="pyrecover",
@@ -18,9 +18,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pyrecover {version('pyrecover')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("pyrecover (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Fault-tolerant LLM training on SLURM: a controller that resubmits runs until they finish, and
+    the worker that trains them."""
+
+
 admin_cmds.register(app)
+account_cmds.register(app)
 run_cmds.register(app)
 plan_cmd.register(app)
 worker_cmds.register(app)

@@ -1,56 +1,29 @@
-"""``pyrecover serve | token create | db upgrade | demo``: commands that run the controller side here.
+"""``pyrecover serve | db upgrade | demo``: commands that run the controller side here.
 
 These work on the controller's own settings (``PYRECOVER_*`` environment, see ``Settings``) and
 database directly, not through the REST API. Heavy imports happen inside each command. All of them
 agree on the data dir (``--data-dir``, else ``$PYRECOVER_DATA_DIR``, else ``./var``), which is
-also where ``pyrecover logs`` and the CLI's ``cli.json`` look.
+also where ``pyrecover logs`` and the CLI's ``cli.json`` look. Tokens and users:
+``controller/cli/account_cmds.py``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from controller.cli.client import default_data_dir, fail, save_config
-
-if TYPE_CHECKING:
-    from controller.settings import Settings
+from controller.cli.client import default_data_dir, fail
+from controller.cli.direct import DataDirOpt, settings_or_fail
 
 console = Console()
-token_app = typer.Typer(help="Manage API tokens (direct database access).", no_args_is_help=True)
+err_console = Console(stderr=True)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 
 
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Controller data dir: SQLite DB, run folders, logs, checkpoints "
-        "(default: $PYRECOVER_DATA_DIR, else ./var).",
-        show_default=False,
-    ),
-]
-
-
-def _settings(data_dir: Path | None = None) -> Settings:
-    from pydantic import ValidationError
-
-    from controller.settings import Settings
-
-    try:
-        return Settings() if data_dir is None else Settings(data_dir=data_dir)
-    except ValidationError as exc:
-        fail(
-            "invalid settings: "
-            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        )
-
-
 def register(app: typer.Typer) -> None:
-    app.add_typer(token_app, name="token")
     app.add_typer(db_app, name="db")
 
     @app.command("serve")
@@ -58,76 +31,67 @@ def register(app: typer.Typer) -> None:
         host: Annotated[
             str | None, typer.Option(help="Bind address (default: PYRECOVER_HOST, 127.0.0.1).")
         ] = None,
-        port: Annotated[int | None, typer.Option(help="Port (default: PYRECOVER_PORT, 8000).")] = None,
+        port: Annotated[
+            int | None,
+            typer.Option(help="Port (default: PYRECOVER_PORT, 8000; 0: any free port).", min=0, max=65535),
+        ] = None,
         data_dir: DataDirOpt = None,
+        insecure_no_auth: Annotated[
+            bool,
+            typer.Option(
+                "--insecure-no-auth",
+                help="Serve without authentication: anyone who reaches the port acts as an admin. "
+                "Loopback addresses only.",
+            ),
+        ] = False,
     ) -> None:
         """Run the controller: REST API, dashboard and the reconciler that (re)submits attempts.
 
-        Every setting can also come from a PYRECOVER_* environment variable (PYRECOVER_DATA_DIR,
-        PYRECOVER_DATABASE_URL for PostgreSQL, PYRECOVER_AUTH_REQUIRED, ...).
+        Authentication is on: create a token with `pyrecover token create --name NAME` (the first user
+        is an admin). Every setting can also come from a PYRECOVER_* environment variable
+        (PYRECOVER_DATA_DIR, PYRECOVER_DATABASE_URL for PostgreSQL, PYRECOVER_PUBLIC_URL behind a
+        reverse proxy, ...); --host and --port are validated exactly like PYRECOVER_HOST and
+        PYRECOVER_PORT.
         """
         import uvicorn
 
         from controller.api import create_app
+        from controller.serving import bind, check_auth_choice, serve_settings, uvicorn_config
 
-        settings = _settings(data_dir)
-        updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-        if updates:
-            settings = settings.model_copy(update=updates)
+        kwargs = serve_settings(host=host, port=port, data_dir=data_dir, insecure_no_auth=insecure_no_auth)
+        settings = settings_or_fail(**kwargs)
         try:
-            settings.validate_for_serving()
+            check_auth_choice(settings, insecure_no_auth=insecure_no_auth)
         except ValueError as exc:
             fail(str(exc))
-        app_ = create_app(settings)
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
-
-    @token_app.command("create")
-    def token_create(
-        name: Annotated[str, typer.Option("--name", help="A label for the token (who or what uses it).")],
-        save: Annotated[
-            bool, typer.Option("--save", help="Also store URL + token in <data_dir>/cli.json for this CLI.")
-        ] = False,
-        data_dir: DataDirOpt = None,
-        expires_in: Annotated[
-            str | None,
-            typer.Option(
-                "--expires-in", help="Lifetime such as 90m, 12h, 30d or 2w (default: until revoked)."
-            ),
-        ] = None,
-    ) -> None:
-        """Create a user API token and print it once (only its hash is stored)."""
-        from controller.db import make_engine, make_session_factory
-        from controller.services import create_user_token, parse_ttl
-
-        ttl_s: int | None = None
-        if expires_in is not None:
-            try:
-                ttl_s = parse_ttl(expires_in)
-            except ValueError as exc:
-                fail(f"--expires-in: {exc}")
-        settings = _settings(data_dir)
         try:
-            factory = make_session_factory(make_engine(settings.database_url))
-            with factory() as session:
-                token = create_user_token(session, name=name, ttl_s=ttl_s)
-                session.commit()
-        except Exception as exc:  # e.g. the database is not migrated: one line, not a traceback
-            fail(f"could not create the token: {exc}")
-        console.print(token, highlight=False, soft_wrap=True)
-        if expires_in is not None:
-            console.print(f"expires in {expires_in}", style="dim")
-        if save:
-            data_dir = Path(settings.data_dir)
-            url = f"http://{settings.host}:{settings.port}"
-            path = save_config(data_dir, url=url, token=str(token))
-            console.print(f"saved to {path}", style="dim")
+            sock = bind(settings.host, settings.port)
+        except OSError as exc:
+            fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        settings = settings_or_fail(**(kwargs | {"port": int(sock.getsockname()[1])}))
+        if insecure_no_auth:
+            err_console.print(
+                "[bold yellow]warning:[/] authentication is OFF (--insecure-no-auth): anyone who can reach "
+                f"{settings.host}:{settings.port} (every local user of this machine) acts as an admin",
+                highlight=False,
+                soft_wrap=True,
+            )
+        # Printed before serving starts, so a script (or a test) learns the port that --port 0 bound.
+        console.print(
+            f"pyrecover controller on http://{settings.host}:{settings.port}; workers report to "
+            f"{settings.public_url}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+        server.run(sockets=[sock])
 
     @db_app.command("upgrade")
     def db_upgrade(data_dir: DataDirOpt = None) -> None:
         """Create or migrate the database schema to the newest version (Alembic)."""
         from controller.db import upgrade_database
 
-        settings = _settings(data_dir)
+        settings = settings_or_fail(data_dir)
         try:
             upgrade_database(settings.database_url)
         except Exception as exc:

@@ -1,16 +1,12 @@
-"""The CLI's REST client: where the controller is, which token to send, and one-line errors.
+"""The CLI's side of the REST API: the public client (``controller.client``) plus one-line failures.
 
-Connection settings, first found wins: the ``--url`` / ``--token`` flags, the environment
-(``PYRECOVER_URL``, ``PYRECOVER_TOKEN``), then ``cli.json`` in the controller's data directory
-(``$PYRECOVER_DATA_DIR``, else ``./var``: the same rule ``pyrecover serve`` follows;
-``{"url": ..., "token": ...}``, written by ``pyrecover token create --save``), then
-``http://127.0.0.1:8000`` without a token.
+The CLI never talks HTTP itself: ``Api`` wraps ``controller.client.Client`` (URL and token found as
+``controller.client.config`` says) and keeps the reply as plain JSON for the tables it prints.
+Every failure is a ``controller.client.PyrecoverError`` whose text is the one line ``fail`` prints.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,16 +15,26 @@ import httpx
 import typer
 from rich.console import Console
 
-from controller.settings import DEFAULT_PORT
-from controller.settings import default_data_dir as default_data_dir
+from controller.client import Client, PyrecoverError, load_config, resolve, save_config
+from controller.client.config import DEFAULT_URL
+from controller.client.errors import error_for
+from controller.settings import default_data_dir
 
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-CONFIG_NAME = "cli.json"
+__all__ = [
+    "DEFAULT_URL",
+    "Api",
+    "CliError",
+    "default_data_dir",
+    "fail",
+    "format_http_error",
+    "items",
+    "load_config",
+    "save_config",
+]
+
+CliError = PyrecoverError
+"""What a command raises for a user-facing failure: printed as one line, exit status 1."""
 err_console = Console(stderr=True)
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
 
 
 def fail(message: str) -> NoReturn:
@@ -36,53 +42,15 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def load_config(data_dir: Path) -> dict[str, str]:
-    path = data_dir / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from exc
-    return {k: str(v) for k, v in data.items() if k in ("url", "token") and v}
-
-
-def save_config(data_dir: Path, **values: str) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / CONFIG_NAME
-    current = load_config(data_dir) | values
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(current, f)
-    return path
-
-
 def format_http_error(resp: httpx.Response) -> str:
     """One line for an error reply; a 422 lists every rejected field (``training.steps: must be > 0``)."""
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if not isinstance(item, dict):
-                parts.append(str(item))
-                continue
-            loc = [str(p) for p in item.get("loc", []) if p not in ("body",)]
-            parts.append(f"{'.'.join(loc) or 'request'}: {item.get('msg', 'invalid')}")
-        message = "; ".join(parts)
-    elif detail is not None:
-        message = str(detail)
-    else:
-        message = resp.text.strip()[:300] or resp.reason_phrase
-    return f"HTTP {resp.status_code}: {message}"
+    return str(error_for(resp))
 
 
 @dataclass
 class Api:
-    """A thin wrapper over httpx that turns every failure into a ``CliError`` with one clear line."""
+    """The public client, answering in plain JSON (what the CLI's tables print). Each call opens and
+    closes its own connection: a CLI command makes a handful of calls, and nothing is left open."""
 
     url: str
     token: str | None = None
@@ -91,22 +59,17 @@ class Api:
 
     @classmethod
     def resolve(cls, url: str | None, token: str | None, data_dir: Path | None = None) -> Api:
-        config = load_config(data_dir or default_data_dir())
-        return cls(
-            url=(url or os.environ.get("PYRECOVER_URL") or config.get("url") or DEFAULT_URL).rstrip("/"),
-            token=token or os.environ.get("PYRECOVER_TOKEN") or config.get("token"),
+        connection = resolve(url, token, data_dir)
+        return cls(url=connection.url, token=connection.token)
+
+    def _client(self) -> Client:
+        return Client(
+            self.url, self.token, timeout=self.timeout, transport=self.transport, data_dir=_NO_CONFIG
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            with httpx.Client(base_url=self.url, timeout=self.timeout, transport=self.transport) as client:
-                resp = client.request(method, f"/api/v1{path}", headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the controller at {self.url}: {exc}") from exc
-        if resp.status_code >= 400:
-            raise CliError(format_http_error(resp))
-        return resp.json() if resp.content else None
+        with self._client() as client:
+            return client.request(method, path, **kwargs)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -116,13 +79,12 @@ class Api:
 
     def run_id(self, ref: str) -> int:
         """A run given by id or by name."""
-        if ref.isdigit():
-            return int(ref)
-        page = self.get("/runs", name=ref, limit=500)
-        for run in items(page):
-            if run.get("name") == ref:
-                return int(run["id"])
-        raise CliError(f"no run named {ref!r}")
+        with self._client() as client:
+            return client.run_id(ref)
+
+
+_NO_CONFIG = Path("/nonexistent")
+"""The connection is already resolved: the client must not read cli.json again."""
 
 
 def items(page: Any) -> list[dict[str, Any]]:

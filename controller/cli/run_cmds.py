@@ -1,8 +1,8 @@
-"""``pyrecover submit | runs | show | cancel | resume | logs``: runs through the REST API."""
+"""``pyrecover submit | runs | show | cancel | resume | share | unshare | logs``: runs through the REST
+API, as the user whose token the CLI sends (``controller/cli/client.py``)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +15,8 @@ from rich.table import Table
 
 from controller.cli.client import Api, CliError, default_data_dir, fail, items
 from controller.cli.views import attempts_table, run_panel, run_progress
-from shared.paths import run_dir
+from controller.client import load_run_file
+from shared.paths import looks_local, run_dir
 from shared.schemas import RunCreate
 from shared.states import TERMINAL_RUN_STATES
 
@@ -30,29 +31,15 @@ RunArg = Annotated[str, typer.Argument(help="Run id or name.")]
 
 
 def validation_lines(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    """``field: message`` for each error, without pydantic's "Value error, " prefixes."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 def load_body(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML: {exc}") from exc
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise CliError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CliError(f"{path} must hold a mapping with name, training, resources and policy")
-    return data
+    return load_run_file(path)
 
 
 def absolutize_paths(body: dict[str, Any]) -> None:
@@ -62,7 +49,7 @@ def absolutize_paths(body: dict[str, Any]) -> None:
         return
     for key in ("dataset", "tokenizer_name_or_path"):
         value = training.get(key)
-        if isinstance(value, str) and not value.startswith("/") and Path(value).exists():
+        if isinstance(value, str) and not value.startswith(("/", "~")) and looks_local(value):
             training[key] = str(Path(value).resolve())
 
 
@@ -203,6 +190,48 @@ def register(app: typer.Typer) -> None:
             api = Api.resolve(url, token)
             result = api.post(f"/runs/{api.run_id(run)}/resume")
             console.print(f"run {run}: {(result or {}).get('state', 'resumed')}")
+
+        with_api(go)
+
+    @app.command("share")
+    def share(
+        run: RunArg,
+        user: Annotated[
+            str | None, typer.Argument(help="Who may now read it (a viewer) or act on it.")
+        ] = None,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Share a run with a user (its owner or an admin); without USER, list whom it is shared with."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            run_id = api.run_id(run)
+            if user is not None:
+                api.post(f"/runs/{run_id}/shares", {"user": user})
+                console.print(f"run {run} shared with {user}")
+            table = Table("user", "role", "shared by", "since")
+            for row in api.get(f"/runs/{run_id}/shares") or []:
+                table.add_row(
+                    row["user"], row["role"], str(row.get("shared_by") or ""), str(row["created_at"])
+                )
+            console.print(table)
+
+        with_api(go)
+
+    @app.command("unshare")
+    def unshare(
+        run: RunArg,
+        user: Annotated[str, typer.Argument(help="Whose access to take away.")],
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        """Stop sharing a run with a user."""
+
+        def go() -> None:
+            api = Api.resolve(url, token)
+            api.request("DELETE", f"/runs/{api.run_id(run)}/shares/{user}")
+            console.print(f"run {run} is no longer shared with {user}")
 
         with_api(go)
 

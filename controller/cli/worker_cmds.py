@@ -1,4 +1,4 @@
-"""``pyrecover train | data | checkpoint``: thin forwarders to the worker's own parsers.
+"""``pyrecover train | data | checkpoint | export``: thin forwarders to the worker's own parsers.
 
 The worker parses its flags with argparse (keeping the seed script's flag names), so these
 commands pass every argument, ``--help`` included, straight through. Imports are lazy: torch is
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("data", context_settings=_PASSTHROUGH, add_help_option=False)
     def data(ctx: typer.Context) -> None:
-        """Prepare the offline sample corpus and tokenizer. See `pyrecover data prepare --help`."""
+        """Sample data (`data prepare`) and token stores (`data tokenize`). See `pyrecover data --help`."""
         from worker.data.prepare import main as data_main
 
         raise typer.Exit(data_main(list(ctx.args)))
@@ -35,3 +35,10 @@ def register(app: typer.Typer) -> None:
         from worker.checkpoint.cli import main as ckpt_main
 
         raise typer.Exit(ckpt_main(list(ctx.args)))
+
+    @app.command("export", context_settings=_PASSTHROUGH, add_help_option=False)
+    def export(ctx: typer.Context) -> None:
+        """Export a checkpoint (`export hf`: Hugging Face Llama). See `pyrecover export --help`."""
+        from worker.hf.cli import main as export_main
+
+        raise typer.Exit(export_main(list(ctx.args)))

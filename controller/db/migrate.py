@@ -40,9 +40,20 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # A batch migration rebuilds a SQLite table (copy, drop, rename). With foreign keys
+                # on, dropping the old table deletes every row that references it (ON DELETE
+                # CASCADE): rebuilding ``runs`` would wipe every attempt, metric, event and token.
+                # The pragma only takes before the first write of the transaction: here.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration left rows with dangling foreign keys: {broken[:5]}")
     finally:
         engine.dispose()
 

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: runs, attempts, checkpoints, metrics, worker events, the event log, tokens.
+"""SQLAlchemy 2 models: users, runs and their shares, attempts, checkpoints, metrics, worker events,
+the event log, tokens, dashboard sessions and one-time login codes.
 
 The schema only changes through a migration in ``migrations/versions``. Invariants the database
 itself guards (on SQLite and PostgreSQL alike):
@@ -6,7 +7,9 @@ itself guards (on SQLite and PostgreSQL alike):
 * one attempt number per run: ``UNIQUE(run_id, number)``;
 * at most one *live* attempt (SUBMITTING, PENDING or RUNNING) per run: a partial unique index;
 * a worker event is stored at most once: ``UNIQUE(run_id, attempt, seq)`` — the idempotency key;
-* one checkpoint per step: ``UNIQUE(run_id, step)``.
+* one checkpoint per step: ``UNIQUE(run_id, step)``;
+* every run has an owner (``runs.owner_id NOT NULL``), a user name is taken once, a run is shared
+  with a user at most once.
 
 Counters that outgrow 32 bits in real training (tokens seen, checkpoint bytes) are ``BIGINT``:
 PostgreSQL's ``INTEGER`` stops at 2**31 - 1, about 2 billion tokens.
@@ -34,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from controller.db.types import UTCDateTime, str_enum, utcnow
 from shared.events import WorkerAction
+from shared.roles import Role
 from shared.schemas import RunCreate
 from shared.states import LIVE_ATTEMPT_STATES, AttemptState, EndReason, RunState
 
@@ -51,12 +55,30 @@ class Base(DeclarativeBase):
     pass
 
 
+class User(Base):
+    """Someone who holds user tokens or signs in to the dashboard; ``role`` says what they may do
+    (``shared.roles``). Users are never deleted: their runs and events keep naming them."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[Role] = mapped_column(str_enum(Role), default=Role.USER)
+    active_run_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    """At most this many of the user's runs may be active at once (``None``: no limit)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_state_id", "state", "id"),)
+    __table_args__ = (
+        Index("ix_runs_state_id", "state", "id"),
+        Index("ix_runs_owner_id_id", "owner_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     state: Mapped[RunState] = mapped_column(str_enum(RunState), default=RunState.PENDING)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     """``RunCreate.model_dump(mode="json")``: exactly what the user submitted, after validation."""
@@ -195,13 +217,33 @@ class Event(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
+class RunShare(Base):
+    """``user_id`` may read the run, and act on it if their role allows (``shared.roles``)."""
+
+    __tablename__ = "run_shares"
+    __table_args__ = (
+        UniqueConstraint("run_id", "user_id", name="uq_run_shares_run_user"),
+        Index("ix_run_shares_user_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    shared_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiToken(Base):
-    """A bearer token, stored as its SHA-256; ``kind`` is ``user`` or ``worker`` (scoped to ``run_id``)."""
+    """A bearer token, stored as its SHA-256; ``kind`` is ``user`` (held by ``user_id``) or ``worker``
+    (scoped to ``run_id``). ``name`` is the token's label."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), default=None)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(8))
@@ -209,3 +251,73 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebSession(Base):
+    """A signed-in dashboard browser. The cookie holds a random id; only its SHA-256 is stored here,
+    so a copy of the database signs nobody in. Logout deletes the row; so does revoking the token
+    the browser signed in with (``token_id``)."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginCode(Base):
+    """A one-time code that signs a browser in (``pyrecover demo``'s link, ``pyrecover user
+    login-link``): stored as its SHA-256, used at most once, short-lived."""
+
+    __tablename__ = "login_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Notification(Base):
+    """Something webhooks are told about, written in the transaction that made it happen (an outbox)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_fanned_out", "fanned_out"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    """The run's state when it happened."""
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    """True once a delivery row exists for every target that wants the event."""
+
+
+class NotificationDelivery(Base):
+    """One POST of a notification to one webhook, retried with backoff until delivered or given up."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "url", name="uq_notification_deliveries_target"),
+        Index("ix_notification_deliveries_due", "done", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    trusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    """An admin's webhook (settings): no check of the address it resolves to."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,5 +1,10 @@
 """Running the demo: the in-process controller (``DemoController``), the four steps of
-``run_demo``, and a shutdown that leaves no worker behind."""
+``run_demo``, and a shutdown that leaves no worker behind.
+
+The demo's controller authenticates like any other: the demo makes itself a user ``demo`` and a
+token (a day's lifetime) that its own calls send, and prints a one-time sign-in link for the
+dashboard: the link carries a code that is exchanged once for a dashboard session, never a
+token."""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.cli.client import Api, CliError, items
+from controller.cli.account_cmds import login_url
+from controller.cli.client import Api, CliError, items, load_config, save_config
 from controller.demo.plan import (
     WORKER_ENV,
     auto_window,
@@ -71,7 +77,7 @@ def demo_settings(data_dir: Path, port: int) -> Settings:
         host="127.0.0.1",
         port=port,
         public_url="",
-        auth_required=False,  # loopback only (validate_for_serving would refuse anything else)
+        auth_required=True,
         open_read_only=False,
         run_reconciler=True,
         reconcile_interval_s=1.0,
@@ -82,6 +88,12 @@ def demo_settings(data_dir: Path, port: int) -> Settings:
     )
 
 
+DEMO_USER = "demo"
+TOKEN_TTL_S = 86_400
+LINK_TTL_S = 3_600
+"""The sign-in link outlives a demo with ``--keep-serving`` for a while; it works once."""
+
+
 class DemoController:
     """The controller (API + reconciler + dashboard) served by uvicorn in a background thread."""
 
@@ -89,18 +101,40 @@ class DemoController:
         import uvicorn
 
         from controller.api import create_app
-        from controller.db import upgrade_database
+        from controller.db import make_engine, make_session_factory, upgrade_database
+        from controller.serving import uvicorn_config
 
         settings.validate_for_serving()
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         upgrade_database(settings.database_url)
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.port}"
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+        self.engine = make_engine(settings.database_url)
+        self.factory = make_session_factory(self.engine)
+        config = uvicorn_config(
+            create_app(settings, session_factory=self.factory), settings, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="pyrecover-demo-server", daemon=True)
+
+    def demo_token(self) -> str:
+        """A day-long token for the demo's user (created on first use; the first user is an admin)."""
+        from controller.services import create_user_token
+
+        with self.factory() as session:
+            token = create_user_token(session, DEMO_USER, ttl_s=TOKEN_TTL_S)
+            session.commit()
+        return token
+
+    def login_link(self, next_path: str = "/") -> str:
+        """A one-time dashboard sign-in link for the demo's user."""
+        from controller.services import get_user
+        from controller.services.sessions import issue_login_code
+
+        with self.factory() as session:
+            code = issue_login_code(session, get_user(session, DEMO_USER), ttl_s=LINK_TTL_S)
+            session.commit()
+        return login_url(self.url, code, next_path)
 
     def start(self) -> None:
         self.thread.start()
@@ -113,6 +147,7 @@ class DemoController:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
+        self.engine.dispose()
 
     def kill_own_workers(self) -> int:
         """SIGKILL any worker still alive from a job this process submitted; returns how many jobs."""
@@ -188,7 +223,7 @@ def _run(options: DemoOptions, started: float) -> int:
         f"[bold]3/4[/] controller on {ctl.url} (SQLite in {options.data_dir}/, local scheduler, dashboard)"
     )
     ctl.start()
-    api = Api(url=ctl.url)
+    api = Api(url=ctl.url, token=ctl.demo_token())
     run_id: int | None = None
     try:
         body = {
@@ -208,6 +243,11 @@ def _run(options: DemoOptions, started: float) -> int:
             f"[bold]4/4[/] run [bold]{run['name']}[/] submitted; every stop and resumption below is "
             f"automatic (dashboard: {ctl.url}/runs/{run_id})"
         )
+        console.print(
+            f"    sign in to the dashboard (one-time link): {ctl.login_link(f'/runs/{run_id}')}",
+            highlight=False,
+            soft_wrap=True,
+        )
         watcher = Watcher(api, run_id, window)
         detail = watcher.watch(limit_s=900)
         jobs = items(api.get(f"/runs/{run_id}/jobs"))
@@ -222,14 +262,19 @@ def _run(options: DemoOptions, started: float) -> int:
                 f"worker logs: pyrecover logs {run_id} --data-dir {options.data_dir}[/]"
             )
         if options.keep_serving:
-            serve_until_interrupted(ctl, options)
+            serve_until_interrupted(ctl, options, api)
         return 0 if ok else 1
     finally:
         shut_down(ctl, api, run_id)
 
 
-def serve_until_interrupted(ctl: DemoController, options: DemoOptions) -> None:
+def serve_until_interrupted(ctl: DemoController, options: DemoOptions, api: Api) -> None:
     hint = "" if ctl.settings.port == DEFAULT_PORT else f"PYRECOVER_URL={ctl.url} "
+    if api.token is not None and not load_config(options.data_dir).get("token"):
+        # So that the CLI commands suggested below authenticate (0600, in the demo's data dir).
+        path = save_config(options.data_dir, url=ctl.url, token=api.token)
+        console.print(f"the demo's token (valid a day) is saved in {path} for the CLI", style="dim")
+    console.print(f"a new sign-in link: {ctl.login_link()}", highlight=False, soft_wrap=True)
     console.print(
         f"controller and dashboard still serving at [bold]{ctl.url}[/]; try `{hint}pyrecover runs` or "
         f"`pyrecover logs <run> --data-dir {options.data_dir}`. Ctrl-C stops it."

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
+from controller.notify import outbox
 from controller.reconciler import store
 from controller.reconciler.decide import (
     ERROR_REASONS,
@@ -64,6 +65,8 @@ def end_attempt(
     if reason in ERROR_REASONS:
         error = failure_message(status.state, status.exit_code, status.reason, reported)
     store.record_end(session, attempt, reason, status, committed, error, now)
+    if (event := outbox.event_for_end_reason(reason)) is not None:
+        outbox.record(session, run, event, f"attempt {attempt.number} ended {reason.value}: {error or ''}")
     if reason is EndReason.TIMEOUT_KILLED:
         store.record_event(
             session,

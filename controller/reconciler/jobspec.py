@@ -19,7 +19,7 @@ from pathlib import Path
 from controller.scheduler.base import JobSpec, job_name_for
 from controller.settings import Settings
 from shared import envvars
-from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, run_dir
+from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir
 from shared.schemas import ResourcesSpec, TrainingSpec
 
 __all__ = [
@@ -49,17 +49,21 @@ def resolve_checkpoint_dir(settings: Settings, checkpoint_dir: str) -> Path:
 
 
 def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
-    """Dataset and tokenizer paths made absolute where they exist relative to the controller's cwd.
+    """Relative dataset, tokenizer and ``init_from_hf`` paths made absolute against the controller's cwd
+    (workers run in the run's own directory).
 
-    A value that does not exist here is left alone: it may be a Hugging Face hub name
-    (``meta-llama/Llama-3.1-8B``) or a path that only exists on the compute nodes.
+    Relative means what ``shared.paths.looks_local`` says: a mistyped ``data/tokenizr`` becomes an
+    absolute path the worker reports as missing, instead of a hub name it would try to download. A
+    value that is not a local path here is left alone: a hub name (``meta-llama/Llama-3.1-8B``).
     """
     updates: dict[str, str] = {}
-    for key in ("dataset", "tokenizer_name_or_path"):
-        value = str(getattr(training, key))
-        path = Path(value)
-        if not path.is_absolute() and path.exists():
-            updates[key] = str(path.absolute())
+    for key in ("dataset", "tokenizer_name_or_path", "init_from_hf"):
+        value = getattr(training, key)
+        if value is None:
+            continue
+        value = str(value)
+        if not Path(value).is_absolute() and looks_local(value) and not value.startswith("~"):
+            updates[key] = str(Path(value).absolute())
     return updates
 
 

@@ -67,6 +67,11 @@ _STEPD_CANCEL_RE = re.compile(
     r"\*\*\* (?:JOB|STEP) [0-9.]+ ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+?))?(?: \*\*\*|$)"
 )
 _STEPD_CAUSES = {"TIME LIMIT": S.TIMEOUT, "PREEMPTION": S.PREEMPTED, "NODE FAILURE": S.NODE_FAIL}
+# A job selected for preemption (PreemptMode=CANCEL) gets SIGTERM and GraceTime to leave. If it
+# exits within the grace, Slurm 22.05 records what its exit status says (COMPLETED after a clean
+# save-and-stop, FAILED otherwise) and only sets PreemptTime; PREEMPTED is kept for a job it had to
+# kill at the end of the grace. Either way the cluster ended the job: these map to PREEMPTED.
+_ENDED_WITHIN_GRACE = frozenset({S.COMPLETED, S.FAILED})
 _SCONTROL_KEY_RE = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:]*)=")
 _JOB_ID_RE = re.compile(r"^\d+$")
 
@@ -190,7 +195,11 @@ def parse_scontrol_fields(line: str) -> dict[str, str]:
 
 
 def parse_scontrol_jobs(text: str) -> dict[str, JobRecord]:
-    """``scontrol -o show job [id]`` (one job per line) keyed by job id."""
+    """``scontrol -o show job [id]`` (one job per line) keyed by job id.
+
+    A job that ended within its preemption grace (``PreemptTime`` set, state COMPLETED or FAILED)
+    is ``PREEMPTED``; ``state.raw`` keeps what Slurm said and ``exit_code`` the job's exit status.
+    """
     out: dict[str, JobRecord] = {}
     for line in text.splitlines():
         if not line.startswith("JobId="):
@@ -198,9 +207,15 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobRecord]:
         f = parse_scontrol_fields(line)
         code, sig = parse_exit_code(f.get("ExitCode", ""))
         job_id = f["JobId"]
+        state = parse_state(f.get("JobState", ""))
+        extra: dict[str, str] = {k: f[k] for k in ("NodeList", "RunTime", "TimeLimit", "Restarts") if k in f}
+        if parse_time(f.get("PreemptTime", "")) is not None:  # "None" unless selected for preemption
+            extra["PreemptTime"] = f["PreemptTime"]
+            if state.state in _ENDED_WITHIN_GRACE:
+                state = SlurmState(state=S.PREEMPTED, raw=state.raw)
         out[job_id] = JobRecord(
             job_id=job_id,
-            state=parse_state(f.get("JobState", "")),
+            state=state,
             name=f.get("JobName"),
             reason=normalize_reason(f.get("Reason", "")),
             submit_time=parse_time(f.get("SubmitTime", "")),
@@ -208,7 +223,7 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobRecord]:
             end_time=parse_time(f.get("EndTime", "")),
             exit_code=code,
             signal=sig,
-            extra={k: f[k] for k in ("NodeList", "RunTime", "TimeLimit", "Restarts") if k in f},
+            extra=extra,
         )
     return out
 

@@ -6,7 +6,11 @@ from controller.services.errors import (
     DomainError,
     InvalidReport,
     InvalidTransition,
+    NotShared,
+    QuotaExceeded,
     RunNotFound,
+    TokenNotFound,
+    UserNotFound,
 )
 from controller.services.reports import IngestResult, ingest
 from controller.services.runs import (
@@ -26,12 +30,15 @@ from controller.services.tokens import (
     check_token,
     create_user_token,
     hash_token,
+    issue_user_token,
     issue_worker_token,
     parse_ttl,
     refresh_worker_token,
     revoke_token,
+    rotate_token,
     user_for_token,
 )
+from controller.services.users import create_user, ensure_user, first_admin, get_user
 
 __all__ = [
     "AttemptNotFound",
@@ -40,15 +47,24 @@ __all__ = [
     "IngestResult",
     "InvalidReport",
     "InvalidTransition",
+    "NotShared",
+    "QuotaExceeded",
     "RunNotFound",
+    "TokenNotFound",
+    "UserNotFound",
     "authenticate_token",
     "cancel_run",
     "check_token",
     "create_run",
+    "create_user",
     "create_user_token",
+    "ensure_user",
+    "first_admin",
     "get_run",
+    "get_user",
     "hash_token",
     "ingest",
+    "issue_user_token",
     "issue_worker_token",
     "list_attempts",
     "list_checkpoints",
@@ -60,5 +76,6 @@ __all__ = [
     "request_action",
     "resume_run",
     "revoke_token",
+    "rotate_token",
     "user_for_token",
 ]

@@ -8,10 +8,14 @@ __all__ = [
     "AttemptNotFound",
     "Conflict",
     "DomainError",
+    "InvalidField",
     "InvalidReport",
-    "InvalidRun",
     "InvalidTransition",
+    "NotShared",
+    "QuotaExceeded",
     "RunNotFound",
+    "TokenNotFound",
+    "UserNotFound",
 ]
 
 
@@ -43,10 +47,37 @@ class InvalidReport(DomainError):
         self.field = field
 
 
-class InvalidRun(DomainError):
-    """A run the schema admits but that cannot train as configured (HTTP 422), e.g. one whose memory
-    plan exceeds the GPU it names. ``field`` names the part to change, the message says how."""
+class InvalidField(DomainError):
+    """A request field the schema admits but this controller's settings refuse (HTTP 422), e.g. a
+    webhook aimed at a private address. ``field`` names it as request validation does."""
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class UserNotFound(DomainError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"user {name!r} does not exist")
+        self.name = name
+
+
+class TokenNotFound(DomainError):
+    def __init__(self, token_id: int) -> None:
+        super().__init__(f"token {token_id} does not exist (or is a worker token)")
+        self.token_id = token_id
+
+
+class QuotaExceeded(DomainError):
+    """The owner already has as many active runs as their limit allows (HTTP 429)."""
+
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(
+            f"user {user} already has {limit} active run(s), their limit: wait for one to end, "
+            "cancel one, or ask an admin to raise the limit"
+        )
+        self.limit = limit
+
+
+class NotShared(DomainError):
+    """Unsharing a run from a user it was not shared with (HTTP 404)."""

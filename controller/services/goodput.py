@@ -12,6 +12,21 @@ Per attempt (seconds):
 
 Run goodput = Σ productive_committed / Σ allocated (``None`` before any time was allocated).
 
+The **ledger** (``run_ledger``) splits a run's whole wall time (created → finished, or now) into
+``LEDGER_CATEGORIES``, every second into exactly one:
+
+* ``queue_wait``: before an attempt starts, from its submission (or the run's creation);
+* ``resubmission_gap``: between an attempt's end and the next one's submission (the controller's
+  decision, a backoff), and after the last attempt until the run ends;
+* ``startup`` and ``checkpoint_load``: attempt start → training start (the load as reported);
+* ``productive``: training start → the attempt's last committed checkpoint, save stalls excluded;
+* ``save_stall``: the loop blocked by saves within that span (as reported, clipped to it);
+* ``idle_tail``: after the last commit of an attempt that ended cleanly (final save done, the
+  time left before the deadline, the exit);
+* ``lost_work``: after the last commit of an attempt that ended badly (redone by the next one);
+* ``hung``: for an attempt ended ``hung``, from its last report to its end;
+* ``in_progress``: after the last commit of an attempt still running (not committed yet).
+
 This module is the one owner of these figures: they are never stored, and the API
 (``controller.api.presenters``), the dashboard (``controller.web.queries``) and ``/metrics``
 (``controller.metrics``) all read them through ``for_runs`` / ``overall`` at the same ``now``, so
@@ -29,7 +44,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt
+from controller.db.models import Attempt, Run
+from shared.states import CLEAN_END_REASONS, EndReason
+
+LEDGER_CATEGORIES = (
+    "queue_wait",
+    "resubmission_gap",
+    "startup",
+    "checkpoint_load",
+    "productive",
+    "save_stall",
+    "idle_tail",
+    "lost_work",
+    "hung",
+    "in_progress",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +135,9 @@ def run_goodput(attempts: Iterable[AttemptGoodput]) -> RunGoodput:
 
 _INPUTS = (
     Attempt.run_id,
+    Attempt.number,
+    Attempt.end_reason,
+    Attempt.last_report_at,
     Attempt.submit_time,
     Attempt.start_time,
     Attempt.end_time,
@@ -144,3 +176,83 @@ def for_runs(session: Session, run_ids: Sequence[int], *, now: datetime) -> dict
 def overall(session: Session, *, now: datetime) -> RunGoodput:
     """Goodput over every attempt of every run (``/metrics``)."""
     return run_goodput(_of_row(row, now) for row in session.execute(select(*_INPUTS)))
+
+
+def _seconds(a: datetime, b: datetime) -> float:
+    return (b - a).total_seconds()
+
+
+def _clip(t: datetime | None, lo: datetime, hi: datetime) -> datetime:
+    return lo if t is None else min(max(t, lo), hi)
+
+
+def run_ledger(
+    *, created: datetime, finished: datetime | None, attempts: Sequence[Any], now: datetime
+) -> dict[str, float]:
+    """Seconds per ``LEDGER_CATEGORIES`` entry; they add up to the run's wall time (see the module
+    docstring). ``attempts``: rows with the ``Attempt`` attribute names, in any order."""
+    out = dict.fromkeys(LEDGER_CATEGORIES, 0.0)
+    end_of_run = max(finished or now, created)
+    cursor = created  # everything before it is accounted for
+    for row in sorted(attempts, key=lambda r: r.number):
+        start_raw = row.start_time or row.training_started_at
+        if start_raw is None:  # never ran: its time is still waiting, counted by what comes next
+            continue
+        start = _clip(start_raw, cursor, end_of_run)
+        submit = _clip(row.submit_time, cursor, start)
+        end = _clip(row.end_time or now, start, end_of_run)
+        out["resubmission_gap" if cursor > created else "queue_wait"] += _seconds(cursor, submit)
+        out["queue_wait"] += _seconds(submit, start)
+        trained = _clip(row.training_started_at or end, start, end)
+        load = min(float(row.checkpoint_load_s or 0.0), _seconds(start, trained))
+        out["checkpoint_load"] += load
+        out["startup"] += _seconds(start, trained) - load
+        commit = _clip(row.last_commit_at, trained, end) if row.last_commit_at is not None else trained
+        stall = min(float(row.checkpoint_stall_s or 0.0), _seconds(trained, commit))
+        out["save_stall"] += stall
+        out["productive"] += _seconds(trained, commit) - stall
+        tail = _seconds(commit, end)
+        reason = EndReason(row.end_reason) if row.end_reason else None
+        if row.end_time is None:
+            out["in_progress"] += tail
+        elif reason in CLEAN_END_REASONS:
+            out["idle_tail"] += tail
+        elif reason is EndReason.HUNG:
+            stalled_from = _clip(row.last_report_at, commit, end)
+            out["lost_work"] += _seconds(commit, stalled_from)
+            out["hung"] += _seconds(stalled_from, end)
+        else:
+            out["lost_work"] += tail
+        cursor = end
+    out["resubmission_gap" if cursor > created else "queue_wait"] += _seconds(cursor, end_of_run)
+    return out
+
+
+def ledgers(session: Session, run_ids: Sequence[int], *, now: datetime) -> dict[int, dict[str, float]]:
+    """The ledger of each run: two queries for all of them."""
+    return _ledgers(session, Run.id.in_(list(run_ids)), Attempt.run_id.in_(list(run_ids)), now)
+
+
+def overall_ledger(session: Session, *, now: datetime) -> dict[str, float]:
+    """The ledgers of every run, summed (``/metrics``)."""
+    total = dict.fromkeys(LEDGER_CATEGORIES, 0.0)
+    for ledger in _ledgers(session, None, None, now).values():
+        for key, value in ledger.items():
+            total[key] += value
+    return total
+
+
+def _ledgers(
+    session: Session, run_filter: Any, attempt_filter: Any, now: datetime
+) -> dict[int, dict[str, float]]:
+    runs = select(Run.id, Run.created_at, Run.finished_at)
+    rows = select(*_INPUTS)
+    if run_filter is not None:
+        runs, rows = runs.where(run_filter), rows.where(attempt_filter)
+    per_run: dict[int, list[Any]] = defaultdict(list)
+    for row in session.execute(rows):
+        per_run[int(row.run_id)].append(row)
+    return {
+        int(run_id): run_ledger(created=created, finished=finished, attempts=per_run[int(run_id)], now=now)
+        for run_id, created, finished in session.execute(runs)
+    }

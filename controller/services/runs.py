@@ -1,5 +1,9 @@
 """Run operations: create, read, list, cancel, resume, ask the worker to act. The caller commits.
 
+Who may call them is decided before (``controller/access.py``); these functions record who did
+(``by``, the actor's name) in the run's events: "cancel requested by alice". Creating or resuming a
+run counts against its owner's active-run limit (``controller.services.users.check_quota``).
+
 Cancel contract (with the reconciler): ``cancel_run`` sets ``run.cancel_requested`` and logs it.
 A run without an attempt the scheduler owns is CANCELLED at once; otherwise the reconciler
 cancels the job (SIGTERM: the worker saves and stops) and ends the run CANCELLED once the
@@ -10,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
-from controller.services.errors import Conflict, InvalidRun, InvalidTransition, RunNotFound
+from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
+from controller.notify.targets import UnsafeTarget, check_run_targets
+from controller.services.errors import Conflict, InvalidField, InvalidTransition, RunNotFound
+from controller.services.users import check_quota
+from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
 from shared.memory_plan import check_run
@@ -24,16 +31,36 @@ from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
-def create_run(session: Session, body: RunCreate) -> Run:
-    """Store a PENDING run. A run that names its GPU must fit it by the memory plan
-    (``shared.memory_plan.check_run``; runs naming no GPU are not checked): else ``InvalidRun``."""
+def _taken(name: str) -> str:
+    return (
+        f"a run named {name!r} already exists: pick another name, or look at that run "
+        f"(`pyrecover show {name}`; `pyrecover extend {name}` trains it further)"
+    )
+
+
+def create_run(
+    session: Session, body: RunCreate, *, owner: User, by: str | None = None, settings: Settings | None = None
+) -> Run:
+    """A PENDING run owned by ``owner`` (``by``: who asked, when not the owner themselves). With
+    ``settings``, the checks that depend on this controller's configuration run first
+    (``InvalidField`` names the field). A run that names its GPU must fit it by the memory plan
+    (``shared.memory_plan.check_run``; runs naming no GPU are not checked): else ``InvalidField``
+    on ``training``, saying what to change."""
     verdict = check_run(body)
     if verdict is not None and not verdict.fits:
-        raise InvalidRun(verdict.refusal(), field="training")
+        raise InvalidField(verdict.refusal(), field="training")
+    if settings is not None:
+        try:
+            check_run_targets(body.policy.notify, settings)
+        except UnsafeTarget as exc:
+            field, _, message = str(exc).partition(": ")
+            raise InvalidField(message, field=field) from None
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
-        raise Conflict(f"a run named {body.name!r} already exists", field="name")
+        raise Conflict(_taken(body.name), field="name")
+    check_quota(session, owner)
     run = Run(
         name=body.name,
+        owner_id=owner.id,
         state=RunState.PENDING,
         spec=body.model_dump(mode="json"),
         scheduler=body.resources.scheduler,
@@ -50,9 +77,14 @@ def create_run(session: Session, body: RunCreate) -> Run:
             session.add(run)
             session.flush()
     except IntegrityError as exc:  # a concurrent create with the same name
-        raise Conflict(f"a run named {body.name!r} already exists", field="name") from exc
+        raise Conflict(_taken(body.name), field="name") from exc
+    actor = by or owner.name
     record_run_event(
-        session, run, kind="created", message=f"run {run.name} created", data={"state": "PENDING"}
+        session,
+        run,
+        kind="created",
+        message=f"run {run.name} created by {actor}",
+        data={"state": "PENDING", "owner": owner.name, "by": actor},
     )
     return run
 
@@ -83,13 +115,17 @@ def list_runs(
     name: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    visible: ColumnElement[bool] | None = None,
 ) -> tuple[Sequence[Run], int]:
-    """One page of runs, newest first, and how many match in total."""
+    """One page of runs, newest first, and how many match in total; ``visible`` restricts both to the
+    runs the caller may read (``controller.access.visible_runs``; ``None``: all)."""
     if name is not None and not _valid_name(name):
         # No run can have it; and the database never sees it (PostgreSQL refuses NUL bytes in text).
         return [], 0
     query = select(Run)
     count = select(func.count()).select_from(Run)
+    if visible is not None:
+        query, count = query.where(visible), count.where(visible)
     if state is not None:
         query, count = query.where(Run.state == state), count.where(Run.state == state)
     if name is not None:
@@ -98,7 +134,7 @@ def list_runs(
     return rows, int(session.scalar(count) or 0)
 
 
-def cancel_run(session: Session, run: Run | int) -> Run:
+def cancel_run(session: Session, run: Run | int, *, by: str) -> Run:
     run = _resolve(session, run)
     state = RunState(run.state)
     if state.terminal:
@@ -106,34 +142,46 @@ def cancel_run(session: Session, run: Run | int) -> Run:
     if run.cancel_requested:
         return run
     run.cancel_requested = True
-    record_run_event(session, run, kind="cancel_requested", message="cancel requested by the user")
+    record_run_event(
+        session, run, kind="cancel_requested", message=f"cancel requested by {by}", data={"by": by}
+    )
     active = session.scalar(
         select(Attempt.id).where(Attempt.run_id == run.id, Attempt.state.in_(ACTIVE_ATTEMPT_STATES)).limit(1)
     )
     if active is None:
         run.next_submit_at = None
-        transition_run(session, run, RunState.CANCELLED, reason="cancelled by the user (no job was running)")
+        transition_run(
+            session,
+            run,
+            RunState.CANCELLED,
+            reason=f"cancelled by {by} (no job was running)",
+            data={"by": by},
+        )
     return run
 
 
-def resume_run(session: Session, run: Run | int) -> Run:
+def resume_run(session: Session, run: Run | int, *, by: str) -> Run:
     """FAILED or CANCELLED → PENDING: the reconciler submits an attempt that resumes from the latest
-    committed checkpoint. The failure budget starts afresh: it counts only attempts after this one."""
+    committed checkpoint. The failure budget starts afresh: it counts only attempts after this one.
+    The run becomes active again, so it counts against its owner's limit."""
     run = _resolve(session, run)
     state = RunState(run.state)
     if state not in RESUMABLE_RUN_STATES:
         raise InvalidTransition(f"run {run.id} is {state}; only a FAILED or CANCELLED run can be resumed")
+    owner = session.get(User, run.owner_id)
+    if owner is not None:
+        check_quota(session, owner)
     run.cancel_requested = False
     run.resumed_after_attempt = int(
         session.scalar(select(func.max(Attempt.number)).where(Attempt.run_id == run.id)) or 0
     )
     run.next_submit_at = None
     run.pending_action = WorkerAction.NONE
-    transition_run(session, run, RunState.PENDING, reason="resumed by the user")
+    transition_run(session, run, RunState.PENDING, reason=f"resumed by {by}", data={"by": by})
     return run
 
 
-def request_action(session: Session, run: Run | int, action: WorkerAction) -> Run:
+def request_action(session: Session, run: Run | int, action: WorkerAction, *, by: str) -> Run:
     """Ask the run's worker to checkpoint now or stop gracefully (delivered in its next report reply)."""
     if action not in REQUESTABLE_ACTIONS:
         raise ValueError(f"action must be one of {sorted(a.value for a in REQUESTABLE_ACTIONS)}")
@@ -141,7 +189,13 @@ def request_action(session: Session, run: Run | int, action: WorkerAction) -> Ru
     if RunState(run.state) is not RunState.RUNNING:
         raise InvalidTransition(f"run {run.id} is {run.state}; a {action} request needs a RUNNING run")
     run.pending_action = action
-    record_run_event(session, run, kind="action_requested", message=f"{action.value} requested by the user")
+    record_run_event(
+        session,
+        run,
+        kind="action_requested",
+        message=f"{action.value} requested by {by}",
+        data={"action": action.value, "by": by},
+    )
     return run
 
 

@@ -1,4 +1,4 @@
-"""API tokens: user tokens (``pyrecover token create``) and run-scoped worker tokens.
+"""API tokens: user tokens (``pyrecover token create``), held by a user, and run-scoped worker tokens.
 
 Only the SHA-256 of a token is stored; the plaintext is returned once. Lookup is by hash (a
 unique index), and the stored hash is compared with ``hmac.compare_digest`` on top, so neither the
@@ -11,6 +11,9 @@ Expiry:
   ``WORKER_QUEUE_ALLOWANCE_S`` + walltime + ``WORKER_GRACE_S``; each report of the running worker
   sets it to that moment + walltime + ``WORKER_GRACE_S`` (``refresh_worker_token``). A token
   copied out of a finished job's folder is useless an hour after the job's walltime.
+
+Listing, revoking and rotating are for admins (``pyrecover token list|revoke|rotate`` and
+``/api/v1/tokens``). Revoking a token also signs out every dashboard session opened with it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import ApiToken, Attempt, Run
+from controller.db.models import ApiToken, Attempt, Run, User, WebSession
 from controller.db.types import utcnow
+from controller.services.errors import Conflict, TokenNotFound
+from controller.services.users import ensure_user
+from shared.roles import Role
+from shared.schemas.access import MAX_TOKEN_TTL_S, TokenState
 from shared.schemas.spec import parse_time_limit
 from shared.states import ACTIVE_ATTEMPT_STATES
 
@@ -39,7 +46,7 @@ WORKER_GRACE_S = 3_600
 """After the walltime: the final save, the last reports, a spool replayed by the same process."""
 REFRESH_STEP_S = 300
 """A worker token's expiry is rewritten only when it moves by more than this."""
-MAX_TTL_S = 10 * 366 * 86_400
+MAX_TTL_S = MAX_TOKEN_TTL_S
 _TTL_RE = re.compile(r"^(?P<n>\d+)(?P<u>[smhdw])$")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 7 * 86_400}
 
@@ -71,28 +78,58 @@ def parse_ttl(text: str) -> int:
 
 
 def _new(
-    session: Session, *, name: str, kind: str, prefix: str, run_id: int | None, ttl_s: float | None
-) -> str:
+    session: Session,
+    *,
+    name: str,
+    kind: str,
+    prefix: str,
+    run_id: int | None,
+    ttl_s: float | None,
+    user_id: int | None = None,
+) -> tuple[str, ApiToken]:
     token = prefix + secrets.token_urlsafe(32)
     expires = utcnow() + timedelta(seconds=ttl_s) if ttl_s is not None else None
-    session.add(
-        ApiToken(
-            name=name,
-            token_hash=hash_token(token),
-            prefix=token[: len(prefix) + 4],
-            kind=kind,
-            run_id=run_id,
-            expires_at=expires,
-        )
+    row = ApiToken(
+        name=name,
+        token_hash=hash_token(token),
+        prefix=token[: len(prefix) + 4],
+        kind=kind,
+        run_id=run_id,
+        user_id=user_id,
+        expires_at=expires,
+        revoked=False,
     )
-    return token
+    session.add(row)
+    return token, row
 
 
-def create_user_token(session: Session, name: str, *, ttl_s: float | None = None) -> str:
-    """A new user token (plaintext, shown once); ``ttl_s=None`` never expires. Caller commits."""
+def issue_user_token(
+    session: Session, user: User, *, label: str | None = None, ttl_s: float | None = None
+) -> tuple[str, ApiToken]:
+    """A new token for ``user`` (plaintext, shown once, and its row); ``ttl_s=None`` never expires.
+    Caller commits."""
     if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
         raise ValueError("ttl_s must be positive and at most ten years")
-    return _new(session, name=name, kind="user", prefix=USER_PREFIX, run_id=None, ttl_s=ttl_s)
+    token, row = _new(
+        session,
+        name=label or user.name,
+        kind="user",
+        prefix=USER_PREFIX,
+        run_id=None,
+        ttl_s=ttl_s,
+        user_id=user.id,
+    )
+    session.flush()
+    return token, row
+
+
+def create_user_token(
+    session: Session, name: str, *, ttl_s: float | None = None, role: Role | None = None
+) -> str:
+    """A new token for user ``name``, created (role ``user``, or ``role``) if missing; the first user
+    of a database is an admin. Returns the plaintext, shown once. Caller commits."""
+    user = ensure_user(session, name, role=role).user
+    return issue_user_token(session, user, ttl_s=ttl_s)[0]
 
 
 def walltime_s(run: Run) -> int:
@@ -109,7 +146,7 @@ def issue_worker_token(session: Session, run_id: int, *, ttl_s: float | None = N
         ttl_s = WORKER_QUEUE_ALLOWANCE_S + walltime + WORKER_GRACE_S
     return _new(
         session, name=f"worker run {run_id}", kind="worker", prefix=WORKER_PREFIX, run_id=run_id, ttl_s=ttl_s
-    )
+    )[0]
 
 
 def refresh_worker_token(
@@ -158,15 +195,68 @@ def authenticate_token(session: Session, token: str, *, now: datetime | None = N
     return check_token(session, token, now=now).row
 
 
-def user_for_token(session: Session, token: str) -> str | None:
-    """The name of the user a valid user token belongs to (the dashboard's sign-in check)."""
+def user_of_token(session: Session, token: str) -> tuple[ApiToken, User] | None:
+    """A valid *user* token's row and its user (the dashboard's sign-in check); ``None`` otherwise."""
     row = authenticate_token(session, token)
-    return row.name if row is not None and row.kind == "user" else None
+    if row is None or row.kind != "user" or row.user_id is None:
+        return None
+    user = session.get(User, row.user_id)
+    return None if user is None else (row, user)
+
+
+def user_for_token(session: Session, token: str) -> str | None:
+    """The name of the user a valid user token belongs to."""
+    found = user_of_token(session, token)
+    return found[1].name if found is not None else None
+
+
+def token_state(row: ApiToken, *, now: datetime | None = None) -> TokenState:
+    if row.revoked:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
+
+
+def list_user_tokens(session: Session, *, user: User | None = None) -> list[tuple[ApiToken, User]]:
+    """Every user token (or ``user``'s) with its user, oldest first. Worker tokens are not listed:
+    they live and die with their attempt."""
+    query = select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(ApiToken.kind == "user")
+    if user is not None:
+        query = query.where(ApiToken.user_id == user.id)
+    return [(t, u) for t, u in session.execute(query.order_by(ApiToken.id))]
+
+
+def get_user_token(session: Session, token_id: int) -> tuple[ApiToken, User]:
+    row = session.get(ApiToken, token_id)
+    user = session.get(User, row.user_id) if row is not None and row.user_id is not None else None
+    if row is None or row.kind != "user" or user is None:
+        raise TokenNotFound(token_id)
+    return row, user
 
 
 def revoke_token(session: Session, token_id: int) -> bool:
+    """Revoke a token (idempotent) and end the dashboard sessions it opened; False if unknown."""
     row = session.get(ApiToken, token_id)
     if row is None:
         return False
     row.revoked = True
+    session.execute(delete(WebSession).where(WebSession.token_id == token_id))
     return True
+
+
+def rotate_token(
+    session: Session, token_id: int, *, ttl_s: float | None = None
+) -> tuple[str, ApiToken, User]:
+    """Replace a user token by a new one for the same user and label, and revoke the old one.
+
+    ``ttl_s=None`` gives the new token the old one's lifetime (none: until revoked). A revoked token
+    cannot be rotated (``Conflict``): whoever revoked it meant it. Caller commits."""
+    old, user = get_user_token(session, token_id)
+    if old.revoked:
+        raise Conflict(f"token {token_id} is revoked: create a new one instead", field="token_id")
+    if ttl_s is None and old.expires_at is not None:
+        ttl_s = max(1.0, (old.expires_at - old.created_at).total_seconds())
+    token, row = issue_user_token(session, user, label=old.name, ttl_s=ttl_s)
+    revoke_token(session, token_id)
+    return token, row, user

@@ -1,9 +1,12 @@
 """Who is looking at the dashboard, and what they may do.
 
-* ``auth_required`` off (a loopback bind): anyone who can reach the port may view and act, as
-  with the API itself.
-* ``auth_required`` on: acting needs a signed-in session (a valid API token in the session
-  cookie); viewing too, unless ``open_read_only`` lets anyone look.
+* A signed-in browser carries a session id (``controller/services/sessions.py``); the session's
+  user, with their role, is the ``Principal`` every rule of ``controller/access.py`` is applied
+  to, exactly as for an API call with that user's token.
+* ``auth_required`` off (``pyrecover serve --insecure-no-auth``, loopback only): anyone who can
+  reach the port views and acts, as an admin, like the API itself.
+* ``open_read_only``: anyone may look at every run; acting needs a sign-in.
+* Otherwise every page but the sign-in page redirects there.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from controller.auth import no_auth_principal, open_read_principal, user_principal
+from controller.services.sessions import resolve_session
 from controller.settings import Settings
-from controller.web import queries
-from controller.web.security import session_token
+from controller.web.security import session_secret
 from controller.web.views import Viewer
 
 
@@ -34,21 +38,33 @@ def web_context(request: Request) -> WebContext:
 
 def resolve_viewer(request: Request, settings: Settings, session: Session) -> Viewer:
     auth_required = settings.auth_required
-    token = session_token(request)
-    user = queries.user_for_token(session, token) if token else None
-    if user is not None:
+    signed = resolve_session(session, session_secret(request))
+    if signed is not None:
+        principal = user_principal(signed.user, settings, token_id=signed.token_id)
         return Viewer(
-            logged_in=True, name=user, token=token, auth_required=auth_required, can_view=True, can_act=True
+            logged_in=True,
+            name=signed.user.name,
+            auth_required=auth_required,
+            can_view=True,
+            can_act=principal.may_create_runs,
+            principal=principal,
         )
     if not auth_required:
         return Viewer(
-            logged_in=False, name=None, token=None, auth_required=False, can_view=True, can_act=True
+            logged_in=False,
+            name=None,
+            auth_required=False,
+            can_view=True,
+            can_act=True,
+            principal=no_auth_principal(),
         )
-    return Viewer(
-        logged_in=False,
-        name=None,
-        token=None,
-        auth_required=True,
-        can_view=settings.open_read_only,
-        can_act=False,
-    )
+    if settings.open_read_only:
+        return Viewer(
+            logged_in=False,
+            name=None,
+            auth_required=True,
+            can_view=True,
+            can_act=False,
+            principal=open_read_principal(),
+        )
+    return Viewer.anonymous()

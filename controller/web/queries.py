@@ -3,7 +3,8 @@
 The runs page must stay fast with 10,000 runs: it reads one page of runs by keyset on the
 primary key (``id < before``, newest first), then the attempts and latest metric of just those
 runs in one grouped query each; counting runs per state is one ``GROUP BY`` over the state index.
-Nothing here loads a whole table.
+Nothing here loads a whole table. Which runs a page may show is decided by the caller
+(``controller/access.py``) and handed in as a filter (``visible``); counts are of those runs only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 from datetime import datetime
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
+from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.db.types import to_datetime
-from controller.services import goodput, tokens
+from controller.services import goodput
 from controller.web.formatting import to_unix
 from controller.web.views import (
     AttemptTimes,
@@ -27,6 +28,7 @@ from controller.web.views import (
     RunRow,
     RunsPage,
     eta_seconds,
+    ledger_parts,
     restarts_by_cause,
     timeline,
 )
@@ -36,15 +38,11 @@ EVENTS_SHOWN = 200
 CHECKPOINTS_SHOWN = 200
 
 
-def user_for_token(session: Session, token: str) -> str | None:
-    """The user a valid user token belongs to (worker tokens never sign a browser in)."""
-    return tokens.user_for_token(session, token)
-
-
-def _counts(session: Session) -> tuple[list[tuple[str, int]], int]:
-    rows: dict[str, int] = {
-        str(s): int(n) for s, n in session.execute(select(Run.state, func.count()).group_by(Run.state))
-    }
+def _counts(session: Session, visible: ColumnElement[bool] | None) -> tuple[list[tuple[str, int]], int]:
+    query = select(Run.state, func.count())
+    if visible is not None:
+        query = query.where(visible)
+    rows: dict[str, int] = {str(s): int(n) for s, n in session.execute(query.group_by(Run.state))}
     counts = [(str(s), int(rows.get(s, 0))) for s in RunState]
     return counts, sum(c for _, c in counts)
 
@@ -58,9 +56,13 @@ def runs_page(
     limit: int,
     now: float,
     base_url: str,
+    visible: ColumnElement[bool] | None = None,
 ) -> RunsPage:
-    """One page of runs, newest first, by keyset on id: ``before`` pages older, ``after`` newer."""
+    """One page of runs, newest first, by keyset on id: ``before`` pages older, ``after`` newer.
+    ``visible``: only the runs the viewer may read (``None``: all)."""
     query = select(Run)
+    if visible is not None:
+        query = query.where(visible)
     if state is not None:
         query = query.where(Run.state == state)
     if after is not None:
@@ -71,7 +73,7 @@ def runs_page(
             query = query.where(Run.id < before)
         runs = list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
     rows = _rows(session, runs, now)
-    counts, total = _counts(session)
+    counts, total = _counts(session, visible)
 
     def url(**params: int) -> str:
         return f"{base_url}?{urlencode(({'state': str(state)} if state else {}) | params)}"
@@ -79,6 +81,8 @@ def runs_page(
     newer = older = None
     if runs:
         base = select(Run.id)
+        if visible is not None:
+            base = base.where(visible)
         if state is not None:
             base = base.where(Run.state == state)
         if session.scalar(base.where(Run.id > runs[0].id).limit(1)) is not None:
@@ -194,10 +198,9 @@ def _attempt_times(session: Session, run_id: int) -> list[AttemptTimes]:
     ]
 
 
-def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None:
-    run = session.get(Run, run_id)
-    if run is None:
-        return None
+def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) -> RunDetail:
+    """Everything the run page shows (the caller checked that the viewer may read ``run``)."""
+    run_id = run.id
     attempts = _attempt_times(session, run_id)
     step, total = _progress(run)
     last_loss, pace = _newest_metric(session, run_id)
@@ -234,6 +237,7 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         attempts=len(attempts),
         restarts=restarts_by_cause(a.end_reason for a in attempts if a.ended_at is not None),
         goodput=goodput.for_runs(session, [run.id], now=_at(now))[run.id].goodput,
+        ledger=ledger_parts(goodput.ledgers(session, [run.id], now=_at(now))[run.id]),
         updated_at=run.updated_at,
         last_loss=last_loss,
         latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
@@ -244,8 +248,6 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         events=events,
         cancel_requested=bool(run.cancel_requested),
         pending_action=str(run.pending_action or "none"),
+        owner=session.scalar(select(User.name).where(User.id == run.owner_id)) or "",
+        can_act=can_act,
     )
-
-
-def run_exists(session: Session, run_id: int) -> bool:
-    return session.scalar(select(Run.id).where(Run.id == run_id)) is not None

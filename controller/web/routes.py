@@ -5,21 +5,33 @@ indexed queries). Everything that changes state (a new run, cancel, resume, chec
 goes through the same domain services the REST API calls, in one transaction, and a new run is
 validated by the API's own body model (``RunCreate``): the form shows exactly the messages the
 API answers a 422 with, placed next to their fields.
+
+Every run a page names is checked with the API's own rules (``controller/access.py``): another
+user's run is a 404 here too, a viewer sees no action buttons and is refused if they post one.
+Every integer in a URL is bounded like the API's (``controller/api/deps.py:MAX_ID``): a huge id is a
+422, never a database error.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from controller import services
-from controller.services.errors import Conflict, DomainError, InvalidRun, RunNotFound
+from controller import access, services
+from controller.api.deps import MAX_ID
+from controller.api.limits import RateLimited, retry_after_header
+from controller.auth import AuthError, Principal
+from controller.db.models import User
+from controller.services.errors import Conflict, DomainError, InvalidField, QuotaExceeded, RunNotFound
+from controller.services.sessions import close_session, open_session, redeem_login_code
+from controller.services.tokens import user_of_token
 from controller.web import forms, queries
 from controller.web.access import WebContext, resolve_viewer, web_context
 from controller.web.rendering import STATIC_DIR, render
@@ -29,6 +41,7 @@ from controller.web.security import (
     check_csrf,
     clear_session,
     safe_next,
+    session_secret,
     set_session,
 )
 from controller.web.series import SeriesCache
@@ -47,6 +60,8 @@ CHART_POINTS = 1000
 CHARTS = (("loss", "Loss"), ("lr", "Learning rate"), ("tokens_per_s", "Tokens / s"), ("mfu", "MFU"))
 
 ContextDep = Annotated[WebContext, Depends(web_context)]
+RunIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+log = logging.getLogger("pyrecover.auth")
 
 
 def _viewer(request: Request, ctx: WebContext) -> Viewer:
@@ -86,13 +101,13 @@ def runs_page(
     request: Request,
     ctx: ContextDep,
     state: Annotated[RunState | None, Query()] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID + 1)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     fragment: bool = False,
 ) -> Response:
     with ctx.session_factory() as session:
         viewer = resolve_viewer(request, ctx.settings, session)
-        if not viewer.can_view:
+        if not viewer.can_view or viewer.principal is None:
             return _login_redirect(request)
         page = queries.runs_page(
             session,
@@ -102,6 +117,7 @@ def runs_page(
             limit=RUNS_PER_PAGE,
             now=time.time(),
             base_url=str(request.app.url_path_for("web_runs")),
+            visible=access.visible_runs(viewer.principal),
         )
     fragment_params = {k: v for k, v in request.query_params.items() if k != "fragment"} | {"fragment": "1"}
     context = {
@@ -127,22 +143,36 @@ def _form_context(values: dict[str, Any], errors: forms.FormErrors) -> dict[str,
     }
 
 
+def _refused(request: Request, viewer: Viewer, message: str, status_code: int = 403) -> Response:
+    context = {"title": "Not allowed" if status_code == 403 else "Too many", "message": message}
+    return render(request, "error.html", context, viewer=viewer, status_code=status_code)
+
+
+def _not_found(request: Request, viewer: Viewer, run_id: int) -> Response:
+    missing = {"title": "Not found", "message": f"There is no run {run_id}."}
+    return render(request, "error.html", missing, viewer=viewer, status_code=404)
+
+
 @router.get("/runs/new", name="web_new_run")
 def new_run_page(request: Request, ctx: ContextDep) -> Response:
     viewer = _viewer(request, ctx)
-    if not viewer.can_act:
+    if viewer.principal is None or viewer.principal.read_only:
         return _login_redirect(request)
+    if not viewer.can_act:
+        return _refused(request, viewer, f"{viewer.name} is a viewer: viewers cannot create runs.")
     return render(request, "new_run.html", _form_context({}, forms.FormErrors()), viewer=viewer)
 
 
 @router.post("/runs/new", name="web_create_run")
 async def create_run(request: Request, ctx: ContextDep) -> Response:
     viewer = await run_in_threadpool(_viewer, request, ctx)
-    if not viewer.can_act:
-        return _login_redirect(request)
     form = await _read_form(request)
     if (refused := _csrf_refusal(request, form, viewer)) is not None:
         return refused
+    if viewer.principal is None or viewer.principal.read_only:
+        return _login_redirect(request)
+    if not viewer.can_act:
+        return _refused(request, viewer, f"{viewer.name} is a viewer: viewers cannot create runs.")
     values: dict[str, Any] = {f.name: form.get(f.name, "") for f in forms.FIELDS.values()}
     for f in forms.FIELDS.values():
         if f.kind == "bool":  # an unchecked box is absent from the form: show it unchecked again
@@ -155,38 +185,56 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
         errors = forms.place_errors(422, detail)
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     try:
-        run_id = await run_in_threadpool(_create, ctx, body)
-    except (Conflict, InvalidRun) as exc:
+        run_id = await run_in_threadpool(_create, ctx, body, viewer.principal)
+    except QuotaExceeded as exc:
+        errors = forms.FormErrors(form=[str(exc)])
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=429)
+    except (Conflict, InvalidField) as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
             errors.fields[exc.field] = [str(exc)]
         else:
             errors.form.append(str(exc))
-        status = 422 if isinstance(exc, InvalidRun) else 409
-        return render(
-            request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=status
-        )
+        code = 409 if isinstance(exc, Conflict) else 422
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=code)
     return RedirectResponse(request.app.url_path_for("web_run", run_id=run_id), status_code=303)
 
 
-def _create(ctx: WebContext, body: RunCreate) -> int:
+def _owner(session: Any, principal: Principal) -> User:
+    user = session.get(User, principal.user_id) if principal.user_id is not None else None
+    return user if user is not None else services.first_admin(session)
+
+
+def _create(ctx: WebContext, body: RunCreate, principal: Principal) -> int:
     with ctx.session_factory() as session, session.begin():
-        return services.create_run(session, body).id
+        owner = _owner(session, principal)
+        return services.create_run(session, body, owner=owner, by=principal.actor, settings=ctx.settings).id
 
 
 # ---- one run -----------------------------------------------------------------------------------
 
 
+def _may_act(session: Any, principal: Principal, run_id: int) -> bool:
+    try:
+        access.actionable_run(session, principal, run_id)
+    except (AuthError, RunNotFound):
+        return False
+    return True
+
+
 @router.get("/runs/{run_id}", name="web_run")
-def run_page(request: Request, ctx: ContextDep, run_id: int, fragment: bool = False) -> Response:
+def run_page(request: Request, ctx: ContextDep, run_id: RunIdPath, fragment: bool = False) -> Response:
     with ctx.session_factory() as session:
         viewer = resolve_viewer(request, ctx.settings, session)
-        if not viewer.can_view:
+        if not viewer.can_view or viewer.principal is None:
             return _login_redirect(request)
-        run = queries.run_detail(session, run_id, now=time.time())
-    if run is None:
-        missing = {"title": "Not found", "message": f"There is no run {run_id}."}
-        return render(request, "error.html", missing, viewer=viewer, status_code=404)
+        try:
+            row = access.readable_run(session, viewer.principal, run_id)
+        except RunNotFound:
+            return _not_found(request, viewer, run_id)
+        run = queries.run_detail(
+            session, row, now=time.time(), can_act=_may_act(session, viewer.principal, run_id)
+        )
     context: dict[str, Any] = {
         "run": run,
         "nav": "runs",
@@ -215,16 +263,18 @@ def _series_url(request: Request, run_id: int) -> str:
 def run_series(
     request: Request,
     ctx: ContextDep,
-    run_id: int,
+    run_id: RunIdPath,
     max_points: Annotated[int, Query(ge=4, le=10_000)] = CHART_POINTS,
 ) -> Response:
     """The charts' data: each metric downsampled to ``max_points``, plus where each attempt began."""
     with ctx.session_factory() as session:
         viewer = resolve_viewer(request, ctx.settings, session)
-        if not viewer.can_view:
+        if not viewer.can_view or viewer.principal is None:
             return JSONResponse({"detail": "sign in first"}, status_code=401)
-        if not queries.run_exists(session, run_id):
-            return JSONResponse({"detail": f"run {run_id} not found"}, status_code=404)
+        try:
+            access.readable_run(session, viewer.principal, run_id)
+        except RunNotFound:
+            return JSONResponse({"detail": f"run {run_id} does not exist"}, status_code=404)
         body = series_cache(request).payload_json(session, run_id, max_points)
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -237,18 +287,21 @@ _ACTION_DONE = {
 }
 
 
-def _act(ctx: WebContext, run_id: int, action: str) -> None:
+def _act(ctx: WebContext, principal: Principal, run_id: int, action: str) -> None:
     with ctx.session_factory() as session, session.begin():
+        run = access.actionable_run(session, principal, run_id)
         if action == "cancel":
-            services.cancel_run(session, run_id)
+            services.cancel_run(session, run, by=principal.actor)
         elif action == "resume":
-            services.resume_run(session, run_id)
+            services.resume_run(session, run, by=principal.actor)
         else:
-            services.request_action(session, run_id, WorkerAction(action))
+            services.request_action(session, run, WorkerAction(action), by=principal.actor)
 
 
 @router.post("/runs/{run_id}/actions/{action}", name="web_run_action")
-async def run_action(request: Request, ctx: ContextDep, run_id: int, action: str) -> Response:
+async def run_action(
+    request: Request, ctx: ContextDep, run_id: RunIdPath, action: Annotated[str, Path(max_length=32)]
+) -> Response:
     """Cancel / resume / checkpoint now / stop gracefully, answered as ``{"ok", "message"}``."""
     if action not in _ACTION_DONE:
         return JSONResponse({"ok": False, "message": f"unknown action {action!r}"}, status_code=404)
@@ -257,12 +310,16 @@ async def run_action(request: Request, ctx: ContextDep, run_id: int, action: str
         check_csrf(request, None)
     except CsrfError as exc:
         return JSONResponse({"ok": False, "message": str(exc)}, status_code=403)
-    if not viewer.can_act:
+    if viewer.principal is None or viewer.principal.read_only:
         return JSONResponse({"ok": False, "message": "sign in to act on runs"}, status_code=401)
     try:
-        await run_in_threadpool(_act, ctx, run_id, action)
+        await run_in_threadpool(_act, ctx, viewer.principal, run_id, action)
     except RunNotFound as exc:
         return JSONResponse({"ok": False, "message": str(exc)}, status_code=404)
+    except AuthError as exc:
+        return JSONResponse({"ok": False, "message": str(exc)}, status_code=exc.status)
+    except QuotaExceeded as exc:
+        return JSONResponse({"ok": False, "message": str(exc)}, status_code=429)
     except DomainError as exc:  # InvalidTransition, Conflict: the run is not in a state for this
         return JSONResponse({"ok": False, "message": str(exc)}, status_code=409)
     return JSONResponse({"ok": True, "message": _ACTION_DONE[action]})
@@ -272,51 +329,123 @@ async def run_action(request: Request, ctx: ContextDep, run_id: int, action: str
 
 
 @router.get("/login", name="web_login_form")
-def login_page(request: Request, ctx: ContextDep, next: str = "/") -> Response:
+def login_page(
+    request: Request, ctx: ContextDep, next: Annotated[str, Query(max_length=2048)] = "/"
+) -> Response:
     viewer = _viewer(request, ctx)
     return render(request, "login.html", {"next": safe_next(next), "error": None}, viewer=viewer)
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _throttled(request: Request, viewer: Viewer, target: str) -> Response | None:
+    try:
+        request.app.state.login_throttle.check(_client(request))
+    except RateLimited as exc:
+        log.warning("sign-in refused for %s: %s", _client(request), exc)
+        context = {"next": target, "error": str(exc)}
+        response = render(request, "login.html", context, viewer=viewer, status_code=429)
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        return response
+    return None
+
+
+def _signed_in(request: Request, ctx: WebContext, secret: str, target: str) -> Response:
+    response = RedirectResponse(target, status_code=303)
+    set_session(request, response, secret, max_age_s=ctx.settings.session_ttl_s)
+    return response
+
+
+def _failed(request: Request, why: str) -> None:
+    request.app.state.login_throttle.failed(_client(request))
+    log.warning("failed sign-in from %s: %s", _client(request), why)
+
+
 @router.post("/login", name="web_login")
 async def login(request: Request, ctx: ContextDep) -> Response:
+    """Sign in with an API token: a new server-side session, whose id alone goes in the cookie."""
     form = await _read_form(request)
     if (refused := _csrf_refusal(request, form, None)) is not None:
         return refused
     token = form.get("token", "").strip()
     target = safe_next(form.get("next"))
-    user = await run_in_threadpool(_check_token, ctx, token)
-    if user is None:
-        viewer = await run_in_threadpool(_viewer, request, ctx)
+    viewer = await run_in_threadpool(_viewer, request, ctx)
+    if (throttled := _throttled(request, viewer, target)) is not None:
+        return throttled
+    secret = await run_in_threadpool(_session_for_token, ctx, token)
+    if secret is None:
+        _failed(request, "unknown, expired, revoked or worker token")
         context = {"next": target, "error": "That token is not valid (or was revoked)."}
         return render(request, "login.html", context, viewer=viewer, status_code=401)
-    response = RedirectResponse(target, status_code=303)
-    set_session(request, response, token)
-    return response
+    return _signed_in(request, ctx, secret, target)
 
 
-def _check_token(ctx: WebContext, token: str) -> str | None:
+def _session_for_token(ctx: WebContext, token: str) -> str | None:
     if not token:
         return None
-    with ctx.session_factory() as session:
-        return queries.user_for_token(session, token)
+    with ctx.session_factory() as session, session.begin():
+        found = user_of_token(session, token)
+        if found is None:
+            return None
+        row, user = found
+        return open_session(session, user, ttl_s=ctx.settings.session_ttl_s, token_id=row.id)
+
+
+@router.get("/login/link", name="web_login_link")
+def login_link(
+    request: Request,
+    ctx: ContextDep,
+    code: Annotated[str, Query(max_length=128)] = "",
+    next: Annotated[str, Query(max_length=2048)] = "/",
+) -> Response:
+    """Exchange a one-time login code (``pyrecover demo``, ``pyrecover user login-link``) for a session.
+
+    A link followed from another site (``Sec-Fetch-Site: cross-site``) is refused: nobody may sign
+    a browser in to an account of their choosing."""
+    viewer = _viewer(request, ctx)
+    target = safe_next(next)
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("none", "same-origin"):
+        return _refused(request, viewer, "Open the sign-in link directly (paste it in the address bar).")
+    if (throttled := _throttled(request, viewer, target)) is not None:
+        return throttled
+    with ctx.session_factory() as session, session.begin():
+        user = redeem_login_code(session, code)
+        secret = open_session(session, user, ttl_s=ctx.settings.session_ttl_s) if user is not None else None
+    if secret is None:
+        _failed(request, "unknown, used or expired login code")
+        context = {"next": target, "error": "That sign-in link is used up or expired: sign in with a token."}
+        return render(request, "login.html", context, viewer=viewer, status_code=401)
+    return _signed_in(request, ctx, secret, target)
 
 
 @router.post("/logout", name="web_logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, ctx: ContextDep) -> Response:
+    """Delete the session (a copy of the cookie is dead from now on) and the cookie."""
     form = await _read_form(request)
     if (refused := _csrf_refusal(request, form, None)) is not None:
         return refused
+    await run_in_threadpool(_close, ctx, session_secret(request))
     response = RedirectResponse(request.app.url_path_for("web_runs"), status_code=303)
     clear_session(request, response)
     return response
+
+
+def _close(ctx: WebContext, secret: str | None) -> None:
+    with ctx.session_factory() as session, session.begin():
+        close_session(session, secret)
 
 
 # ---- static files ------------------------------------------------------------------------------
 
 
 @router.get("/static/{path:path}", name="web_static")
-def static(path: str) -> Response:
+def static(path: Annotated[str, Path(max_length=512)]) -> Response:
     """The dashboard's CSS/JS and the vendored chart library. URLs carry a content hash: cache long."""
+    if "\x00" in path:
+        raise HTTPException(404)
     target = (STATIC_DIR / path).resolve()
     if not target.is_relative_to(STATIC_DIR) or not target.is_file():
         raise HTTPException(404)

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.states import EndReason, RunState
+
+if TYPE_CHECKING:
+    from controller.auth import Principal
 
 # End reasons that mean something went wrong (shown in red); the rest are planned stops.
 BAD_REASONS = frozenset(
@@ -61,16 +64,17 @@ class Viewer:
 
     logged_in: bool
     name: str | None
-    token: str | None
     auth_required: bool
     can_view: bool
+    """May see pages at all (which runs: ``controller/access.py``)."""
     can_act: bool
+    """May create runs and act on the runs ``controller/access.py`` lets them act on."""
+    principal: Principal | None = None
+    """Whom the access rules see; ``None``: nobody (not signed in)."""
 
     @classmethod
     def anonymous(cls, *, auth_required: bool = True) -> Viewer:
-        return cls(
-            logged_in=False, name=None, token=None, auth_required=auth_required, can_view=False, can_act=False
-        )
+        return cls(logged_in=False, name=None, auth_required=auth_required, can_view=False, can_act=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +230,22 @@ class EventRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LedgerPart:
+    category: str
+    seconds: float
+    fraction: float
+    """Of the run's wall time (the bar's width)."""
+
+
+def ledger_parts(ledger: dict[str, float]) -> list[LedgerPart]:
+    """The ledger as bar segments in its category order, leaving out empty ones."""
+    wall = sum(ledger.values())
+    if wall <= 0:
+        return []
+    return [LedgerPart(category=k, seconds=v, fraction=v / wall) for k, v in ledger.items() if v > 0]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunDetail:
     id: int
     name: str
@@ -247,9 +267,16 @@ class RunDetail:
     cancel_requested: bool = False
     pending_action: str = "none"
     """A checkpoint/stop request the worker has not picked up yet (delivered with its next report)."""
+    ledger: list[LedgerPart] = field(default_factory=list)
+    """Where the run's wall time went (``controller.services.goodput.run_ledger``), non-empty parts."""
+    owner: str = ""
+    can_act: bool = True
+    """Whether the viewer may act on this run (a viewer, or a reader of all runs, may not)."""
 
     @property
     def allowed_actions(self) -> tuple[Action, ...]:
+        if not self.can_act:
+            return ()
         actions = allowed_actions(self.state)
         if self.cancel_requested:  # the reconciler is ending the live attempt: nothing more to ask
             return tuple(a for a in actions if a == "resume")

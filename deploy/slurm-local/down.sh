@@ -1,31 +1,30 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM cluster started by up.sh (slurmd, slurmctld, munged). Idempotent.
+# Stop the local SLURM cluster started by up.sh: every slurmd (one per node), slurmctld, munged,
+# and remove the node names up.sh added to /etc/hosts. Idempotent.
 # Jobs still queued or running are lost with it; their state files stay in /var/spool/slurm.
 set -euo pipefail
 
-say() { echo "[slurm-local] $*"; }
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=common.sh
+. "$here/common.sh"
 
-stop_pidfile() {
-    local name="$1" pidfile="$2" pid
-    if [ -f "$pidfile" ] && pid="$(cat "$pidfile")" && kill -0 "$pid" 2>/dev/null; then
-        say "stopping $name (pid $pid)"
-        kill -TERM "$pid"
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "$name did not stop within 10 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    else
-        say "$name not running"
-    fi
-    rm -f "$pidfile"
-}
-
-stop_pidfile slurmd /run/slurm/slurmd.pid
-stop_pidfile slurmctld /run/slurm/slurmctld.pid
-munged_pid=/run/munge/munged.pid
-stop_pidfile munged "$munged_pid"
+if [ -z "$(slurmd_pidfiles)" ]; then
+    say "no slurmd running"
+fi
+stop_all_slurmd
+if running "$run_dir/slurmctld.pid"; then
+    stop_pidfile slurmctld "$run_dir/slurmctld.pid"
+else
+    say "slurmctld not running"
+fi
+if running /run/munge/munged.pid; then
+    stop_pidfile munged /run/munge/munged.pid
+else
+    say "munged not running"
+fi
+if grep -qF "$hosts_marker" /etc/hosts 2>/dev/null; then
+    # Rewritten in place: /etc/hosts may be a bind mount that a rename cannot replace.
+    kept="$(grep -vF "$hosts_marker" /etc/hosts || true)"
+    printf '%s\n' "$kept" >/etc/hosts
+fi
 say "SLURM stopped"

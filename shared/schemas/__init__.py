@@ -1,5 +1,16 @@
 """Wire schemas (pydantic) shared by the controller's API and the worker's reporter."""
 
+from shared.schemas.access import (
+    ShareCreate,
+    SharePublic,
+    TokenCreate,
+    TokenIssued,
+    TokenPublic,
+    TokenRotate,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+)
 from shared.schemas.public import (
     AttemptPublic,
     CheckpointPublic,
@@ -45,9 +56,18 @@ __all__ = [
     "RunAction",
     "RunCreate",
     "RunPublic",
+    "ShareCreate",
+    "SharePublic",
     "StartedEvent",
     "StoppingEvent",
+    "TokenCreate",
+    "TokenIssued",
+    "TokenPublic",
+    "TokenRotate",
     "TrainingSpec",
+    "UserCreate",
+    "UserPublic",
+    "UserUpdate",
     "WarningEvent",
     "WorkerAction",
     "WorkerEvent",

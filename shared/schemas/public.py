@@ -36,11 +36,18 @@ class GoodputPublic(_Public):
     lost_work_s: float = 0.0
     queue_wait_s: float = 0.0
     checkpoint_stall_s: float = 0.0
+    wall_s: float = Field(default=0.0, description="The run's wall time: created → finished (or now).")
+    ledger: dict[str, float] = Field(
+        default_factory=dict,
+        description="The wall time split into queue_wait, resubmission_gap, startup, checkpoint_load, "
+        "productive, save_stall, idle_tail, lost_work, hung and in_progress seconds (they add up to wall_s).",
+    )
 
 
 class RunPublic(_Public):
     id: int
     name: str
+    owner: str = Field(default="", description="The user who created the run (or was handed it).")
     state: RunState
     scheduler: str
     training_steps: int

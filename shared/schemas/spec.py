@@ -8,13 +8,15 @@ every value (defence in depth).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.gpus import gpu_memory_gib
 from shared.names import validate_run_name
+from shared.schemas.notify import NotifyTarget
 from shared.training import TrainingFields, TrainingSteps
+from shared.unknown_fields import refuse_unknown
 
 # Paths may contain ordinary file-name characters only: no shell metacharacters, no newlines.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
@@ -83,6 +85,11 @@ def parse_time_limit(value: str | int) -> int:
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return refuse_unknown(cls, data)
+
 
 class TrainingSpec(TrainingFields):
     """The ``training`` part of a run: every field of ``shared.training.TrainingFields``.
@@ -97,7 +104,7 @@ class TrainingSpec(TrainingFields):
     training_steps: TrainingSteps
     """Total optimizer steps of the run (required in a run; absolute across resumptions)."""
 
-    @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir")
+    @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir", "init_from_hf")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:
         return None if v is None else _check_safe_path(v)
@@ -260,6 +267,10 @@ class PolicySpec(_Spec):
         description=(
             "Queue the next attempt with --dependency=afterany as soon as the worker announces its stop."
         ),
+    )
+    notify: Annotated[list[NotifyTarget], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Webhooks told about this run: [{url, events}] (events default to all of them).",
     )
 
 

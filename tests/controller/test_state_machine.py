@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt, Event, Run
+from controller.services import first_admin
 from controller.state_machine import InvalidTransition, transition_attempt, transition_run
 from shared.states import ATTEMPT_TRANSITIONS, RUN_TRANSITIONS, AttemptState, RunState
 
@@ -39,14 +41,16 @@ def factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
-def _run(state: RunState) -> Run:
-    return Run(name="r", state=state, spec={}, scheduler="local", training_steps=10)
+def _run(session: Session, state: RunState) -> Run:
+    return Run(
+        name="r", owner_id=first_admin(session).id, state=state, spec={}, scheduler="local", training_steps=10
+    )
 
 
 @pytest.mark.parametrize(("old", "new"), ALLOWED_RUN)
 def test_allowed_run_transitions_record_an_event(factory, old: RunState, new: RunState) -> None:  # type: ignore[no-untyped-def]
     with factory() as s:
-        run = _run(old)
+        run = _run(s, old)
         s.add(run)
         s.flush()
         transition_run(s, run, new, reason="test", data={"k": 1})
@@ -61,7 +65,7 @@ def test_allowed_run_transitions_record_an_event(factory, old: RunState, new: Ru
 @pytest.mark.parametrize(("old", "new"), FORBIDDEN_RUN)
 def test_forbidden_run_transitions_raise_and_change_nothing(factory, old: RunState, new: RunState) -> None:  # type: ignore[no-untyped-def]
     with factory() as s:
-        run = _run(old)
+        run = _run(s, old)
         s.add(run)
         s.flush()
         with pytest.raises(InvalidTransition, match=f"from {old} to {new}"):
@@ -72,7 +76,7 @@ def test_forbidden_run_transitions_raise_and_change_nothing(factory, old: RunSta
 @pytest.mark.parametrize(("old", "new"), ALLOWED_ATTEMPT + FORBIDDEN_ATTEMPT)
 def test_attempt_transitions(factory, old: AttemptState, new: AttemptState) -> None:  # type: ignore[no-untyped-def]
     with factory() as s:
-        run = _run(RunState.RUNNING)
+        run = _run(s, RunState.RUNNING)
         s.add(run)
         s.flush()
         attempt = Attempt(run_id=run.id, number=1, backend="local", job_name="j", state=old)

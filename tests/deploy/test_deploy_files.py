@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,6 +34,27 @@ def test_shell_scripts_parse_and_are_executable(script: Path) -> None:
     assert script.stat().st_mode & 0o111, f"{script} is not executable"
     assert script.read_text().startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in script.read_text()
+
+
+def test_slurm_local_common_library_parses() -> None:
+    # Sourced by up.sh and down.sh, never run: no shebang, no exec bit needed.
+    subprocess.run(["bash", "-n", str(DEPLOY / "slurm-local" / "common.sh")], check=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--nodes", "0"], ["--nodes", "17"], ["--nodes=x"], ["--nodes", "2;id"], ["--nodes"], ["--bogus"]],
+    ids=str,
+)
+def test_slurm_up_refuses_bad_arguments_before_doing_anything(args: list[str]) -> None:
+    out = subprocess.run(
+        [str(DEPLOY / "slurm-local" / "up.sh"), *args], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 1
+    assert out.stdout == "", "nothing may be installed, written or started for a bad argument"
+    [line] = out.stderr.splitlines()
+    assert line.startswith("[slurm-local] ERROR: ")
+    assert "--nodes" in line or "unknown argument '--bogus'" in line
 
 
 def test_llama3_8b_example_is_a_valid_run_on_4_gpus_per_node() -> None:
@@ -69,6 +91,13 @@ def test_demo_slurm_example_fits_the_local_cluster() -> None:
     assert run.resources.time_limit_seconds == 60
 
 
+def test_local_tiny_example_runs_on_the_embedded_scheduler_in_a_few_windows() -> None:
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-local-tiny.yaml").read_text()))
+    assert run.resources.scheduler == "local" and run.resources.gpus_per_node == 0
+    assert run.resources.time_limit_seconds < 60 and run.training.training_steps <= 200
+    assert run.training.dataset == "data/sample.parquet"  # what `pyrecover data prepare` makes
+
+
 def test_systemd_unit_runs_pyrecover_serve_with_an_environment_file() -> None:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
@@ -80,7 +109,9 @@ def test_systemd_unit_runs_pyrecover_serve_with_an_environment_file() -> None:
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth() -> None:
+def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pairs = {}
     for line in (DEPLOY / "examples" / "controller.env").read_text().splitlines():
         if not line.strip() or line.startswith("#"):
@@ -91,6 +122,16 @@ def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth()
     assert pairs["PYRECOVER_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert pairs["PYRECOVER_PUBLIC_URL"].startswith("https://")
     assert "PYRECOVER_SLURM_CLI_TIMEOUT_S" in pairs
+    # Every value is one the settings accept, and the example is a safe deployment.
+    from controller.settings import Settings
+
+    for key, value in pairs.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (
+        settings.auth_required and settings.host == "127.0.0.1" and settings.trusted_proxies == ["127.0.0.1"]
+    )
+    settings.validate_for_serving()
 
 
 def test_slurm_conf_template_has_the_measured_settings() -> None:
@@ -108,8 +149,28 @@ def test_slurm_conf_template_has_the_measured_settings() -> None:
     assert "batch_sched_delay=0" in conf["SchedulerParameters"]
     node = next(line for line in text.splitlines() if line.startswith("NodeName="))
     assert "NodeAddr=127.0.0.1" in node and "CPUs=@CPUS@" in node
-    partition = next(line for line in text.splitlines() if line.startswith("PartitionName="))
-    assert "PartitionName=debug" in partition and "Default=YES" in partition
+    # N slurmd on one host (multiple-slurmd): a port per node, files kept apart by node name (%n),
+    # and nodes that together declare more CPUs than the host has are not drained.
+    assert "NodeName=@NODES@" in node and "Port=@PORTS@" in node and "NodeHostname=@HOSTNAME@" in node
+    for key in ("SlurmdPidFile", "SlurmdSpoolDir", "SlurmdLogFile"):
+        assert "%n" in conf[key], key
+    assert conf["SlurmdParameters"] == "config_overrides"
+    partitions = {
+        fields["PartitionName"]: fields
+        for fields in (
+            dict(word.split("=", 1) for word in line.split())
+            for line in text.splitlines()
+            if line.startswith("PartitionName=")
+        )
+    }
+    assert partitions["debug"]["Default"] == "YES"
+    # A job in `high` preempts jobs in `debug`: cancelled after a grace (pyrecover resubmits
+    # itself, its jobs are --no-requeue), never requeued or suspended; `high` is never preempted.
+    assert conf["PreemptType"] == "preempt/partition_prio"
+    assert conf["PreemptMode"] == partitions["debug"]["PreemptMode"] == "CANCEL"
+    assert int(partitions["high"]["PriorityTier"]) > int(partitions["debug"]["PriorityTier"])
+    assert partitions["high"]["PreemptMode"] == "OFF"
+    assert int(partitions["debug"]["GraceTime"]) > 0
     # Every placeholder the template uses is one up.sh fills in.
     up = (DEPLOY / "slurm-local" / "up.sh").read_text()
     settings = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
@@ -122,9 +183,29 @@ def test_ci_run_brings_up_slurm_and_postgres_strictly() -> None:
     assert text.index("apt-get update") < text.index("apt-get install")
     for needed in ("slurm-wlm", "munge", "postgresql", "chromium"):
         assert needed in text
-    assert text.index("deploy/slurm-local/up.sh") < text.index("make test PYTEST_ARGS")
+    assert text.index("deploy/slurm-local/up.sh --nodes 3") < text.index("make test PYTEST_ARGS")
     assert text.index("deploy/postgres-local/up.sh") < text.index("make test PYTEST_ARGS")
     assert "export PYRECOVER_TEST_POSTGRES_URL" in text
     assert "export PYRECOVER_STRICT_INTEGRATION=1" in text
-    # pytest's exit 5 (nothing collected) fails the test command itself, so CI fails on it too.
-    assert "$$rc -eq 5" in (ROOT / "Makefile").read_text()
+    # The test command runs the suite's two phases; nothing collected in both fails it (tests/suite.py).
+    assert "tests/suite.py $(PYTEST_ARGS)" in (ROOT / "Makefile").read_text()
+
+
+def test_the_suite_runner_combines_markers_and_fails_an_empty_run() -> None:
+    import suite  # tests/ is on sys.path (rootdir)
+
+    assert suite.split_marker(["-m", "not slow", "-x", "-mfoo"]) == ("foo", ["-x"])
+    calls: list[list[str]] = []
+
+    def fake(codes: list[int]) -> Any:
+        def run(args: list[str], junit: Path) -> tuple[int, dict[str, int]]:
+            calls.append(args)
+            return codes.pop(0), {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+
+        return run
+
+    assert suite.main(["-m", "not slow", "tests/x"], fake([5, 5])) == 1  # nothing anywhere
+    assert calls[0][:2] == ["-m", "(not slow) and not slurm_wait"] and calls[0][-1] == "tests/x"
+    assert calls[1][:2] == ["-m", "(not slow) and slurm_wait"] and "-n" in calls[1]
+    assert suite.main([], fake([0, 5])) == 0  # one phase empty is fine
+    assert suite.main([], fake([0, 1])) == 1 and suite.main([], fake([2, 0])) == 2

@@ -1,14 +1,14 @@
 """slurmctld and slurmd restarted in the middle of a run on the local SLURM cluster.
 
 A run whose attempts are 1-minute SLURM jobs (it needs two of them) is driven by a real
-controller. While attempt 1 trains, both daemons are stopped (SIGTERM, as ``systemctl restart``
-does), left down for a few seconds (the controller's ``squeue`` polls fail meanwhile) and started
-again. Checked: the job survives the restart and ends by its own time-aware stop, the next
-attempt is submitted to the restarted slurmctld and runs, the run completes, attempt numbers are
-contiguous and no job was submitted twice.
+controller. While attempt 1 trains, slurmctld and every slurmd (one per node) are stopped
+(SIGTERM, as ``systemctl restart`` does), left down for a few seconds (the controller's ``squeue``
+polls fail meanwhile) and started again. Checked: the job survives the restart and ends by its own
+time-aware stop, the next attempt is submitted to the restarted slurmctld and runs, the run
+completes, attempt numbers are contiguous and no job was submitted twice.
 
 The daemons are restarted only when no job but this run's is in the queue (other tests' jobs
-would be disturbed); the test always leaves both daemons running (``deploy/slurm-local/up.sh``).
+would be disturbed); the test always leaves every daemon running (``deploy/slurm-local/up.sh``).
 """
 
 from __future__ import annotations
@@ -36,19 +36,28 @@ from ctlrun import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW_S = 60  # --time=1, SLURM's smallest limit
-DAEMONS = ("slurmctld", "slurmd")
+RUN_DIR = Path("/run/slurm")
 
 
 def _sh(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _pid(daemon: str) -> int | None:
+def _pid(pidfile: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        pid = int(Path(f"/run/slurm/{daemon}.pid").read_text().strip())
+        pid = int(pidfile.read_text().strip())
         os.kill(pid, 0)
         return pid
     return None
+
+
+def _daemons() -> dict[tuple[str, ...], Path]:
+    """The command that starts each daemon of the local cluster → its pid file: slurmctld, and one
+    ``slurmd -N <node>`` per node (deploy/slurm-local runs them all on this host)."""
+    daemons: dict[tuple[str, ...], Path] = {("slurmctld",): RUN_DIR / "slurmctld.pid"}
+    for pidfile in sorted(RUN_DIR.glob("slurmd-*.pid")):
+        daemons[("slurmd", "-N", pidfile.stem.removeprefix("slurmd-"))] = pidfile
+    return daemons
 
 
 def _node_usable() -> bool:
@@ -69,28 +78,33 @@ def cluster() -> None:
         pytest.skip("SLURM is not installed: run deploy/slurm-local/up.sh")
     if os.geteuid() != 0:
         pytest.skip("restarting slurmctld/slurmd needs root")
-    if not _node_usable() or any(_pid(d) is None for d in DAEMONS):
+    daemons = _daemons()
+    if not _node_usable() or len(daemons) < 2 or any(_pid(f) is None for f in daemons.values()):
         pytest.skip("no local SLURM cluster running (deploy/slurm-local/up.sh)")
 
 
 def _restart_daemons(down_s: float, bound: Deadline) -> float:
     t0 = time.monotonic()
-    for daemon in DAEMONS:
-        pid = _pid(daemon)
+    daemons = _daemons()
+    for command, pidfile in daemons.items():
+        pid = _pid(pidfile)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            bound.wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), f"{daemon} to stop", limit=60)
+            what = " ".join(command)
+            bound.wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), f"{what} to stop", limit=60)
     time.sleep(down_s)
-    for daemon in DAEMONS:
-        started = _sh(daemon)
-        assert started.returncode == 0, f"{daemon} did not start: {started.stderr}"
+    for command in daemons:
+        started = _sh(*command)
+        assert started.returncode == 0, f"{' '.join(command)} did not start: {started.stderr}"
     bound.wait_for(_node_usable, "the node to be usable again", every=1.0, limit=90)
     return round(time.monotonic() - t0, 1)
 
 
 def _ensure_cluster_up() -> None:
-    if all(_pid(d) is not None for d in DAEMONS) and _node_usable():
+    daemons = _daemons()
+    if len(daemons) > 1 and all(_pid(f) is not None for f in daemons.values()) and _node_usable():
         return
+    # Without --nodes, up.sh keeps the node count configured here.
     _sh(str(REPO / "deploy" / "slurm-local" / "up.sh"), timeout=180)
 
 

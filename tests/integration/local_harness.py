@@ -72,7 +72,7 @@ class Controller:
         assert upgraded.returncode == 0, upgraded.stderr
         created = self.cli("token", "create", "--name", "e2e")
         assert created.returncode == 0, created.stderr
-        self.token = created.stdout.strip().splitlines()[-1]
+        self.token = created.stdout.strip().splitlines()[0]  # then a line about the new user
 
     def start(self) -> None:
         self.starts += 1

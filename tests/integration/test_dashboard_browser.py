@@ -1,7 +1,9 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium against the real app.
 
 The app runs under uvicorn in a thread on a free loopback port, over a temporary SQLite DB with
-the reconciler off, seeded with runs in every state, attempts, checkpoints and metric points.
+the reconciler off, seeded with runs in every state, attempts, checkpoints and metric points. Auth
+is on, as by default: each page signs in through a one-time link (``/login/link``), as a user of
+``pyrecover demo`` does, as the admin who owns the seeded runs.
 Skipped when ``/usr/bin/chromium`` is missing (``apt-get install chromium``; CI turns the skip
 into a failure). Never downloads a browser. Screenshots go to ``$PYRECOVER_ARTIFACTS_DIR``
 (default ``artifacts/dashboard``); with ``PYRECOVER_UPDATE_SCREENSHOTS=1`` the two README
@@ -51,6 +53,18 @@ def _free_port() -> int:
 class Server:
     url: str
     seeded: Any
+    factory: Any
+    token: str
+    """The admin's API token, for the REST calls the tests compare the pages with."""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def login_link(self) -> str:
+        from tests.controller.web.web_seed import login_code
+
+        return f"{self.url}/login/link?code={login_code(self.factory, 'ada')}"
 
 
 def _serve(app: Any, port: int) -> tuple[Any, threading.Thread]:
@@ -75,14 +89,15 @@ def _serve(app: Any, port: int) -> tuple[Any, threading.Thread]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not CHROMIUM.exists():
         pytest.skip("Chromium not installed: apt-get install -y chromium (CI installs it)")
-    from tests.controller.web.web_seed import make_app, seed_dashboard
+    from tests.controller.web.web_seed import make_app, make_token, seed_dashboard
 
     port = _free_port()
     app, factory, _settings = make_app(tmp_path_factory.mktemp("dashboard"), port=port)
+    token = make_token(factory, "ada")  # the first user: an admin, owner of the seeded runs
     seeded = seed_dashboard(factory)
     server, thread = _serve(app, port)
     try:
-        yield Server(url=f"http://127.0.0.1:{port}", seeded=seeded)
+        yield Server(url=f"http://127.0.0.1:{port}", seeded=seeded, factory=factory, token=token)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -103,12 +118,14 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any, server: Server) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.set_default_timeout(WAIT_MS)
+    page.goto(server.login_link())  # a one-time code, exchanged for a session cookie
+    assert "signed in as ada" in page.locator("header .who").inner_text()
     try:
         yield page
     finally:
@@ -146,12 +163,13 @@ def test_run_page_chart_draws_the_api_series(server: Server, page: Any) -> None:
     page.wait_for_function("() => window.pyrecover && window.pyrecover.charts.loss !== undefined")
     drawn = page.evaluate("() => window.pyrecover.charts.loss.data")
     url = page.evaluate("() => document.getElementById('charts').dataset.seriesUrl")
-    series = httpx.get(server.url + url, timeout=30).json()
+    series = page.evaluate("async (u) => (await fetch(u)).json()", url)  # with the page's session
     assert drawn == [series["metrics"]["loss"]["x"], series["metrics"]["loss"]["y"]]
     assert series["points"] == server.seeded.metric_points
     assert 100 < len(drawn[0]) <= 1000  # downsampled from every point
     # every drawn point is one the REST API reports for this run
-    api = httpx.get(f"{server.url}/api/v1/runs/{run_id}/metrics", params={"limit": 100_000}, timeout=30)
+    metrics_url = f"{server.url}/api/v1/runs/{run_id}/metrics"
+    api = httpx.get(metrics_url, params={"limit": 100_000}, headers=server.auth, timeout=30)
     api.raise_for_status()
     reported = {(p["step"], p["loss"]) for p in api.json()["items"]}
     assert api.json()["total"] == server.seeded.metric_points

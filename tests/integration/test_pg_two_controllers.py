@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.db import upgrade_database
+from controller.db import make_engine, make_session_factory, upgrade_database
+from controller.services import create_user_token
 from tests.controller import dbfixtures
 from tests.integration.local_harness import Controller, wait_for
 
@@ -148,8 +149,10 @@ def controllers(pg_url: str, tmp_path: Path) -> Iterator[list[Controller]]:
     slurm = tmp_path / "slurm"
     bin_dir = install_fake_slurm(slurm)
     upgrade_database(pg_url)  # once, before either controller starts (both refuse an unmigrated DB)
+    token = admin_token(pg_url)
     pair = [Controller(tmp_path / f"controller-{i}") for i in range(2)]
     for c in pair:
+        c.token = token
         c.data_dir.mkdir()
         c.env.update(
             PYRECOVER_DATABASE_URL=pg_url,
@@ -165,9 +168,22 @@ def controllers(pg_url: str, tmp_path: Path) -> Iterator[list[Controller]]:
             c.stop()
 
 
+def admin_token(url: str) -> str:
+    """A token of the database's first user (an admin), valid on both controllers."""
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            token = create_user_token(session, "pg-admin")
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
+
+
 def api(c: Controller, method: str, path: str, **kw: Any) -> Any:
-    """The REST API without a token (loopback, auth not required)."""
-    resp = httpx.request(method, f"{c.url}/api/v1{path}", timeout=30, **kw)
+    """The REST API with the shared admin token (both controllers serve the same database)."""
+    headers = {"Authorization": f"Bearer {c.token}"}
+    resp = httpx.request(method, f"{c.url}/api/v1{path}", headers=headers, timeout=30, **kw)
     assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text}"
     return resp.json()
 

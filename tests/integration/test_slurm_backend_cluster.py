@@ -24,7 +24,7 @@ from shared import envvars
 from shared.schemas import ResourcesSpec
 from shared.states import SchedulerJobState as S
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slurm_wait]
 
 
 def _cluster_ready() -> str | None:

@@ -30,7 +30,7 @@ from shared.schemas import TrainingSpec
 from shared.states import SchedulerJobState as S
 from worker.data.prepare import ensure_sample_data
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 WINDOW_S = 60  # --time=1, SLURM's smallest limit
@@ -81,7 +81,7 @@ def api(cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
     ctl = demo_module.DemoController(demo_module.demo_settings(tmp_path / "controller", free_port()))
     ctl.start()
     try:
-        yield Api(url=ctl.url)
+        yield Api(url=ctl.url, token=ctl.demo_token())  # auth is on, as in every controller
     finally:
         ctl.stop()
 

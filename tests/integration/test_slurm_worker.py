@@ -21,7 +21,7 @@ from controller.scheduler.slurm import SlurmScheduler
 from shared.schemas import ResourcesSpec, TrainingSpec
 from shared.states import SchedulerJobState as S
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,14 @@
 """Shared pieces of the attack tests: the real app over a fresh DB (``api``, from the API tests'
-conftest), a seeded module-scoped app for the fuzzer, and the app's routes enumerated, so that an
-endpoint added later is attacked without anyone having to remember it."""
+conftest), the real app served over real HTTP (``live``: uvicorn with the controller's own
+protocol and settings, as ``pyrecover serve`` runs it), a seeded module-scoped app for the fuzzer,
+and the app's routes enumerated, so that an endpoint added later is attacked without anyone
+having to remember it."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,14 +26,21 @@ from controller.api import create_app
 from controller.api.limits import ReportRateLimiter
 from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt
-from controller.services import create_run, create_user_token, ingest, issue_worker_token
+from controller.services import (
+    create_run,
+    create_user,
+    create_user_token,
+    ingest,
+    issue_user_token,
+    issue_worker_token,
+)
 from controller.settings import Settings
 from shared.schemas import ReportBatch, RunCreate
 from shared.states import AttemptState, RunState
 from tests.controller.api.conftest import Api, make_api, run_body
 from tests.controller.dbfixtures import _pg_reachable, postgres_url
 
-__all__ = ["Api", "Seeded", "api", "api_routes", "run_body"]
+__all__ = ["Api", "Live", "Seeded", "api", "api_routes", "live", "run_body", "serve_live"]
 
 T0 = 1_800_000_000.0
 
@@ -36,6 +48,70 @@ T0 = 1_800_000_000.0
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     yield from make_api(tmp_path)
+
+
+@dataclass
+class Live:
+    """The real app behind uvicorn on a loopback port, over a fresh migrated SQLite DB."""
+
+    url: str
+    port: int
+    settings: Settings
+    factory: Callable[[], Session]
+    admin: str
+    """A token of the first user, an admin."""
+    server: Any
+
+    def h(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin}"}
+
+    def token(self, name: str, role: Any = None) -> str:
+        with self.factory() as s:
+            token = create_user_token(s, name, role=role)
+            s.commit()
+        return token
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_live(tmp_path: Path, **overrides: Any) -> Iterator[Live]:
+    """Serve ``create_app`` with ``controller.serving.uvicorn_config`` (the head timeout included)."""
+    import uvicorn
+
+    from controller.serving import uvicorn_config
+
+    settings = Settings(
+        data_dir=tmp_path, run_reconciler=False, port=_free_port(), **({"host": "127.0.0.1"} | overrides)
+    )
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings)
+    factory = make_session_factory(engine)
+    with factory() as s:
+        admin = create_user_token(s, "root")
+        s.commit()
+    app = create_app(settings, session_factory=factory)
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield Live(f"http://127.0.0.1:{settings.port}", settings.port, settings, factory, admin, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        engine.dispose()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    yield from serve_live(tmp_path)
 
 
 def api_routes(app: FastAPI) -> list[tuple[str, str]]:
@@ -92,10 +168,16 @@ class Seeded:
 
 def _seed(factory: Callable[[], Session]) -> tuple[str, str, int, int]:
     with factory() as s:
-        user = create_user_token(s, "fuzzer")
+        owner = create_user(s, "fuzzer")  # the first user: an admin, who may call every route
+        # The fuzzer revokes and rotates tokens by id (1, 2, ...): decoys take the small ids, so the
+        # token it calls with survives the revoke route's own fuzzing (test_fuzz_openapi revives it
+        # before each operation in case a generated id hit it anyway).
+        for i in range(64):
+            issue_user_token(s, owner, label=f"decoy-{i}")
+        user = issue_user_token(s, owner, label="fuzzer")[0]
         body = run_body("seeded-running")
-        running = create_run(s, RunCreate.model_validate(body))
-        failed = create_run(s, RunCreate.model_validate(run_body("seeded-failed")))
+        running = create_run(s, RunCreate.model_validate(body), owner=owner)
+        failed = create_run(s, RunCreate.model_validate(run_body("seeded-failed")), owner=owner)
         s.flush()
         s.add(
             Attempt(run_id=running.id, number=1, backend="local", job_name="j1", state=AttemptState.PENDING)

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from controller.api import create_app
@@ -24,7 +23,7 @@ from controller.db.models import Attempt, Run, WorkerEventRecord
 from controller.services import create_user_token, issue_worker_token
 from controller.settings import Settings
 from shared.states import AttemptState
-from tests.integration.local_harness import free_port
+from tests.live_server import free_port, serve
 from tests.security.conftest import Api, api_routes, progress, report, run_body
 
 # ------------------------------------------------------------------------------ body size
@@ -148,18 +147,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
         user = create_user_token(s, "ops")
         s.commit()
     app = create_app(settings, session_factory=factory)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield Served(f"http://127.0.0.1:{settings.port}", factory, user, app)
+        with serve(app, settings.port) as url:
+            yield Served(url, factory, user, app)
     finally:
-        server.should_exit = True
-        thread.join(30)
         engine.dispose()
 
 

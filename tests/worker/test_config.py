@@ -37,6 +37,8 @@ def test_every_training_spec_field_round_trips_through_the_worker_parser() -> No
         compile=True,
         fused_optimizer=True,
         log_loss_to_csv=False,
+        init_from_hf="models/llama-1b",
+        trackers=["wandb", "tensorboard"],
     )
     config = parse_config(spec.to_worker_args())
     for name, value in spec.model_dump().items():

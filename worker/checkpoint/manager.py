@@ -363,8 +363,7 @@ class CheckpointManager:
             warnings=warnings,
             changed_fields=choice["changed"],
         )
-        log.info("resumed from %s (step %d) in %.2fs", ckpt.path, ckpt.step, result.load_seconds)
-        return result
+        return result  # the loop logs the resume once, on rank 0
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,4 +1,5 @@
-"""Data for the worker: Parquet files, tokenizer, the seed's map-style dataset, and the streaming dataset.
+"""Data for the worker: Parquet files, tokenizer, the seed's map-style dataset, the streaming dataset,
+and the token store (built once by ``pyrecover data tokenize``, read without tokenizing).
 
 Names are imported lazily (PEP 562) so that ``pyrecover data prepare`` and its helper processes
 start without importing torch.
@@ -18,6 +19,9 @@ _EXPORTS = {
     "IterableParquetDataset": "worker.data.iterable",
     "Cursor": "worker.data.iterable",
     "load_tokenizer": "worker.data.tokenizer",
+    "TokenStore": "worker.data.token_store",
+    "TokenStoreDataset": "worker.data.store_dataset",
+    "build_store": "worker.data.store_build",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -170,7 +170,8 @@ def ensure_sample_data(directory: str | Path) -> tuple[Path, Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyrecover data",
-        description="Offline data for pyrecover: a sample corpus and a tokenizer, made without network.",
+        description="Offline data for pyrecover: a sample corpus and a tokenizer made without network, "
+        "and token stores (Parquet tokenized once, read by training without tokenizing).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     prep = sub.add_parser(
@@ -191,12 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"BPE vocabulary size, special tokens included (default: {DEFAULT_VOCAB_SIZE})",
     )
     prep.add_argument("--force", action="store_true", help="rebuild even if the data is already there")
+    from worker.data import store_cli
+
+    store_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "tokenize":
+        from worker.data import store_cli
+
+        return store_cli.run(args)
     if args.command != "prepare":
         parser.print_help()
         return 2

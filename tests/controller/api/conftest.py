@@ -16,6 +16,7 @@ from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt
 from controller.services import create_user_token, issue_worker_token
 from controller.settings import Settings
+from shared.roles import Role
 from shared.states import AttemptState
 
 
@@ -52,9 +53,10 @@ class Api:
             s.commit()
         return token
 
-    def token(self, name: str = "other") -> str:
+    def token(self, name: str = "other", role: Role | None = None) -> str:
+        """A token for user ``name`` (created if missing: role ``user``, or ``role``)."""
         with self.factory() as s:
-            token = create_user_token(s, name)
+            token = create_user_token(s, name, role=role)
             s.commit()
         return token
 
@@ -65,7 +67,7 @@ def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
     engine = make_engine(settings)
     factory = make_session_factory(engine)
     with factory() as s:
-        user = create_user_token(s, "tester")
+        user = create_user_token(s, "tester")  # the first user: an admin
         s.commit()
     with TestClient(
         create_app(settings, session_factory=factory), base_url="http://127.0.0.1:8000"

@@ -119,15 +119,16 @@ def test_open_read_only_lets_gets_through_but_nothing_else(open_api: Api) -> Non
 
 def test_settings_refuse_unsafe_serving() -> None:
     with pytest.raises(ValueError, match="without authentication"):
-        Settings(host="0.0.0.0").validate_for_serving()
-    Settings(host="0.0.0.0", auth_required=True).validate_for_serving()
-    Settings(host="127.0.0.1").validate_for_serving()
+        Settings(host="0.0.0.0", auth_required=False).validate_for_serving()
+    Settings(host="0.0.0.0").validate_for_serving()  # auth is on by default
+    Settings(host="127.0.0.1", auth_required=False).validate_for_serving()
     with pytest.raises(ValueError, match="open_read_only"):
         Settings(host="10.1.2.3", auth_required=True, open_read_only=True)
 
 
 def test_settings_defaults_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings(data_dir=tmp_path)
+    assert s.auth_required and not s.open_read_only and not s.users_read_all_runs
     assert s.database_url == f"sqlite:///{(tmp_path / 'pyrecover.db').as_posix()}"
     assert s.public_url == "http://127.0.0.1:8000" and s.checkpoint_root == tmp_path / "checkpoints"
     monkeypatch.setenv("PYRECOVER_PORT", "9100")
@@ -135,6 +136,6 @@ def test_settings_defaults_and_environment(tmp_path: Path, monkeypatch: pytest.M
     env = Settings(data_dir=tmp_path)
     assert env.port == 9100 and env.slurm_prologue == ["module load cuda"]
     assert env.public_url == "http://127.0.0.1:9100"
-    monkeypatch.setenv("PYRECOVER_PORT", "0")
+    monkeypatch.setenv("PYRECOVER_PORT", "65536")
     with pytest.raises(ValueError, match="port"):
         Settings()

@@ -135,6 +135,16 @@ def test_a_locked_database_is_a_clean_503_that_changes_nothing(api: Api, tmp_pat
         assert r.status_code == 201, r.text
 
 
+def test_a_webhook_aimed_at_the_controllers_own_network_is_a_422_naming_it(api: Api) -> None:
+    body = run_body("hooked")
+    body["policy"]["notify"] = [{"url": "https://hooks.example/ok"}, {"url": "http://127.0.0.1:8000/api/v1"}]
+    r = api.client.post("/api/v1/runs", json=body, headers=api.h())
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["field"] == "policy.notify[1].url"
+    assert "loopback" in r.json()["message"]
+    assert api.client.get("/api/v1/runs", headers=api.h()).json()["total"] == 0  # nothing stored
+
+
 def _gpu_run(**training: Any) -> dict[str, Any]:
     body = run_body("big-run", model_preset="llama3-8b", sequence_length=4096, batch_size=32, **training)
     body["resources"] |= {"scheduler": "slurm", "nodes": 2, "ntasks_per_node": 4, "gpus_per_node": 4}

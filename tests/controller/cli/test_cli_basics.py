@@ -21,7 +21,16 @@ COMMANDS = [
     "cancel",
     "resume",
     "logs",
+    "share",
+    "unshare",
     "token create",
+    "token list",
+    "token revoke",
+    "token rotate",
+    "user create",
+    "user list",
+    "user set",
+    "user login-link",
     "db upgrade",
 ]
 
@@ -121,7 +130,8 @@ def test_connection_settings_precedence(tmp_path: Path, monkeypatch: pytest.Monk
     assert Api.resolve(None, None, tmp_path).url == "http://saved:1"
     monkeypatch.setenv("PYRECOVER_URL", "http://env:2")
     assert Api.resolve(None, None, tmp_path).url == "http://env:2"
-    assert Api.resolve("http://flag:3/", "t", tmp_path) == Api(url="http://flag:3", token="t")
+    flagged = Api.resolve("http://flag:3/", "t", tmp_path)
+    assert (flagged.url, flagged.token) == ("http://flag:3", "t")
     (tmp_path / "cli.json").write_text("{not json")
     with pytest.raises(CliError, match="cannot read"):
         load_config(tmp_path)

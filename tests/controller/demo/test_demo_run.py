@@ -167,3 +167,28 @@ def test_ctrl_c_cancels_the_run_and_leaves_no_process(tmp_path: Path, sample_dir
     data_dir = tmp_path / "var"
     assert db_rows(data_dir, "SELECT state FROM runs") == [("CANCELLED",)]
     assert live_worker_pids(data_dir) == []
+
+
+def test_the_demo_controller_authenticates_and_hands_out_a_one_time_link(tmp_path: Path) -> None:
+    """The demo's controller runs with auth on, calls itself with its own token, and its sign-in
+    link carries a one-time code, never that token."""
+    import httpx
+
+    from controller.demo.run import DemoController, demo_settings
+
+    ctl = DemoController(demo_settings(tmp_path / "var", pick_port(None)))
+    ctl.settings.run_reconciler = False
+    ctl.start()
+    try:
+        assert httpx.get(f"{ctl.url}/api/v1/runs").status_code == 401
+        token = ctl.demo_token()
+        runs = httpx.get(f"{ctl.url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        assert runs.status_code == 200
+        link = ctl.login_link("/runs/1")
+        assert token not in link and link.startswith(f"{ctl.url}/login/link?code=")
+        first = httpx.get(link, follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"] == "/runs/1"
+        assert token not in first.headers["set-cookie"]
+        assert httpx.get(link, follow_redirects=False).status_code == 401, "a second use signs nobody in"
+    finally:
+        ctl.stop()

@@ -126,3 +126,59 @@ def test_a_hub_name_or_remote_path_is_left_alone(tmp_path: Path, monkeypatch: py
     argv = list(spec.argv)
     assert argv[argv.index("--tokenizer-name-or-path") + 1] == "meta-llama/Llama-3.1-8B"
     assert argv[argv.index("--dataset") + 1] == "shards/train"
+
+
+def test_a_mistyped_relative_path_reaches_the_worker_absolute_not_as_a_hub_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.reconciler.jobspec import absolute_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    training = TrainingSpec(
+        dataset="data/*.parquet", tokenizer_name_or_path="data/tokenizr", training_steps=20
+    )
+    assert absolute_inputs(training) == {
+        "dataset": str(tmp_path / "data" / "*.parquet"),
+        "tokenizer_name_or_path": str(tmp_path / "data" / "tokenizr"),
+    }
+    hub = TrainingSpec(dataset="/d", tokenizer_name_or_path="meta-llama/Llama-3.1-8B", training_steps=20)
+    assert absolute_inputs(hub) == {}
+
+
+def test_relative_init_from_hf_and_trackers_reach_the_worker_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    training = TrainingSpec(
+        dataset="/d/x.parquet",
+        tokenizer_name_or_path="/d/tok",
+        training_steps=50,
+        init_from_hf="models/llama",
+        trackers=["tensorboard", "wandb"],
+    )
+    spec = build_job_spec(
+        settings=settings(tmp_path),
+        run_id=4,
+        run_name="demo",
+        attempt=1,
+        training=training,
+        resources=ResourcesSpec(scheduler="local", time_limit="45s"),
+        token="t",
+    )
+    argv = list(spec.argv)
+    # workers run in the run's own directory: a relative path must not reach them as it was given
+    assert argv[argv.index("--init-from-hf") + 1] == str(tmp_path / "models" / "llama")
+    assert argv[argv.index("--trackers") + 1] == "tensorboard,wandb"
+    without = TrainingSpec(dataset="/d/x.parquet", tokenizer_name_or_path="/d/tok", training_steps=50)
+    plain = build_job_spec(
+        settings=settings(tmp_path),
+        run_id=5,
+        run_name="plain",
+        attempt=1,
+        training=without,
+        resources=ResourcesSpec(scheduler="local", time_limit="45s"),
+        token="t",
+    )
+    assert "--init-from-hf" not in plain.argv and "--trackers" not in plain.argv

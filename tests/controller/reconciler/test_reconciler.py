@@ -15,6 +15,7 @@ from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt, Checkpoint, Event, Run, WorkerEventRecord
 from controller.db.types import to_datetime
 from controller.reconciler import Reconciler
+from controller.services import first_admin
 from controller.settings import Settings
 from shared.schemas import RunCreate
 from shared.states import AttemptState, RunState
@@ -52,6 +53,7 @@ class World:
         with self.factory() as s:
             run = Run(
                 name=spec.name,
+                owner_id=first_admin(s).id,
                 spec=spec.model_dump(mode="json"),
                 scheduler=self.sched.name,
                 training_steps=steps,
@@ -306,7 +308,7 @@ def test_resumed_run_gets_its_failure_budget_afresh(world: World) -> None:
     world.tick()
     assert world.run(run_id).state == RunState.FAILED
     with world.factory() as s:
-        resume_run(s, run_id)
+        resume_run(s, run_id, by="tester")
         s.commit()
     world.tick()
     world.sched.set("job-3", J.FAILED, exit_code=1)

@@ -22,6 +22,7 @@ from controller.db import make_engine, make_session_factory, upgrade_database
 from controller.db.models import Attempt, Event, Run
 from controller.reconciler import Reconciler
 from controller.scheduler.base import JobSpec, JobStatus
+from controller.services import first_admin
 from controller.settings import Settings
 from shared.schemas import RunCreate
 from shared.states import AttemptState, RunState
@@ -83,7 +84,13 @@ class Controllers:
             }
         )
         with self.factory() as s:
-            run = Run(name=name, spec=spec.model_dump(mode="json"), scheduler="local", training_steps=10)
+            run = Run(
+                name=name,
+                owner_id=first_admin(s).id,
+                spec=spec.model_dump(mode="json"),
+                scheduler="local",
+                training_steps=10,
+            )
             s.add(run)
             s.commit()
             return int(run.id)

@@ -190,6 +190,21 @@ def test_poll_timeout_job_exit_code_and_signal() -> None:
     assert st.end_time == 1795899168.0
 
 
+def test_poll_reports_a_job_that_saved_and_left_within_its_preemption_grace_as_preempted() -> None:
+    cli = FakeCLI(
+        squeue=lambda argv: ok((FIX / "squeue_preempted.txt").read_text()),
+        scontrol=scontrol_from_fixture("scontrol_preempted.txt"),
+    )
+    got = SlurmScheduler(runner=cli).poll(["16", "18", "19"])
+    assert {k: (v.state, v.exit_code) for k, v in got.items()} == {
+        "16": (S.PREEMPTED, 0),
+        "18": (S.PREEMPTED, 137),
+        "19": (S.COMPLETED, 0),
+    }
+    assert got["16"].extra["slurm_state"] == "COMPLETED"
+    assert got["16"].extra["PreemptTime"] == "2026-12-01T10:49:31"
+
+
 def test_poll_all_ids_unknown_squeue_error_means_lost() -> None:
     cli = FakeCLI(
         squeue=lambda argv: ok(stderr="slurm_load_jobs error: Invalid job id specified\n", rc=1),

@@ -3,7 +3,10 @@
 The fixtures in ``fixtures/slurm/`` were produced by ``deploy/slurm-local/up.sh`` and ``sbatch``
 jobs that completed, failed with exit 3, were cancelled, waited on a dependency and hit
 ``--time=1`` (``squeue -h --states=all -o SQUEUE_FORMAT`` and ``scontrol -o show job <id>``, under
-``TZ=UTC``).
+``TZ=UTC``). The ``*_preempted.txt`` ones come from the multi-node cluster (``up.sh --nodes 3``):
+jobs in partition ``debug`` preempted by ``sbatch -p high -w <node> --exclusive`` jobs
+(PreemptMode=CANCEL, GraceTime=30). On SIGTERM job 16 exited 0 and job 17 exited 3 within the grace;
+job 18 ignored SIGTERM and was killed when the grace ran out; job 19 is a preemptor.
 """
 
 from __future__ import annotations
@@ -69,6 +72,44 @@ def test_scontrol_exit_codes_and_states() -> None:
     assert sp.shell_exit_code(jobs["4"].exit_code, jobs["4"].signal) == 143
     assert jobs["1"].extra["NodeList"] == "vm"
     assert jobs["1"].submit_time == 1795899094.0
+
+
+def test_scontrol_job_that_left_within_its_preemption_grace_is_preempted() -> None:
+    jobs = sp.parse_scontrol_jobs(read("scontrol_preempted.txt"))
+    got = {k: (v.state.state, v.state.raw, v.exit_code, v.signal) for k, v in jobs.items()}
+    assert got == {
+        # Slurm says COMPLETED / FAILED (the exit status) and sets PreemptTime: the cluster ended it.
+        "16": (S.PREEMPTED, "COMPLETED", 0, 0),
+        "17": (S.PREEMPTED, "FAILED", 3, 0),
+        # Killed at the end of the grace: PREEMPTED in Slurm's own words.
+        "18": (S.PREEMPTED, "PREEMPTED", 0, 9),
+        # The preemptor (a partition that cannot be preempted) has no PreemptTime at all.
+        "19": (S.COMPLETED, "COMPLETED", 0, 0),
+    }
+    assert jobs["16"].extra["PreemptTime"] == "2026-12-01T10:49:31"
+    assert "PreemptTime" not in jobs["19"].extra
+
+
+def test_scontrol_preempt_time_none_changes_nothing() -> None:
+    line = read("scontrol_ok_fail_cancel.txt").splitlines()[0]
+    assert "PreemptTime" not in line
+    never = line.replace(
+        "SuspendTime=None", "PreemptEligibleTime=2026-11-28T20:55:27 PreemptTime=None SuspendTime=None"
+    )
+    job = sp.parse_scontrol_jobs(never + "\n")["6"]
+    assert (job.state.state, "PreemptTime" in job.extra) == (S.COMPLETED, False)
+
+
+def test_squeue_cannot_tell_a_graceful_preemption_from_a_completion() -> None:
+    # Which is why the backend asks scontrol about every job that has just finished.
+    rows = sp.parse_squeue(read("squeue_preempted.txt"))
+    assert {k: v.state.state for k, v in rows.items()} == {
+        "16": S.COMPLETED,
+        "17": S.FAILED,
+        "18": S.PREEMPTED,
+        "19": S.COMPLETED,
+        "20": S.COMPLETED,
+    }
 
 
 def test_scontrol_pending_dependency() -> None:

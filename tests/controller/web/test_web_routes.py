@@ -1,5 +1,6 @@
 """Page routes against the real app over a fresh SQLite DB (reconciler off): pages, paging, series,
-actions through the API, the new-run form, CSRF and sign-in."""
+actions through the API, the new-run form, CSRF and sign-in. Auth is on, as by default: the
+``client`` browser is signed in as the first user (an admin, so it sees every seeded run)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.controller.web.web_seed import add_run, make_app, make_token, seed_dashboard
+from controller.web.security import SESSION_COOKIE
+from tests.controller.web.web_seed import add_run, make_app, make_token, seed_dashboard, sign_in
 
 CSRF_RE = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
@@ -23,8 +25,9 @@ def app_parts(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def client(app_parts: Any) -> Iterator[TestClient]:
-    app, _factory, _settings = app_parts
+    app, factory, _settings = app_parts
     with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        sign_in(c, factory, "ada")
         yield c
 
 
@@ -135,11 +138,11 @@ def test_static_files_are_served_and_confined(client: TestClient) -> None:
     assert client.get("/static/%2e%2e/routes.py").status_code == 404
 
 
-def test_sign_in_required_off_loopback(tmp_path: Path) -> None:
-    app, factory, _ = make_app(tmp_path, auth_required=True, open_read_only=False)
+def test_sign_in_is_required_by_default(tmp_path: Path) -> None:
+    app, factory, _ = make_app(tmp_path)
+    secret = make_token(factory, "ada")  # the first user: an admin, who may act on the seeded runs
     seeded = seed_dashboard(factory)
-    secret = make_token(factory, "ada")
-    with TestClient(app, base_url="http://10.0.0.5:8000") as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         first = client.get("/", follow_redirects=False)
         assert first.status_code == 303 and first.headers["location"].startswith("/login")
         token = _csrf(client, "/login")
@@ -151,10 +154,14 @@ def test_sign_in_required_off_loopback(tmp_path: Path) -> None:
         assert ok.status_code == 303 and ok.headers["location"] == "/runs/1"
         cookie = ok.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
+        assert secret.lower() not in cookie, "the cookie holds a session id, never the API token"
         assert "signed in as ada" in client.get("/").text
         resp = client.post(f"/runs/{seeded.cancel_run}/actions/cancel", headers={"X-CSRF-Token": token})
         assert resp.status_code == 200, resp.text
+        session_id = client.cookies.get(SESSION_COOKIE)
         client.post("/logout", data={"csrf_token": token})
+        assert client.get("/", follow_redirects=False).status_code == 303
+        client.cookies.set(SESSION_COOKIE, str(session_id))  # a copy of the old cookie: dead
         assert client.get("/", follow_redirects=False).status_code == 303
 
 

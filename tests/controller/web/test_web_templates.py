@@ -26,7 +26,7 @@ def _render(template: str, **context: Any) -> str:
     def url_for(name: str, /, **params: Any) -> str:
         return "/" + name + "".join(f"/{v}" for v in params.values())
 
-    viewer = Viewer(logged_in=True, name="ada", token="t", auth_required=True, can_view=True, can_act=True)
+    viewer = Viewer(logged_in=True, name="ada", auth_required=True, can_view=True, can_act=True)
     base = {
         "url_for": url_for,
         "static_url": lambda p: "/static/" + p,

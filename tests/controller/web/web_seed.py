@@ -8,9 +8,7 @@ points so that charts are downsampled.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +17,12 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine, make_session_factory, upgrade_database
-from controller.db.models import ApiToken, Attempt, Checkpoint, Event, Metric, Run
+from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
+from controller.services import create_user_token, ensure_user, first_admin
+from controller.services.sessions import issue_login_code, open_session
 from controller.settings import Settings
+from controller.web.security import SESSION_COOKIE
+from shared.roles import Role
 from shared.schemas import RunCreate
 from shared.states import AttemptState, EndReason, RunState
 
@@ -31,7 +33,8 @@ ATTEMPT_STARTS = (0, 1100, 2200)  # each attempt resumed from the previous one's
 
 
 def make_app(tmp: Path, *, port: int = 8000, **overrides: Any) -> tuple[Any, sessionmaker[Session], Settings]:
-    """``create_app`` (the real app: API + dashboard) over a fresh, migrated DB in ``tmp``."""
+    """``create_app`` (the real app: API + dashboard) over a fresh, migrated DB in ``tmp``; auth is
+    on as by default (``sign_in`` opens a session for a browser)."""
     from controller.api import create_app
 
     settings = Settings(data_dir=tmp, run_reconciler=False, host="127.0.0.1", port=port, **overrides)
@@ -53,10 +56,15 @@ def spec(name: str, steps: int = TOTAL_STEPS) -> dict[str, Any]:
     return RunCreate.model_validate(body).model_dump(mode="json")
 
 
-def add_run(factory: sessionmaker[Session], name: str, state: str, **fields: Any) -> int:
+def add_run(
+    factory: sessionmaker[Session], name: str, state: str, *, owner: str | None = None, **fields: Any
+) -> int:
+    """A run row as the reconciler leaves it, owned by ``owner`` (default: the first admin)."""
     with factory.begin() as session:
+        owner_id = (ensure_user(session, owner).user if owner else first_admin(session)).id
         run = Run(
             name=name,
+            owner_id=owner_id,
             state=RunState(state),
             spec=spec(name, TOTAL_STEPS),
             scheduler="slurm",
@@ -239,16 +247,22 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
     return Seeded(run_ids=ids, chart_run=ids["RUNNING"], cancel_run=ids["PENDING"], metric_points=points)
 
 
-def make_token(factory: sessionmaker[Session], name: str) -> str:
-    """A user token stored as the API stores it (its SHA-256), returned in clear."""
-    secret = "pyr_" + secrets.token_urlsafe(24)
+def make_token(factory: sessionmaker[Session], name: str, role: Role | None = None) -> str:
+    """A token for user ``name`` (created if missing), as ``pyrecover token create`` makes one."""
     with factory.begin() as session:
-        session.add(
-            ApiToken(
-                name=name,
-                token_hash=hashlib.sha256(secret.encode()).hexdigest(),
-                prefix=secret[:8],
-                kind="user",
-            )
-        )
+        return create_user_token(session, name, role=role)
+
+
+def sign_in(client: Any, factory: sessionmaker[Session], name: str = "ada", role: Role | None = None) -> str:
+    """Give ``client`` (a TestClient) the session cookie of user ``name`` (created if missing; the
+    first user is an admin), as signing in would; returns the session id."""
+    with factory.begin() as session:
+        secret = open_session(session, ensure_user(session, name, role=role).user)
+    client.cookies.set(SESSION_COOKIE, secret)
     return secret
+
+
+def login_code(factory: sessionmaker[Session], name: str = "ada") -> str:
+    """A one-time sign-in code for user ``name`` (created if missing)."""
+    with factory.begin() as session:
+        return issue_login_code(session, ensure_user(session, name).user)

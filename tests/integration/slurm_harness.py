@@ -1,0 +1,180 @@
+"""Runs on the real local SLURM cluster (``deploy/slurm-local/up.sh --nodes N``), driven through a
+real controller's REST API: what the multi-node and preemption tests share.
+
+The controller (API + reconciler, SQLite in a fresh data dir) runs in-process, as in
+``test_slurm_e2e.py``. Runs use the tiny model in fp32 on CPU with 32-token sequences, so a step
+takes milliseconds and a job's time goes to start-up; every wait is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.schemas import TrainingSpec
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+USABLE = frozenset({"idle", "mixed", "allocated", "completing"})
+WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # one intra-op thread: more only fight over the 2 cores
+
+
+def sh(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def usable_nodes() -> list[str]:
+    """The nodes of partition ``debug`` that can take jobs now."""
+    out = sh("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", timeout=15)
+    return sorted(
+        name for name, state in (line.split() for line in out.stdout.splitlines() if line.strip())
+        if state in USABLE
+    )  # fmt: skip
+
+
+def require_nodes(n: int) -> list[str]:
+    """The usable nodes, or a skip (a failure in CI) saying how to get ``n`` of them."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        pytest.skip("SLURM CLI not installed: run deploy/slurm-local/up.sh --nodes 3")
+    nodes = usable_nodes()
+    if len(nodes) < n:
+        pytest.skip(f"needs {n} usable SLURM nodes, found {nodes}: run deploy/slurm-local/up.sh --nodes 3")
+    return nodes
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """``vm-[1-2]`` → ``["vm-1", "vm-2"]`` (``scontrol show hostnames``)."""
+    return sh("scontrol", "show", "hostnames", nodelist).stdout.split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def training(sample: tuple[Path, Path], steps: int, checkpoint_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A run's ``training`` body: the tiny model, fp32, fixed seed, a metric every step."""
+    body: dict[str, Any] = {
+        "dataset": str(sample[0]),
+        "tokenizer_name_or_path": str(sample[1]),
+        "training_steps": steps,
+        "model_preset": "tiny",
+        "sequence_length": 32,
+        "batch_size": 4,
+        "model_dtype": "fp32",
+        "seed": 7,
+        "learning_rate": 3e-3,
+        "lr_warmup_steps": 5,
+        "logging_frequency": 1,
+        "checkpoint_dir": str(checkpoint_dir),
+        "checkpoint_frequency": max(5, steps // 4),
+        "log_loss_to_csv": False,
+    }
+    return body | overrides
+
+
+def to_unix(value: str | None) -> float | None:
+    """An API timestamp (ISO 8601, UTC) → Unix seconds."""
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Runs:
+    """The REST API of one in-process controller, as the tests use it."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def submit(self, name: str, body: dict[str, Any], **resources: Any) -> int:
+        run = {
+            "name": name,
+            "training": body,
+            "resources": {
+                "scheduler": "slurm",
+                # Longer than any run here: no walltime stop, so every attempt boundary is the test's.
+                "time_limit": "10",
+                "partition": "debug",
+                "signal_lead_seconds": 0,
+                "env": WORKER_ENV,
+                **resources,
+            },
+            "policy": {"max_attempts": 4, "backoff_seconds": 1},
+        }
+        return int(self.api.post("/runs", run)["id"])
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return dict(self.api.get(f"/runs/{run_id}"))
+
+    def jobs(self, run_id: int) -> list[dict[str, Any]]:
+        return list(self.api.get(f"/runs/{run_id}/jobs")["items"])
+
+    def metrics(self, run_id: int) -> list[dict[str, Any]]:
+        return list(self.api.get(f"/runs/{run_id}/metrics")["items"])
+
+    def wait(self, run_ids: list[int], until: Callable[[dict[str, Any]], bool], limit: float) -> None:
+        """Poll until ``until(run)`` holds for every run; fail with the attempt chains at ``limit``."""
+        end = time.monotonic() + limit
+        while True:
+            runs = {run_id: self.run(run_id) for run_id in run_ids}
+            if all(until(r) for r in runs.values()):
+                return
+            if time.monotonic() > end:
+                chains = {run_id: (r.get("state"), self.jobs(run_id)) for run_id, r in runs.items()}
+                pytest.fail(f"runs not there after {limit:.0f} s: {chains}")
+            time.sleep(0.5)
+
+
+@contextmanager
+def controller(data_dir: Path) -> Iterator[Runs]:
+    from controller import demo
+    from controller.cli.client import Api
+
+    ctl = demo.DemoController(demo.demo_settings(data_dir, free_port()))
+    ctl.start()
+    try:
+        yield Runs(Api(url=ctl.url))
+    finally:
+        ctl.stop()
+
+
+def terminal(run: dict[str, Any]) -> bool:
+    return run.get("state") in TERMINAL
+
+
+def start_reference(
+    body: dict[str, Any], checkpoint_dir: Path, name: str, cwd: Path
+) -> subprocess.Popen[str]:
+    """The same training, standalone (no controller, no SLURM, one process), uninterrupted."""
+    spec = TrainingSpec(**(body | {"checkpoint_dir": str(checkpoint_dir)}))
+    argv = [sys.executable, "-m", "worker", *spec.to_worker_args(), "--experiment-name", name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")} | WORKER_ENV
+    return subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> None:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, f"the reference worker failed ({proc.returncode}): {err[-3000:]}"
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Model weights and optimizer state bit-identical (``pyrecover checkpoint compare --optimizer``)."""
+    cmp = sh(
+        sys.executable, "-m", "worker.checkpoint.cli", "compare", str(a), str(b), "--optimizer", timeout=300
+    )
+    assert cmp.returncode == 0, f"{a} and {b} differ:\n{cmp.stdout}{cmp.stderr}"
