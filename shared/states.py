@@ -69,7 +69,8 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _R.QUEUED: frozenset({_R.RUNNING, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
     # Back to QUEUED between attempts (walltime stop, preemption, failure within budget).
     _R.RUNNING: frozenset({_R.QUEUED, _R.COMPLETED, _R.FAILED, _R.CANCELLED}),
-    _R.COMPLETED: frozenset(),
+    # ``extend``: more steps for a finished run; it continues from its final checkpoint.
+    _R.COMPLETED: frozenset({_R.PENDING}),
     # ``resume``: restart from the latest committed checkpoint.
     _R.FAILED: frozenset({_R.PENDING}),
     _R.CANCELLED: frozenset({_R.PENDING}),
@@ -87,8 +88,8 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     _A.ENDED: frozenset(),
 }
 """Which attempt state may follow which; ``controller.state_machine.transition_attempt`` enforces it."""
-RESUMABLE_RUN_STATES = frozenset(s for s, nxt in RUN_TRANSITIONS.items() if RunState.PENDING in nxt)
-"""Ended runs a user may resume (FAILED, CANCELLED): read off the table, never listed again."""
+RESUMABLE_RUN_STATES = frozenset({RunState.FAILED, RunState.CANCELLED})
+"""Ended runs a user may resume. A COMPLETED run goes on only when it is given more steps (extend)."""
 
 
 class EndReason(StrEnum):

@@ -56,6 +56,10 @@ resume. Everything else (steps, learning rate, cadence, world size, parallelism,
 activation checkpointing, ...) may change between attempts: none of those changes which update a step
 makes beyond the order of float additions."""
 
+FROZEN_FIELDS: tuple[str, ...] = (*IMMUTABLE_FIELDS, "checkpoint_dir")
+"""What ``PATCH /runs/{id}`` (``pyrecover extend``) refuses: the immutable fields, and the checkpoint
+root (a run's past lives there: a new root would start it over)."""
+
 PER_ATTEMPT_FIELDS: tuple[str, ...] = ("deadline", "stop_after_steps", "resume_from_checkpoint")
 """Worker fields that describe one attempt, not the run (left out of the checkpoint's config)."""
 

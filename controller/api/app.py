@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, configure_mappers
 
 from controller.api import errors
 from controller.api.limits import BodySizeLimit, LoginThrottle, ReportRateLimiter
-from controller.api.routes import ops, reports, runs, shares, tokens, users
+from controller.api.routes import logs, ops, reports, runs, shares, tokens, users
 from controller.db import check_database_migrated, make_engine, make_session_factory
 from controller.metrics import LatencyHistogram
 from controller.origins import CrossSiteCheck, HostCheck
@@ -87,6 +87,7 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.state.login_throttle = LoginThrottle(failures_per_minute=settings.login_failures_per_minute)
     errors.install(app)
     app.include_router(runs.router, prefix=API_PREFIX)
+    app.include_router(logs.router, prefix=API_PREFIX)
     app.include_router(shares.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)
     app.include_router(users.router, prefix=API_PREFIX)

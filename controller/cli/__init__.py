@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import account_cmds, admin_cmds, plan_cmd, run_cmds, worker_cmds
+from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, plan_cmd, run_cmds, worker_cmds
 
 app = typer.Typer(
     name="pyrecover",
@@ -47,6 +47,8 @@ admin_cmds.register(app)
 account_cmds.register(app)
 run_cmds.register(app)
 plan_cmd.register(app)
+action_cmds.register(app)
+log_cmds.register(app)
 worker_cmds.register(app)
 
 

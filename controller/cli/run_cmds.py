@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from controller.cli.client import Api, CliError, default_data_dir, fail, items
+from controller.cli.client import Api, CliError, fail, items
 from controller.cli.views import attempts_table, run_panel, run_progress
 from controller.client import load_run_file
-from shared.paths import looks_local, run_dir
+from shared.paths import looks_local
 from shared.schemas import RunCreate
 from shared.states import TERMINAL_RUN_STATES
 
@@ -168,98 +168,6 @@ def register(app: typer.Typer) -> None:
             console.print(attempts_table(items(api.get(f"/runs/{run_id}/jobs"))))
             if follow and detail.get("state") != "COMPLETED":
                 raise typer.Exit(1)
-
-        with_api(go)
-
-    @app.command("cancel")
-    def cancel(run: RunArg, url: UrlOpt = None, token: TokenOpt = None) -> None:
-        """Cancel a run: its live attempt is stopped and the run ends CANCELLED."""
-
-        def go() -> None:
-            api = Api.resolve(url, token)
-            result = api.post(f"/runs/{api.run_id(run)}/cancel")
-            console.print(f"run {run}: {(result or {}).get('state', 'cancel requested')}")
-
-        with_api(go)
-
-    @app.command("resume")
-    def resume(run: RunArg, url: UrlOpt = None, token: TokenOpt = None) -> None:
-        """Restart a FAILED or CANCELLED run from its latest committed checkpoint."""
-
-        def go() -> None:
-            api = Api.resolve(url, token)
-            result = api.post(f"/runs/{api.run_id(run)}/resume")
-            console.print(f"run {run}: {(result or {}).get('state', 'resumed')}")
-
-        with_api(go)
-
-    @app.command("share")
-    def share(
-        run: RunArg,
-        user: Annotated[
-            str | None, typer.Argument(help="Who may now read it (a viewer) or act on it.")
-        ] = None,
-        url: UrlOpt = None,
-        token: TokenOpt = None,
-    ) -> None:
-        """Share a run with a user (its owner or an admin); without USER, list whom it is shared with."""
-
-        def go() -> None:
-            api = Api.resolve(url, token)
-            run_id = api.run_id(run)
-            if user is not None:
-                api.post(f"/runs/{run_id}/shares", {"user": user})
-                console.print(f"run {run} shared with {user}")
-            table = Table("user", "role", "shared by", "since")
-            for row in api.get(f"/runs/{run_id}/shares") or []:
-                table.add_row(
-                    row["user"], row["role"], str(row.get("shared_by") or ""), str(row["created_at"])
-                )
-            console.print(table)
-
-        with_api(go)
-
-    @app.command("unshare")
-    def unshare(
-        run: RunArg,
-        user: Annotated[str, typer.Argument(help="Whose access to take away.")],
-        url: UrlOpt = None,
-        token: TokenOpt = None,
-    ) -> None:
-        """Stop sharing a run with a user."""
-
-        def go() -> None:
-            api = Api.resolve(url, token)
-            api.request("DELETE", f"/runs/{api.run_id(run)}/shares/{user}")
-            console.print(f"run {run} is no longer shared with {user}")
-
-        with_api(go)
-
-    @app.command("logs")
-    def logs(
-        run: RunArg,
-        attempt: Annotated[int | None, typer.Option(help="Only this attempt (default: all).")] = None,
-        stderr: Annotated[bool, typer.Option("--stderr/--stdout", help="Which stream to print.")] = True,
-        data_dir: Annotated[
-            Path | None, typer.Option(help="Controller data dir (default: $PYRECOVER_DATA_DIR, else ./var).")
-        ] = None,
-        url: UrlOpt = None,
-        token: TokenOpt = None,
-    ) -> None:
-        """Print the log files of a run's attempts (read from the controller's data directory)."""
-
-        def go() -> None:
-            run_id = int(run) if run.isdigit() else Api.resolve(url, token).run_id(run)
-            log_dir = run_dir(data_dir or default_data_dir(), run_id) / "logs"
-            suffix = ".err" if stderr else ".out"
-            files = sorted(log_dir.glob(f"attempt-*{suffix}"))
-            if attempt is not None:
-                files = [f for f in files if f.name == f"attempt-{attempt:04d}{suffix}"]
-            if not files:
-                raise CliError(f"no {suffix[1:]} log files for run {run} in {log_dir}")
-            for path in files:
-                console.rule(path.name)
-                console.out(path.read_text(errors="replace"), end="", highlight=False)
 
         with_api(go)
 

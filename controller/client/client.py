@@ -175,6 +175,58 @@ class Client:
         body = {"action": action.value}
         return self._model(RunPublic, self.request("POST", f"/runs/{self.run_id(run)}/actions", json=body))
 
+    def update(
+        self,
+        run: RunRef,
+        *,
+        training: Mapping[str, Any] | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> RunPublic:
+        """Change settings that may change between attempts; the next attempt uses them."""
+        body = {"training": dict(training or {}), "policy": dict(policy or {})}
+        return self._model(RunPublic, self.request("PATCH", f"/runs/{self.run_id(run)}", json=body))
+
+    def extend(self, run: RunRef, training_steps: int, **training: Any) -> RunPublic:
+        """Train the run up to ``training_steps`` (a COMPLETED run continues from its final checkpoint)."""
+        return self.update(run, training={"training_steps": training_steps, **training})
+
+    def logs(self, run: RunRef, attempt: int, *, stream: str = "stderr", tail: int | None = None) -> str:
+        """One attempt's log (``stderr`` is the training log), or its last ``tail`` lines."""
+        path = f"/runs/{self.run_id(run)}/jobs/{attempt}/log"
+        if tail is not None:
+            return self._get_text(path, stream=stream, tail=tail)[0]
+        parts, offset = [], 0
+        while True:  # the server answers at most a few MiB at a time
+            text, next_offset = self._get_text(path, stream=stream, offset=offset)
+            parts.append(text)
+            if next_offset == offset or not text:
+                return "".join(parts)
+            offset = next_offset
+
+    def follow_logs(self, run: RunRef, attempt: int, *, stream: str = "stderr") -> Iterator[str]:
+        """The log as it is written, chunk by chunk, until the attempt ends."""
+        params = {"stream": stream, "follow": "true"}
+        path = f"/runs/{self.run_id(run)}/jobs/{attempt}/log"
+        try:
+            with self._http.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_for(response)
+                yield from response.iter_text()
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(
+                f"lost the log stream from {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _get_text(self, path: str, **params: Any) -> tuple[str, int]:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"cannot reach the controller at {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response.text, int(response.headers.get("X-Log-Offset", 0))
+
     def follow(
         self, run: RunRef, *, interval: float = 2.0, timeout: float | None = None
     ) -> Iterator[RunPublic]:

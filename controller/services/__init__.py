@@ -12,6 +12,7 @@ from controller.services.errors import (
     TokenNotFound,
     UserNotFound,
 )
+from controller.services.extend import update_run
 from controller.services.reports import IngestResult, ingest
 from controller.services.runs import (
     cancel_run,
@@ -77,5 +78,6 @@ __all__ = [
     "resume_run",
     "revoke_token",
     "rotate_token",
+    "update_run",
     "user_for_token",
 ]

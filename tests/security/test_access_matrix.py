@@ -118,6 +118,12 @@ ROWS: dict[tuple[str, str], Row] = {
         ACT, state=RunState.RUNNING, build=_json(lambda c: {"action": "checkpoint"})
     ),
     ("GET", "/api/v1/runs/{run_id}/jobs"): Row(READ),
+    ("PATCH", "/api/v1/runs/{run_id}"): Row(ACT, build=_json(lambda c: {"policy": {"backoff_seconds": 7}})),
+    ("GET", "/api/v1/runs/{run_id}/jobs/{attempt}/log"): Row(
+        READ,
+        state=RunState.RUNNING,
+        build=_at(lambda c: f"/api/v1/runs/{c.run_id}/jobs/1/log?tail=5"),
+    ),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): Row(READ),
     ("GET", "/api/v1/runs/{run_id}/metrics"): Row(READ),
     ("GET", "/api/v1/runs/{run_id}/events"): Row(READ),

@@ -24,6 +24,7 @@ from controller.services import (
     list_runs,
     request_action,
     resume_run,
+    update_run,
 )
 from shared.schemas import (
     AttemptPublic,
@@ -35,6 +36,7 @@ from shared.schemas import (
     RunCreate,
     RunPublic,
 )
+from shared.schemas.patch import RunPatch
 from shared.states import RunState
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -126,6 +128,27 @@ def post_cancel(run: ActionableRun, session: SessionDep, principal: UserDep, req
 def post_resume(run: ActionableRun, session: SessionDep, principal: UserDep, request: Request) -> RunPublic:
     """Restart a FAILED or CANCELLED run from its latest committed checkpoint."""
     resume_run(session, run, by=principal.actor)
+    session.commit()
+    _wake(request)
+    return _one(session, run)
+
+
+@router.patch(
+    "/{run_id}",
+    responses={
+        **RUN_ERRORS,
+        **QUOTA,
+        409: {"description": "A COMPLETED run given no more steps"},
+        422: {"description": "A field that may not change, or an invalid value"},
+    },
+)
+def patch_run(
+    body: RunPatch, run: ActionableRun, session: SessionDep, principal: UserDep, request: Request
+) -> RunPublic:
+    """Change settings that may change between attempts (``pyrecover extend``): more
+    ``training_steps`` — a COMPLETED run then continues from its final checkpoint —, another
+    learning rate, checkpoint cadence, policy... The next attempt uses them."""
+    update_run(session, run, body, by=principal.actor)
     session.commit()
     _wake(request)
     return _one(session, run)

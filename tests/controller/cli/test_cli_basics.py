@@ -21,6 +21,9 @@ COMMANDS = [
     "cancel",
     "resume",
     "logs",
+    "stop",
+    "checkpoint-now",
+    "extend",
     "share",
     "unshare",
     "token create",
@@ -135,16 +138,3 @@ def test_connection_settings_precedence(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "cli.json").write_text("{not json")
     with pytest.raises(CliError, match="cannot read"):
         load_config(tmp_path)
-
-
-def test_logs_reads_attempt_files(tmp_path: Path) -> None:
-    logs = tmp_path / "runs" / "4" / "logs"
-    logs.mkdir(parents=True)
-    (logs / "attempt-0001.err").write_text("first attempt\n")
-    (logs / "attempt-0002.err").write_text("second attempt\n")
-    result = runner.invoke(app, ["logs", "4", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 0 and "first attempt" in result.output and "second attempt" in result.output
-    only = runner.invoke(app, ["logs", "4", "--attempt", "2", "--data-dir", str(tmp_path)])
-    assert "first attempt" not in only.output and "second attempt" in only.output
-    none = runner.invoke(app, ["logs", "4", "--attempt", "3", "--data-dir", str(tmp_path)])
-    assert none.exit_code == 1 and "no err log files" in none.output
