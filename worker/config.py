@@ -112,11 +112,19 @@ class TrainConfig(TrainingFields):
         return v
 
     def check_world_size(self, world_size: int) -> None:
-        """The global batch must split evenly over the ranks."""
+        """The global batch must split evenly over the ranks, and each rank's share into micro-batches."""
         if self.batch_size % world_size:
             raise ConfigError(
                 f"batch_size: the global batch ({self.batch_size}) must be divisible by the world size "
                 f"({world_size})"
+            )
+        local = self.batch_size // world_size
+        if local % self.gradient_accumulation_steps:
+            raise ConfigError(
+                f"gradient_accumulation_steps: each rank's {local} sequences (batch_size {self.batch_size} / "
+                f"world size {world_size}) do not split into {self.gradient_accumulation_steps} equal "
+                f"micro-batches; batch_size must be divisible by world size × gradient_accumulation_steps "
+                f"({world_size * self.gradient_accumulation_steps})"
             )
 
     def resolved(self, **runtime: Any) -> dict[str, Any]:

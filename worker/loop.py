@@ -1,4 +1,5 @@
-"""The step loop: forward/backward, clipping, logging, periodic saves, and every way of stopping.
+"""The step loop: micro-batches' forward/backward, clipping, the optimizer step, logging, periodic
+saves, and every way of stopping.
 
 At each step boundary the ranks agree (one all-reduce) on the summed loss and on the stop flags
 (signal received, controller request, deadline near), so every rank takes the same decision after
@@ -33,6 +34,7 @@ from worker.deadline import Clock, DeadlineTracker, StopPolicy, measure_write_ba
 from worker.distributed import DistInfo, all_reduce_sum, log_rank0
 from worker.divergence import Diverged, DivergenceGuard, Verdict, report_divergence
 from worker.loss_log import LossCSV
+from worker.parallel import gradient_sync, micro_batches
 from worker.profiling import StepProfiler
 from worker.reporting import Reporter
 from worker.signals import Backstop, StopSignals, read_signal_lead
@@ -105,27 +107,57 @@ class TrainingLoop:
 
     # --- one step -------------------------------------------------------------------------------
     def _train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """Forward/backward/update; returns (this rank's token-sum loss, global token count, grad norm)."""
-        comp, device = self.comp, self.info.device
-        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        # The loss is normalised by the non-masked tokens of the GLOBAL batch, so it (and the update)
-        # does not depend on how the batch is split over ranks. DDP averages gradients over ranks,
-        # hence the factor world_size.
-        (n_tokens,) = all_reduce_sum([float((labels != IGNORE_INDEX).sum().item())], self.info)
+        """One optimizer step over this rank's share of the global batch.
+
+        Returns (this rank's token-sum loss, the global batch's token count, the gradient norm).
+        """
+        info, accumulation = self.info, self.config.gradient_accumulation_steps
+        inputs, labels = inputs.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+        # The loss is normalised by the non-masked tokens of the GLOBAL batch (all micro-batches of
+        # all ranks), so neither the split over ranks nor the one into micro-batches changes the
+        # update. DDP and FSDP average gradients over ranks, hence the factor world_size.
+        (n_tokens,) = all_reduce_sum([float((labels != IGNORE_INDEX).sum().item())], info)
         n_tokens = max(n_tokens, 1.0)
-        with comp.precision.autocast():
-            logits = comp.model(inputs)
-            loss_sum = F.cross_entropy(
+        scale = info.world_size / n_tokens
+        loss_sum = torch.zeros((), dtype=torch.float32, device=info.device)
+        for i, (x, y) in enumerate(micro_batches(inputs, labels, accumulation)):
+            # Gradients accumulate locally; only the last micro-batch's backward communicates them.
+            with gradient_sync(self.comp.model, enabled=i == accumulation - 1):
+                micro_loss = self._forward_loss(x, y)
+                self._backward(micro_loss * scale)
+            loss_sum += micro_loss.detach()
+        # The gradients of the whole global batch are ready: clip them, then step the optimizer.
+        grad_norm = self._clip_gradients()
+        self._optimizer_step(loss_sum, grad_norm)
+        return loss_sum, n_tokens, grad_norm
+
+    def _forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed (not averaged) token cross-entropy of one micro-batch. The logits die with this
+        frame: only what the backward pass needs stays alive."""
+        with self.comp.precision.autocast():
+            logits = self.comp.model(inputs)
+            return F.cross_entropy(
                 logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-        loss = loss_sum * (self.info.world_size / n_tokens)
-        if comp.grad_scaler is not None:
-            comp.grad_scaler.scale(loss).backward()
-            comp.grad_scaler.unscale_(comp.optimizer)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        scaler = self.comp.grad_scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
         else:
             loss.backward()
+
+    def _clip_gradients(self) -> float:
+        """Clip the global gradient norm to ``grad_max_norm`` (0: only measure it); returns the norm
+        before clipping. Under FSDP the norm of the shards is reduced over the ranks (a DTensor)."""
+        comp = self.comp
+        if comp.grad_scaler is not None:
+            comp.grad_scaler.unscale_(comp.optimizer)
         max_norm = self.config.grad_max_norm if self.config.grad_max_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(comp.model.parameters(), max_norm)
+        return float(torch.nn.utils.clip_grad_norm_(comp.model.parameters(), max_norm))
+
+    def _optimizer_step(self, loss_sum: torch.Tensor, grad_norm: float) -> None:
+        comp = self.comp
         # worker.divergence: a non-finite loss or gradient norm (on any rank) never reaches the optimizer.
         if self.guard.allow_update(loss_sum, grad_norm):
             if comp.grad_scaler is not None:
@@ -137,7 +169,6 @@ class TrainingLoop:
             comp.grad_scaler.update()  # the scaler still lowers its scale after the overflow
         comp.scheduler.step()
         comp.optimizer.zero_grad(set_to_none=True)
-        return loss_sum.detach(), n_tokens, float(grad_norm)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _update_progress(self) -> None:

@@ -40,6 +40,7 @@ def build_checkpointing(config: TrainConfig, info: DistInfo, comp: Components) -
     """The checkpoint manager and the TrainState it saves/restores (progress starts fresh at step 0)."""
     from worker.checkpoint import CheckpointConfig, CheckpointManager, TrainState
     from worker.hf.pretrained import model_config_record
+    from worker.parallel import is_sharded
 
     manager = CheckpointManager(
         CheckpointConfig(
@@ -61,6 +62,8 @@ def build_checkpointing(config: TrainConfig, info: DistInfo, comp: Components) -
         optimizer=comp.optimizer,
         lr_scheduler=comp.scheduler,
         progress={"step": 0, "tokens_seen": 0, "data_cursor": comp.dataset.state_dict()},
+        # A vanilla checkpoint holds whole tensors written by rank 0: FSDP shards are gathered there.
+        full_state_dict=not config.use_torch_distributed_ckpt and is_sharded(comp.model),
     )
     return manager, state
 
@@ -193,7 +196,7 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     run_dir = Path(config.checkpoint_dir) / config.experiment_name
     code: int = int(ExitCode.FAILURE)
     try:
-        info = init_distributed()
+        info = init_distributed(group_of_one=config.parallelism == "fsdp")
         reporter = make_reporter(rank=info.rank)
         config.check_world_size(info.world_size)
         watch = open_watchdog(watchdog_config(config), info=info, run_dir=run_dir, reporter=reporter)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 import typer.core
 
-from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, run_cmds, worker_cmds
+from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, plan_cmd, run_cmds, worker_cmds
 
 
 # Typer prints the Python type beside every argument's name in --help ("RUN <str>"); the metavar
@@ -57,6 +57,7 @@ def _root(
 admin_cmds.register(app)
 account_cmds.register(app)
 run_cmds.register(app)
+plan_cmd.register(app)
 action_cmds.register(app)
 log_cmds.register(app)
 worker_cmds.register(app)

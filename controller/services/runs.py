@@ -25,6 +25,7 @@ from controller.services.users import check_quota
 from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
+from shared.memory_plan import check_run
 from shared.names import validate_run_name
 from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
@@ -42,7 +43,12 @@ def create_run(
 ) -> Run:
     """A PENDING run owned by ``owner`` (``by``: who asked, when not the owner themselves). With
     ``settings``, the checks that depend on this controller's configuration run first
-    (``InvalidField`` names the field)."""
+    (``InvalidField`` names the field). A run that names its GPU must fit it by the memory plan
+    (``shared.memory_plan.check_run``; runs naming no GPU are not checked): else ``InvalidField``
+    on ``training``, saying what to change."""
+    verdict = check_run(body)
+    if verdict is not None and not verdict.fits:
+        raise InvalidField(verdict.refusal(), field="training")
     if settings is not None:
         try:
             check_run_targets(body.policy.notify, settings)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.gpus import gpu_memory_gib
 from shared.names import validate_run_name
 from shared.schemas.notify import NotifyTarget
 from shared.training import TrainingFields, TrainingSteps
@@ -145,12 +146,35 @@ class ResourcesSpec(_Spec):
         default_factory=list, description="Extra '--option=value' sbatch flags."
     )
     signal_lead_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    gpu_type: str | None = Field(
+        default=None,
+        description="The GPU each rank gets, for the memory plan (a name from shared/gpus.py, e.g. "
+        "'h100-80gb'); only checked, never passed to the scheduler.",
+    )
+    gpu_memory: Annotated[float, Field(gt=0, le=4096, allow_inf_nan=False)] | None = Field(
+        default=None, description="Memory of each GPU in GiB, for the memory plan; overrides gpu_type's."
+    )
 
     @field_validator("time_limit")
     @classmethod
     def _time_limit(cls, v: str | int) -> str | int:
         parse_time_limit(v)
         return v
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        gpu_memory_gib(v)  # unknown names are refused, naming the known ones
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _gpus_named(self) -> ResourcesSpec:
+        if (self.gpu_type is not None or self.gpu_memory is not None) and self.gpus_per_node == 0:
+            field = "gpu_type" if self.gpu_type is not None else "gpu_memory"
+            raise ValueError(f"{field}: names a GPU but gpus_per_node is 0")
+        return self
 
     @field_validator("mem")
     @classmethod
@@ -265,9 +289,17 @@ class RunCreate(_Spec):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunCreate:
-        if self.training.batch_size % self.resources.world_size:
+        training, world = self.training, self.resources.world_size
+        if training.batch_size % world:
             raise ValueError(
-                f"training.batch_size ({self.training.batch_size}) must be divisible by the number of ranks "
-                f"(nodes × ntasks_per_node = {self.resources.world_size})"
+                f"training.batch_size ({training.batch_size}) must be divisible by the number of ranks "
+                f"(nodes × ntasks_per_node = {world})"
+            )
+        accumulation = training.gradient_accumulation_steps
+        if training.batch_size % (world * accumulation):
+            raise ValueError(
+                f"training.gradient_accumulation_steps ({accumulation}) must divide each rank's share of "
+                f"the batch (training.batch_size {training.batch_size} / {world} ranks = "
+                f"{training.batch_size // world} sequences)"
             )
         return self

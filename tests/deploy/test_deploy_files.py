@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.memory_plan import check_run
 from shared.schemas.spec import RunCreate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,23 @@ def test_llama3_8b_example_is_a_valid_run_on_4_gpus_per_node() -> None:
     assert run.resources.scheduler == "slurm"
     assert run.resources.gpus_per_node == 4 == run.resources.ntasks_per_node
     assert run.training.batch_size % run.resources.world_size == 0
+
+
+def test_llama3_8b_example_fits_the_gpus_it_names() -> None:
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-llama3-8b.yaml").read_text()))
+    verdict = check_run(run)
+    assert verdict is not None, "the example names no GPU, so nothing checks that it fits"
+    assert verdict.fits, verdict.refusal()
+    # As the seed had it (DDP, every activation kept) it does not: the example is not trivially small.
+    seed = run.model_copy(
+        update={
+            "training": run.training.model_copy(
+                update={"parallelism": "ddp", "activation_checkpointing": False}
+            )
+        }
+    )
+    seed_verdict = check_run(seed)
+    assert seed_verdict is not None and not seed_verdict.fits
 
 
 def test_demo_slurm_example_fits_the_local_cluster() -> None:

@@ -244,6 +244,6 @@ def load_into(state: TrainState, ckpt: CommittedCheckpoint, *, world_size: int) 
         payload = storage.vanilla_load(ckpt.path)
         if not same_world:
             payload = {**payload, "rng": {}}
-        state.load_state_dict(payload)
+        state.load_state_dict(payload, whole_tensors=True)
     else:
         raise CheckpointError(f"{ckpt.path}: unknown checkpoint format {fmt!r}")
