@@ -1,7 +1,8 @@
 """Where things live on disk: the controller's run directories and the checkpoint layout.
 
 * ``<data_dir>/runs/<run id>/``: the run's own directory on the controller's side — the worker
-  token file (0600), the reporter's spool, ``logs/attempt-<NNNN>.{out,err}``; workers run there.
+  token file (0600), the secret environment file (0600), the reporter's spool,
+  ``logs/attempt-<NNNN>.{out,err}``; workers run there.
 * ``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
   ``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
   place, so a reader never sees a half-written ``step-<N>``.
@@ -11,6 +12,7 @@ See docs/architecture.md, "Checkpoint layout".
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
@@ -18,9 +20,11 @@ from pathlib import Path
 MANIFEST_NAME = "manifest.json"
 TOKEN_FILE_NAME = "worker.token"
 """The run-scoped worker token, in the run directory (never on a command line or in the environment)."""
+SECRET_ENV_FILE_NAME = "secret.env"
+"""The run's secret environment values (0600, ``shared.envfile``), written once when it is created."""
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
-_STEP_RE = re.compile(r"^step-(\d+)$")
+_STEP_RE = re.compile(r"^step-([0-9]+)$", re.ASCII)  # not \d: 'step-١٢' is no step
 
 
 def run_dir(data_dir: Path, run_id: int) -> Path:
@@ -56,3 +60,11 @@ def parse_step(name: str) -> int | None:
 def attempt_log_paths(run_dir: Path, attempt: int) -> tuple[Path, Path]:
     """Per-attempt stdout/stderr files; one pair per attempt so nothing is ever overwritten."""
     return run_dir / "logs" / f"attempt-{attempt:04d}.out", run_dir / "logs" / f"attempt-{attempt:04d}.err"
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same place: equal once normalised, or once symlinks are resolved
+    (a checkpoint root reached through a symlink). Reads nothing but the path components."""
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    return os.path.realpath(a) == os.path.realpath(b)

@@ -16,11 +16,12 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, configure_mappers
 
-from controller.api import errors
+from controller.api import errors, openapi
 from controller.api.limits import BodySizeLimit, ReportRateLimiter
 from controller.api.routes import ops, reports, runs
 from controller.db import check_database_migrated, make_engine, make_session_factory
 from controller.metrics import LatencyHistogram
+from controller.permissions import secure_data_dir
 from controller.settings import Settings
 from controller.web import web_router
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secure_data_dir(settings.data_dir, settings.database_url)
         check_database_migrated(_engine_of(factory))
         configure_mappers()  # now, not inside the first requests (tens of ms each after a restart)
         reconciler: Any = None
@@ -82,4 +84,5 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.include_router(ops.router)  # /healthz and /metrics where probes and Prometheus look
     app.include_router(web_router)  # the dashboard is part of the product, never optional
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    openapi.install(app, settings)
     return app

@@ -18,7 +18,9 @@ from controller.services.errors import (
     AttemptNotFound,
     Conflict,
     InvalidReport,
+    InvalidSpec,
     InvalidTransition,
+    ReportForbidden,
     RunNotFound,
 )
 from shared.events import EventType
@@ -94,6 +96,16 @@ def install(app: FastAPI) -> None:
     async def _invalid_report(_: Request, exc: InvalidReport) -> JSONResponse:
         detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(InvalidSpec)
+    async def _invalid_spec(_: Request, exc: InvalidSpec) -> JSONResponse:
+        loc = ["body", *exc.field.split(".")]
+        detail = [{"loc": loc, "field": exc.field, "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(ReportForbidden)
+    async def _forbidden(_: Request, exc: ReportForbidden) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(RateLimited)
     async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Run
 from controller.reconciler.decide import AttemptOutcome, attempts_without_progress
 from controller.services import goodput
-from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
+from controller.services.secrets import redacted_spec
+from shared.schemas import AttemptPublic, GoodputPublic, RunCreate, RunPublic
 from shared.states import AttemptState
 
 
@@ -39,6 +40,7 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             checkpoint_stall_s=total.checkpoint_stall_s,
         )
         public = RunPublic.model_validate(run)
+        public = public.model_copy(update={"spec": RunCreate.model_validate(redacted_spec(run.spec))})
         out.append(
             public.model_copy(
                 update={

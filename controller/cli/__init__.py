@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from controller.cli import admin_cmds, run_cmds, worker_cmds
+from controller.permissions import set_private_umask
 
 app = typer.Typer(
     name="pyrecover",
@@ -26,4 +27,7 @@ worker_cmds.register(app)
 
 
 def main() -> None:
+    # Before anything is created: the database, logs, scripts and token files are the controller's
+    # alone, and so is what the jobs it starts write (controller/permissions.py).
+    set_private_umask()
     app()

@@ -196,7 +196,8 @@ class Event(Base):
 
 
 class ApiToken(Base):
-    """A bearer token, stored as its SHA-256; ``kind`` is ``user`` or ``worker`` (scoped to ``run_id``)."""
+    """A bearer token, stored as its SHA-256; ``kind`` is ``user`` or ``worker`` (scoped to ``run_id``
+    and, since migration 0005, to the ``attempt`` it was issued for)."""
 
     __tablename__ = "api_tokens"
 
@@ -206,6 +207,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(8))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), default=None)
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    """A worker token's attempt number (``None``: a user token, or a worker token older than 0005)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -9,7 +9,9 @@ __all__ = [
     "Conflict",
     "DomainError",
     "InvalidReport",
+    "InvalidSpec",
     "InvalidTransition",
+    "ReportForbidden",
     "RunNotFound",
 ]
 
@@ -40,3 +42,18 @@ class InvalidReport(DomainError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidSpec(DomainError):
+    """A run asks for something this controller's rules refuse (HTTP 422): a variable off the
+    allow-list, an sbatch option not allowed, a path outside the roots. ``field`` names the value
+    the way request validation does (``resources.env``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ReportForbidden(DomainError):
+    """A report from a token that may not make it (HTTP 403): not a worker token, another run's,
+    or one issued for an earlier attempt than the report names."""

@@ -15,21 +15,40 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
-from controller.services.errors import Conflict, InvalidTransition, RunNotFound
+from controller.services import secrets
+from controller.services.errors import Conflict, InvalidSpec, InvalidTransition, RunNotFound
+from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
 from shared.names import validate_run_name
+from shared.run_rules import RuleViolation, check_run
 from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
 
-def create_run(session: Session, body: RunCreate) -> Run:
+def create_run(session: Session, body: RunCreate, *, settings: Settings | None = None) -> Run:
+    """Store a new PENDING run.
+
+    With ``settings`` (every caller that serves users: the API, the dashboard), the controller's
+    rules are checked first (``shared.run_rules.check_run``: ``InvalidSpec`` names the field) and
+    the secret environment values are written to the run's 0600 file; the stored spec keeps only
+    their names (``controller.services.secrets``). Without, the body's own hard rules apply and it
+    may hold no secret value (there is nowhere to keep one).
+    """
+    if settings is not None:
+        try:
+            check_run(body, settings.run_policy())
+        except RuleViolation as exc:
+            raise InvalidSpec(str(exc), field=exc.field) from None
+    spec, secret_values = secrets.split(body)
+    if secret_values and settings is None:
+        raise ValueError("a run with secret environment values needs the controller's settings")
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
         raise Conflict(f"a run named {body.name!r} already exists", field="name")
     run = Run(
         name=body.name,
         state=RunState.PENDING,
-        spec=body.model_dump(mode="json"),
+        spec=spec,
         scheduler=body.resources.scheduler,
         training_steps=body.training.training_steps,
         current_step=0,
@@ -45,6 +64,8 @@ def create_run(session: Session, body: RunCreate) -> Run:
             session.flush()
     except IntegrityError as exc:  # a concurrent create with the same name
         raise Conflict(f"a run named {body.name!r} already exists", field="name") from exc
+    if settings is not None:
+        secrets.write_secrets(settings.data_dir, run.id, secret_values)
     record_run_event(
         session, run, kind="created", message=f"run {run.name} created", data={"state": "PENDING"}
     )

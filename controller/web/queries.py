@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run
 from controller.db.types import to_datetime
 from controller.services import goodput, tokens
+from controller.services.secrets import redacted_spec
 from controller.web.formatting import to_unix
 from controller.web.views import (
     AttemptTimes,
@@ -238,7 +239,7 @@ def run_detail(session: Session, run_id: int, *, now: float) -> RunDetail | None
         last_loss=last_loss,
         latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
         message=run.last_error,
-        config_json=json.dumps(run.spec, indent=2, sort_keys=False),
+        config_json=json.dumps(redacted_spec(run.spec), indent=2, sort_keys=False),
         timeline=timeline(attempts, now),
         checkpoints=checkpoints,
         events=events,

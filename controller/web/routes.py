@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from controller import services
-from controller.services.errors import Conflict, DomainError, RunNotFound
+from controller.services.errors import Conflict, DomainError, InvalidSpec, RunNotFound
 from controller.web import forms, queries
 from controller.web.access import WebContext, resolve_viewer, web_context
 from controller.web.rendering import STATIC_DIR, render
@@ -156,6 +156,9 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     try:
         run_id = await run_in_threadpool(_create, ctx, body)
+    except InvalidSpec as exc:  # the controller's own rules (allow-lists, path roots): as the API's 422
+        errors = forms.place_errors(422, [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}])
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     except Conflict as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
@@ -168,7 +171,7 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
 
 def _create(ctx: WebContext, body: RunCreate) -> int:
     with ctx.session_factory() as session, session.begin():
-        return services.create_run(session, body).id
+        return services.create_run(session, body, settings=ctx.settings).id
 
 
 # ---- one run -----------------------------------------------------------------------------------

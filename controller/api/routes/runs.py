@@ -60,8 +60,11 @@ def _one(session: SessionDep, run_id: int) -> RunPublic:
     responses={**ERRORS, 409: {"description": "Name taken"}, 422: {"description": "Invalid field"}},
 )
 def post_run(body: RunCreate, session: SessionDep, _user: UserDep, request: Request) -> RunPublic:
-    """Create a run; the reconciler submits its first attempt."""
-    run = create_run(session, body)
+    """Create a run; the reconciler submits its first attempt. Beyond the schema, the cross-field
+    rules (``lr_warmup_steps <= training_steps``, ``batch_size`` divisible by nodes × ntasks_per_node,
+    ``async_checkpoint`` needs ``use_torch_distributed_ckpt``, ``profile_step_start <= profile_step_end``,
+    ``checkpoint_frequency`` not 0) are 422s naming the field."""
+    run = create_run(session, body, settings=request.app.state.settings)
     session.commit()
     _wake(request)
     return _one(session, run.id)

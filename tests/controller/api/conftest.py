@@ -48,9 +48,13 @@ class Api:
         """Add an attempt as the reconciler would; return a worker token for the run."""
         with self.factory() as s:
             s.add(Attempt(run_id=run_id, number=number, backend="local", job_name=f"j{number}", state=state))
-            token = issue_worker_token(s, run_id)
+            token = issue_worker_token(s, run_id, attempt=number)
             s.commit()
         return token
+
+    def step_dir(self, name: str, step: int, checkpoint_dir: str = "checkpoints") -> str:
+        """Where run ``name``'s worker commits step ``step``: the only path a report may name."""
+        return str(self.settings.resolve_checkpoint_dir(checkpoint_dir) / name / f"step-{step}")
 
     def token(self, name: str = "other") -> str:
         with self.factory() as s:
