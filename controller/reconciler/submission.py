@@ -130,7 +130,18 @@ def _record_intent(
             return None
         if only_if_due and not store.is_due(session, run_id, ctx.now()):
             return None
-        spec = store.run_spec(run)
+        try:
+            spec = store.run_spec(run)
+        except ValidationError as exc:
+            # A stored run the rules refuse now (a row older than a rule, or written around the API)
+            # never starts: it ends FAILED, saying which field.
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            store.finish_run(
+                session, run, RunState.FAILED, f"{field}: {first['msg']}".replace("Value error, ", "")
+            )
+            session.commit()
+            return None
         number = store.last_attempt_number(session, run_id) + 1
         try:
             # add_attempt flushes: a conflict surfaces there, before the commit.

@@ -196,9 +196,8 @@ def _apply(
             message=f"attempt {attempt.number} stopping at step {event.step} ({event.reason}){late}",
         )
     elif isinstance(event, FinishedEvent):
-        # A claim, not a fact: the run completes only on a checkpoint the controller holds.
-        if allowed.progress:
-            run.current_step = max(run.current_step or 0, event.step)
+        # A claim, not a fact: it moves no progress, and the run completes only on a checkpoint the
+        # controller holds (controller/reconciler/decide.py:is_complete).
         record_run_event(
             session,
             run,

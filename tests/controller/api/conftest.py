@@ -64,7 +64,9 @@ class Api:
 
 
 def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    settings = Settings(data_dir=tmp_path, run_reconciler=False, auth_required=True, **overrides)
+    settings = Settings(
+        **({"data_dir": tmp_path, "run_reconciler": False, "auth_required": True} | overrides)
+    )
     upgrade_database(settings.database_url)
     engine = make_engine(settings)
     factory = make_session_factory(engine)

@@ -479,3 +479,39 @@ def test_prequeued_successor_counts_progress_from_the_final_checkpoint(tmp_path:
     world.sched.set("job-2", J.FAILED, exit_code=1)
     world.tick()
     assert world.run(run_id).state == RunState.FAILED
+
+
+def test_a_stored_run_the_rules_refuse_never_starts(world: World) -> None:
+    """A row written around the API (or before a rule existed) with a variable that loads code."""
+    run_id = world.create()
+    with world.factory() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        spec = dict(run.spec)
+        spec["resources"] = {**spec["resources"], "env": {"PYTHONPATH": "/tmp/evil"}}
+        run.spec = spec
+        s.commit()
+    world.tick()
+    assert world.sched.submitted == [] and world.attempts(run_id) == []
+    run = world.run(run_id)
+    assert run.state == RunState.FAILED and "resources.env" in (run.last_error or "")
+    assert "PYTHONPATH" in (run.last_error or "")
+
+
+def test_a_stored_run_outside_todays_roots_fails_its_attempts_and_starts_no_job(world: World) -> None:
+    """Valid by the model, refused by the admin's rules (here: a dataset root the admin removed)."""
+    run_id = world.create()
+    with world.factory() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        spec = dict(run.spec)
+        spec["training"] = {**spec["training"], "dataset": "/etc/shadow"}
+        run.spec = spec
+        s.commit()
+    for _ in range(4):
+        world.tick()
+        world.clock.advance(60)
+    assert world.sched.submitted == [], "no job reaches the scheduler"
+    attempts = world.attempts(run_id)
+    assert attempts and all("training.dataset" in (a.error or "") for a in attempts)
+    assert world.run(run_id).state == RunState.FAILED
