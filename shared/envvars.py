@@ -15,6 +15,12 @@ TOKEN_FILE = "PYRECOVER_TOKEN_FILE"
 DEADLINE = "PYRECOVER_DEADLINE"  # Unix seconds, float allowed
 SPOOL_DIR = "PYRECOVER_SPOOL_DIR"  # where the reporter spools undelivered events
 
+PYTHON_UNBUFFERED = "PYTHONUNBUFFERED"  # set to 1: a rank's log lines reach its file as they happen
+
+CONTROLLER_SET = frozenset({CONTROLLER_URL, RUN_ID, ATTEMPT, TOKEN_FILE, PYTHON_UNBUFFERED})
+"""What the controller itself sets in a job's environment (``controller/reconciler/jobspec.py``): the
+only variables in a job past the run-field rules (``shared/env_policy.py`` denies them to runs)."""
+
 # Deadline fallbacks, in the order docs/architecture.md gives after PYRECOVER_DEADLINE.
 SLURM_JOB_END_TIME = "SLURM_JOB_END_TIME"
 SLURM_JOB_ID = "SLURM_JOB_ID"

@@ -127,7 +127,7 @@ def build_job_spec(
     resources = resources.model_copy(update={"env": public, "secret_env": sorted({*declared, *secret})})
     env = {
         **public,
-        "PYTHONUNBUFFERED": "1",
+        envvars.PYTHON_UNBUFFERED: "1",
         envvars.CONTROLLER_URL: controller_url(settings),
         envvars.RUN_ID: str(run_id),
         envvars.ATTEMPT: str(attempt),

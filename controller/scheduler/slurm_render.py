@@ -43,11 +43,7 @@ BACKSTOP_SIGNALS = frozenset({"USR1", "USR2", "TERM", "INT", "HUP"})
 
 _SRUN_OPT_RE = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$", re.ASCII)
 _SECRET_ENV = frozenset({"PYRECOVER_TOKEN"})
-CONTROLLER_ENV = frozenset(
-    {envvars.CONTROLLER_URL, envvars.RUN_ID, envvars.ATTEMPT, envvars.TOKEN_FILE, "PYTHONUNBUFFERED"}
-)
-"""Variables the controller itself sets for the worker (``controller/reconciler/jobspec.py``): the
-only ones past the deny-list."""
+CONTROLLER_ENV = envvars.CONTROLLER_SET
 
 
 def time_limit_minutes(seconds: int) -> int:
