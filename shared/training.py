@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.json_numbers import no_bool_numbers
 
 PRESETS = ("tiny", "small", "llama3-1b", "llama3-8b")
 Preset = Literal["tiny", "small", "llama3-1b", "llama3-8b"]
@@ -122,6 +124,8 @@ class TrainingFields(BaseModel):
     """Last profiled step."""
     profile_dir: Annotated[str, Field(min_length=1)] | None = None
     """Where traces go; default <checkpoint_dir>/<experiment_name>/profile."""
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
 
     @model_validator(mode="after")
     def _combinations(self) -> Any:

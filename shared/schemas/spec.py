@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared import run_rules
+from shared.json_numbers import no_bool_numbers
 from shared.names import RUN_NAME_MAX_CHARS, RUN_NAME_PATTERN, validate_run_name
 from shared.patterns import GLOB_PATTERN, MAX_TIME_LIMIT_S, PATH_PATTERN, TIME_LIMIT_PATTERN
 from shared.run_rules import MAX_CONSTRAINT_CHARS, MAX_PATH_CHARS, MAX_TOKEN_CHARS
@@ -72,6 +73,8 @@ def _path_field(description: str, *, glob: bool = False) -> Any:
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
 
 
 class TrainingSpec(TrainingFields):
