@@ -224,7 +224,7 @@ def utilisation_runs(
         f"→ {steps} steps per run (≈ {windows:g} windows of {WINDOW_S} s)",
         flush=True,
     )
-    ctl = DemoController(demo_settings(work / "controller", pick_port(0)))
+    ctl = DemoController(demo_settings(work / "controller", pick_port(0), roots=[work]))
     ctl.start()
     api = Api(url=ctl.url, timeout=60)
     out: dict[str, dict[str, Any]] = {}

@@ -23,6 +23,12 @@ TEST_PREFIX = "PYRECOVER_TEST_"
 ``resources.env`` and the backends never pass the controller's own ``PYRECOVER_*`` variables on, so
 only a test that starts workers itself can set them."""
 
+PYTHON_UNBUFFERED = "PYTHONUNBUFFERED"  # set to 1: a rank's log lines reach its file as they happen
+
+CONTROLLER_SET = frozenset({CONTROLLER_URL, RUN_ID, ATTEMPT, TOKEN_FILE, PYTHON_UNBUFFERED})
+"""What the controller itself sets in a job's environment (``controller/reconciler/jobspec.py``): the
+only variables in a job past the run-field rules (``shared/env_policy.py`` denies them to runs)."""
+
 # Deadline fallbacks, in the order docs/architecture.md gives after PYRECOVER_DEADLINE.
 SLURM_JOB_END_TIME = "SLURM_JOB_END_TIME"
 SLURM_JOB_ID = "SLURM_JOB_ID"

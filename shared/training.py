@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from shared.json_numbers import no_bool_numbers
 from shared.unknown_fields import refuse_unknown
 
 PRESETS = ("tiny", "small", "llama3-1b", "llama3-8b")
@@ -205,6 +206,8 @@ class TrainingFields(BaseModel):
     @classmethod
     def _known(cls, data: Any) -> Any:
         return refuse_unknown(cls, data)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
 
     @model_validator(mode="after")
     def _combinations(self) -> Any:

@@ -22,6 +22,7 @@ from controller.services.errors import (
     InvalidTransition,
     NotShared,
     QuotaExceeded,
+    ReportForbidden,
     RunNotFound,
     TokenNotFound,
     UserNotFound,
@@ -98,9 +99,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidField)
     @app.exception_handler(InvalidReport)
-    async def _invalid_report(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
+    async def _invalid_field(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
+        loc = ["body", *exc.field.split(".")]
+        detail = [{"loc": loc, "field": exc.field, "msg": str(exc), "type": "value_error"}]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(ReportForbidden)
+    async def _forbidden(_: Request, exc: ReportForbidden) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(RateLimited)
     async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:

@@ -11,6 +11,7 @@ import typer
 import typer.core
 
 from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, plan_cmd, run_cmds, worker_cmds
+from controller.permissions import set_private_umask
 
 
 # Typer prints the Python type beside every argument's name in --help ("RUN <str>"); the metavar
@@ -64,4 +65,7 @@ worker_cmds.register(app)
 
 
 def main() -> None:
+    # Before anything is created: the database, logs, scripts and token files are the controller's
+    # alone, and so is what the jobs it starts write (controller/permissions.py).
+    set_private_umask()
     app()

@@ -190,7 +190,10 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
     except QuotaExceeded as exc:
         errors = forms.FormErrors(form=[str(exc)])
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=429)
-    except (Conflict, InvalidField) as exc:
+    except InvalidField as exc:  # the controller's own rules (allow-lists, path roots): as the API's 422
+        errors = forms.place_errors(422, [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}])
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
+    except Conflict as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
             errors.fields[exc.field] = [str(exc)]

@@ -3,15 +3,40 @@
 Each event carries ``seq``, increasing per (run, attempt) from 0; the controller stores an event
 at most once per (run, attempt, seq), which makes a retried batch (or a spooled one delivered
 late) change nothing twice.
+
+The bounds are what the controller's columns hold (32/64-bit integers, a datetime's years, a
+path without '..' or control characters): stated here, so the OpenAPI document says them and a
+value past one is a 422 naming the field. What depends on the run (a step within its
+``training_steps``, a checkpoint in its own directory) is checked by ``controller/services/claims.py``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events import DivergenceReason, EventType, HangPhase, StopReason, WorkerAction
+from shared.json_numbers import no_bool_numbers
+
+INT32_MAX = 2**31 - 1
+"""Steps, seqs and attempt numbers are ``INTEGER`` columns (32-bit on PostgreSQL)."""
+INT64_MAX = 2**63 - 1
+"""Tokens seen and checkpoint bytes are ``BIGINT``."""
+MAX_UNIX_TIME = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: the last second a ``datetime`` can hold."""
+MAX_DURATION_S = 10 * 366 * 86_400.0
+"""Start-up, load, save and stall times: ten years is already nonsense, but finite."""
+MAX_PATH_CHARS = 4096
+_SEGMENT = r"(?:\.*[^\x00-\x1f\x7f/\\.][^\x00-\x1f\x7f/\\]*|\.{3,}|\.?)"
+REPORTED_PATH_PATTERN = rf"^{_SEGMENT}(?:[/\\]{_SEGMENT})*$"
+"""A reported path: no control characters, no '..' component ('/' and '\\' both separate)."""
+
+_Count32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
+_Count64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+_Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_S, allow_inf_nan=False)]
+_UnixTime = Annotated[float, Field(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False)]
+_Path = Annotated[str, Field(max_length=MAX_PATH_CHARS, pattern=REPORTED_PATH_PATTERN)]
 
 __all__ = [
     "CheckpointCommittedEvent",
@@ -33,63 +58,67 @@ __all__ = [
 ]
 
 
-_INT32 = 2**31 - 1
-_INT64 = 2**63 - 1
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 _Text = Annotated[str, Field(max_length=256, pattern=_NO_CONTROL)]
-_Seconds = Annotated[float, Field(ge=0, le=10 * 366 * 86_400.0, allow_inf_nan=False)]
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seq: Annotated[int, Field(ge=0)]
-    time: float = Field(description="Unix seconds when the worker produced the event.")
-    step: Annotated[int, Field(ge=0)]
+    # Every numeric field of the events below ("type" is the union's tag: no validator may run on it).
+    _no_bool_numbers = field_validator(
+        "seq", "time", "step", "world_size", "resume_step", "checkpoint_load_seconds", "startup_seconds",
+        "deadline", "training_steps", "loss", "lr", "tokens_seen", "tokens_per_s", "step_time", "grad_norm",
+        "mfu", "size_bytes", "save_seconds", "stall_seconds", "skipped_steps", "rank", "stalled_seconds",
+        "limit_seconds", "loss_median", "committed_step",
+        mode="before", check_fields=False,
+    )(classmethod(no_bool_numbers))  # fmt: skip
+
+    seq: _Count32
+    time: _UnixTime = Field(description="Unix seconds when the worker produced the event.")
+    step: _Count32
 
 
 class StartedEvent(_Event):
     type: Literal[EventType.STARTED] = EventType.STARTED
-    world_size: Annotated[int, Field(ge=1)]
-    resumed_from: str | None = None
-    resume_step: Annotated[int, Field(ge=0)] = 0
-    checkpoint_load_seconds: Annotated[float, Field(ge=0)] = 0.0
-    startup_seconds: Annotated[float, Field(ge=0)] = 0.0
-    deadline: float | None = None
-    training_steps: Annotated[int, Field(ge=1)] | None = None
+    world_size: Annotated[int, Field(ge=1, le=INT32_MAX)]
+    resumed_from: _Path | None = None
+    resume_step: _Count32 = 0
+    checkpoint_load_seconds: _Seconds = 0.0
+    startup_seconds: _Seconds = 0.0
+    deadline: _UnixTime | None = None
+    training_steps: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
 
 
 class ProgressEvent(_Event):
     type: Literal[EventType.PROGRESS] = EventType.PROGRESS
     loss: float
     lr: float
-    tokens_seen: Annotated[int, Field(ge=0)]
+    tokens_seen: _Count64
     tokens_per_s: Annotated[float, Field(ge=0)] = 0.0
     step_time: Annotated[float, Field(ge=0)] = 0.0
     grad_norm: float | None = None
     mfu: float | None = None
-    skipped_steps: Annotated[int, Field(ge=0, le=_INT32)] = 0
+    skipped_steps: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     """Updates skipped so far in this attempt because the loss or gradient norm was non-finite."""
 
 
 class CheckpointCommittedEvent(_Event):
     type: Literal[EventType.CHECKPOINT_COMMITTED] = EventType.CHECKPOINT_COMMITTED
-    path: str
+    path: _Path
     format: Literal["dcp", "vanilla"]
-    size_bytes: Annotated[int, Field(ge=0)]
-    save_seconds: Annotated[float, Field(ge=0)]
-    stall_seconds: Annotated[float, Field(ge=0)] = Field(
-        default=0.0, description="Time the training loop was blocked."
-    )
+    size_bytes: _Count64
+    save_seconds: _Seconds
+    stall_seconds: _Seconds = Field(default=0.0, description="Time the training loop was blocked.")
     async_save: bool = False
-    tokens_seen: Annotated[int, Field(ge=0)] = 0
+    tokens_seen: _Count64 = 0
     final: bool = False
 
 
 class StoppingEvent(_Event):
     type: Literal[EventType.STOPPING] = EventType.STOPPING
     reason: StopReason
-    deadline: float | None = None
+    deadline: _UnixTime | None = None
 
 
 class FinishedEvent(_Event):
@@ -113,11 +142,14 @@ class HungRank(BaseModel):
     """One rank as its heartbeat showed it when a watchdog gave up."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _no_bool_numbers = field_validator("rank", "step", "heartbeat_age_seconds", mode="before")(
+        classmethod(no_bool_numbers)
+    )
 
-    rank: Annotated[int, Field(ge=0, le=_INT32)]
+    rank: Annotated[int, Field(ge=0, le=INT32_MAX)]
     host: _Text
     phase: HangPhase | None = None
-    step: Annotated[int, Field(ge=0, le=_INT32)] | None = None
+    step: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     doing: _Text = ""
     """The finer activity inside the phase (``reading data``, ``computing``) where known."""
     heartbeat_age_seconds: _Seconds | None = None
@@ -132,7 +164,7 @@ class HungEvent(_Event):
 
     type: Literal[EventType.HUNG] = EventType.HUNG
     phase: HangPhase
-    rank: Annotated[int, Field(ge=0, le=_INT32)]
+    rank: Annotated[int, Field(ge=0, le=INT32_MAX)]
     """The rank reporting (rank 0, or the lowest rank still running when rank 0 is not)."""
     host: _Text
     stalled_seconds: _Seconds
@@ -145,13 +177,14 @@ class HungEvent(_Event):
     """The first lines of that dump."""
 
 
-_Count = Annotated[int, Field(ge=0, le=_INT64)]
+_Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 class DataCursor(BaseModel):
     """A data stream position (the dataset's ``state_dict()``, ``worker.data.iterable.Cursor``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
 
     chunks_consumed: _Count
     """Global samples consumed since the start of the run: what ``--data-skip-to`` takes."""
@@ -171,9 +204,9 @@ class DivergedEvent(_Event):
     loss: Annotated[float, Field(allow_inf_nan=False)] | None = None
     """The step's loss where finite (None: NaN/inf)."""
     loss_median: Annotated[float, Field(allow_inf_nan=False)] | None = None
-    skipped_steps: Annotated[int, Field(ge=0, le=_INT32)] = 0
+    skipped_steps: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     """Updates skipped in a row when it stopped."""
-    committed_step: Annotated[int, Field(ge=0, le=_INT32)] | None = None
+    committed_step: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     """The newest checkpoint this attempt knows committed (resumed from or saved); None: none."""
     committed_cursor: DataCursor | None = None
     """The data cursor of ``committed_step``'s checkpoint: the start of the suspect window."""
@@ -199,7 +232,9 @@ WorkerEvent = Annotated[
 class ReportBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    attempt: Annotated[int, Field(ge=1)]
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
+
+    attempt: Annotated[int, Field(ge=1, le=INT32_MAX)]
     events: Annotated[list[WorkerEvent], Field(min_length=1, max_length=1000)]
 
 

@@ -134,6 +134,21 @@ def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth(
     settings.validate_for_serving()
 
 
+def test_the_example_runs_pass_the_example_controllers_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 8B run's paths, variables and options lie within what controller.env allows."""
+    from controller.settings import Settings
+    from shared.run_rules import check_run
+
+    for line in (DEPLOY / "examples" / "controller.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith(("_ROOTS", "_ALLOW", "VERIFY_CHECKPOINTS", "CHECKPOINT_ROOT")):
+            monkeypatch.setenv(key, value)
+    settings = Settings(data_dir="/srv/pyrecover/data")
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-llama3-8b.yaml").read_text()))
+    check_run(run, settings.run_policy())
+    assert "slurm" in settings.verify_checkpoints
+
+
 def test_slurm_conf_template_has_the_measured_settings() -> None:
     text = (DEPLOY / "slurm-local" / "slurm.conf.template").read_text()
     conf = dict(

@@ -31,6 +31,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from shared import checkpoint_manifest as shared_manifest
 from shared.paths import (
     LOSS_CSV_NAME,
     MANIFEST_NAME,
@@ -46,10 +47,6 @@ from .state import TrainState
 from .types import CheckpointError, CommittedCheckpoint
 
 log = logging.getLogger("pyrecover.worker.checkpoint")
-
-# Files a loader reads: one of these that the manifest does not list was never verified.
-_DATA_SUFFIXES = (".distcp", ".pt")
-_DATA_NAMES = frozenset({storage.DCP_METADATA, storage.VANILLA_FILE})
 
 
 def resolve(run_dir: Path, which: str | Path) -> Path:
@@ -137,21 +134,8 @@ def choose_checkpoint(
 
 
 def problems_of(ckpt: CommittedCheckpoint) -> list[str]:
-    """``manifest.verify`` plus what a forged manifest could hide: no files at all, or data files
-    (shards, DCP metadata, the vanilla file) present but not listed, hence never checked."""
-    problems = mf.verify(ckpt.path, ckpt.manifest)
-    if not ckpt.manifest["files"]:
-        problems.append(f"{MANIFEST_NAME} lists no files")
-    listed = set(ckpt.manifest["files"])
-    try:
-        names = sorted(p.relative_to(ckpt.path).as_posix() for p in ckpt.path.rglob("*") if p.is_file())
-    except OSError as e:
-        return [*problems, f"cannot list {ckpt.path}: {e}"]
-    for name in names:
-        base = name.rsplit("/", 1)[-1]
-        if name not in listed and (base in _DATA_NAMES or base.endswith(_DATA_SUFFIXES)):
-            problems.append(f"{name}: not listed in {MANIFEST_NAME} (forged or hand-edited manifest)")
-    return problems
+    """``manifest.verify`` plus what a forged manifest could hide (``shared.checkpoint_manifest``)."""
+    return shared_manifest.problems(ckpt.path, ckpt.manifest)
 
 
 def _quarantine(path: Path, step: int) -> str:

@@ -33,13 +33,13 @@ def _progress(seq: int, step: int, t: float) -> dict[str, Any]:
     }
 
 
-def _ckpt(seq: int, step: int, t: float, stall: float = 0.5) -> dict[str, Any]:
+def _ckpt(api: Api, seq: int, step: int, t: float, stall: float = 0.5, run: str = "run-1") -> dict[str, Any]:
     return {
         "type": "checkpoint_committed",
         "seq": seq,
         "time": t,
         "step": step,
-        "path": f"/c/step-{step}",
+        "path": api.step_dir(run, step),
         "format": "dcp",
         "size_bytes": 123,
         "save_seconds": 1.0,
@@ -70,7 +70,7 @@ def _counts(api: Api) -> tuple[int, ...]:
 def test_a_retried_batch_changes_nothing_twice(api: Api) -> None:
     run_id = api.create()["id"]
     token = api.attempt(run_id)
-    batch = {"attempt": 1, "events": [_started(0, T0), _progress(1, 10, T0 + 5), _ckpt(2, 10, T0 + 6)]}
+    batch = {"attempt": 1, "events": [_started(0, T0), _progress(1, 10, T0 + 5), _ckpt(api, 2, 10, T0 + 6)]}
     url = f"/api/v1/runs/{run_id}/reports"
     first = api.client.post(url, json=batch, headers=api.h(token))
     assert first.status_code == 200 and first.json() == {"accepted": 3, "duplicates": 0, "action": "none"}
@@ -107,7 +107,7 @@ def test_events_update_attempt_and_run(api: Api) -> None:
     events = [
         _started(0, T0),
         _progress(1, 10, T0 + 10),
-        _ckpt(2, 10, T0 + 30),
+        _ckpt(api, 2, 10, T0 + 30),
         _progress(3, 20, T0 + 40),
         {
             "type": "warning",
@@ -129,7 +129,7 @@ def test_events_update_attempt_and_run(api: Api) -> None:
     assert job["queue_wait_s"] == 15.0  # submitted T0-20, started T0-5 (T0 minus start-up and load)
     assert job["productive_committed_s"] == 30.0 and job["checkpoint_stall_s"] == 0.5
     [ckpt] = api.client.get(f"/api/v1/runs/{run_id}/checkpoints", headers=api.h()).json()["items"]
-    assert ckpt["step"] == 10 and ckpt["attempt"] == 1 and ckpt["path"] == "/c/step-10"
+    assert ckpt["step"] == 10 and ckpt["attempt"] == 1 and ckpt["path"] == api.step_dir("run-1", 10)
     metrics = api.client.get(f"/api/v1/runs/{run_id}/metrics", headers=api.h()).json()
     assert [m["step"] for m in metrics["items"]] == [10, 20] and metrics["items"][0]["loss"] == 4.9
     kinds = [
@@ -150,8 +150,13 @@ def test_events_update_attempt_and_run(api: Api) -> None:
 
 
 def test_report_for_an_unknown_attempt_is_409_and_stores_nothing(api: Api) -> None:
+    from controller.services import issue_worker_token
+
     run_id = api.create()["id"]
-    token = api.attempt(run_id)
+    api.attempt(run_id)
+    with api.factory() as s:
+        token = issue_worker_token(s, run_id, attempt=7)  # issued for an attempt the run never had
+        s.commit()
     before = _counts(api)
     r = api.client.post(
         f"/api/v1/runs/{run_id}/reports",
@@ -163,7 +168,7 @@ def test_report_for_an_unknown_attempt_is_409_and_stores_nothing(api: Api) -> No
 
 
 def test_metrics_downsampling_keeps_first_and_last(api: Api) -> None:
-    run_id = api.create()["id"]
+    run_id = api.create(training_steps=1000)["id"]
     token = api.attempt(run_id, state=AttemptState.RUNNING)
     events = [_progress(i, i + 1, T0 + i) for i in range(500)]
     api.client.post(
