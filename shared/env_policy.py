@@ -214,6 +214,10 @@ DENIED_ENV: tuple[tuple[str, str], ...] = (
     ("SSL_CERT_*", "which certificate authorities TLS trusts (downloads, reports)"),
     ("REQUESTS_CA_BUNDLE", "as SSL_CERT_FILE, for requests"),
     ("CURL_CA_BUNDLE", "as SSL_CERT_FILE, for curl and huggingface_hub"),
+    ("*_PROXY", "sends the job's HTTP(S) traffic, with every token it carries, through another host"),
+    ("NETRC", "a file of credentials that requests and huggingface_hub send to the hosts it names"),
+    ("HF_ENDPOINT", "sends the Hugging Face token (perhaps the admin's, from the prologue) to another host"),
+    ("WANDB_BASE_URL", "sends the W&B key to another host"),
     ("KRB5*", "Kerberos configuration loads plugins"),
     (
         "GIT_*",

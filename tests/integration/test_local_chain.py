@@ -79,13 +79,22 @@ def steps_for_windows(sample: dict[str, Any], windows: float) -> int:
 
 
 def submit(ctl: Controller, name: str, body: dict[str, Any]) -> int:
+    from controller.demo import WORKER_ENV
+
     run = ctl.api(
         "POST",
         "/runs",
         json={
             "name": name,
             "training": body,
-            "resources": {"scheduler": "local", "time_limit": f"{WINDOW_S}s", "signal_lead_seconds": 0},
+            # The threads the calibration measured with (controller.demo.WORKER_ENV): a worker with
+            # more would train faster than planned and finish in fewer windows.
+            "resources": {
+                "scheduler": "local",
+                "time_limit": f"{WINDOW_S}s",
+                "signal_lead_seconds": 0,
+                "env": dict(WORKER_ENV),
+            },
             "policy": {"max_attempts": 12, "max_failures_without_progress": 3, "backoff_seconds": 1},
         },
     )
