@@ -116,9 +116,10 @@ class TrainingSpec(TrainingFields):
         str,
         _path_field(
             "Root folder; checkpoints go to <checkpoint_dir>/<run name>/step-<N>/. Relative: below the "
-            "controller's checkpoint_root; absolute: under its checkpoint roots."
+            "controller's checkpoint_root (the default '.': the root itself, <checkpoint_root>/<run "
+            "name>/); absolute: under its checkpoint roots."
         ),
-    ] = "checkpoints"
+    ] = "."
     profile_dir: (
         Annotated[
             str, _path_field("Where traces go (absolute: under the checkpoint roots); default <run>/profile.")

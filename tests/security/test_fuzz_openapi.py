@@ -203,7 +203,7 @@ _DEFAULT = {name: field.default for name, field in TrainingFields.model_fields.i
 
 def _checkpoint_dir(env: Seeded) -> Path:
     settings = env.app.state.settings
-    return Path(settings.resolve_checkpoint_dir("checkpoints")) / "seeded-running"
+    return Path(settings.resolve_checkpoint_dir(".")) / "seeded-running"
 
 
 def _strategy(operation: Any, mode: GenerationMode, env: Seeded) -> st.SearchStrategy[Case]:

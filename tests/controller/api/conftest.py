@@ -53,7 +53,7 @@ class Api:
             s.commit()
         return token
 
-    def step_dir(self, name: str, step: int, checkpoint_dir: str = "checkpoints") -> str:
+    def step_dir(self, name: str, step: int, checkpoint_dir: str = ".") -> str:
         """Where run ``name``'s worker commits step ``step``: the only path a report may name."""
         return str(self.settings.resolve_checkpoint_dir(checkpoint_dir) / name / f"step-{step}")
 

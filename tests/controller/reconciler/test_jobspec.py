@@ -34,7 +34,7 @@ def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:
     assert argv[:3] == ["/venv/python", "-m", "worker"]
     assert argv[-4:] == ["--experiment-name", "demo", "--resume-from-checkpoint", "latest"]
     assert argv.count("--checkpoint-dir") == 1
-    assert argv[argv.index("--checkpoint-dir") + 1] == str(tmp_path / "ckpt" / "checkpoints")
+    assert argv[argv.index("--checkpoint-dir") + 1] == str(tmp_path / "ckpt")
     assert argv[argv.index("--training-steps") + 1] == "50"
     assert spec.job_name == "pyrecover-r4-a2"
     token_file = Path(spec.env["PYRECOVER_TOKEN_FILE"])
@@ -101,7 +101,9 @@ def test_relative_paths_reach_the_worker_absolute(tmp_path: Path, monkeypatch: p
 
     assert flag("--dataset") == str(tmp_path / "data" / "sample.parquet")
     assert flag("--tokenizer-name-or-path") == str(tmp_path / "data" / "tokenizer")
-    assert flag("--checkpoint-dir") == str(tmp_path / "var" / "checkpoints" / "checkpoints")
+    assert flag("--checkpoint-dir") == str(
+        tmp_path / "var" / "checkpoints"
+    )  # the root itself: no doubled name
     assert Path(spec.env["PYRECOVER_TOKEN_FILE"]) == tmp_path / "var" / "runs" / "7" / "worker.token"
     assert spec.workdir == tmp_path / "var" / "runs" / "7" and spec.stdout.is_absolute()
     # Seen from the worker's cwd, every path still names the same file.

@@ -107,7 +107,11 @@ class World:
 
     def step_dir(self, run_id: int, step: int) -> Path:
         run = self.run(run_id)
-        return self.settings.resolve_checkpoint_dir("checkpoints") / run.name / f"step-{step}"
+        return (
+            self.settings.resolve_checkpoint_dir(run.spec["training"]["checkpoint_dir"])
+            / run.name
+            / f"step-{step}"
+        )
 
     def checkpoint(self, run_id: int, attempt: int, step: int, path: str | None = None) -> None:
         """A checkpoint row as a report records it (at the run's own step directory by default)."""
