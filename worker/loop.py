@@ -127,6 +127,10 @@ class TrainingLoop:
             tokens_seen=result.tokens_seen,
             final=result.final,
         )
+        if result.deleted_steps:  # after the commit that made them surplus: the rows exist by then
+            self.reporter.emit(
+                EventType.CHECKPOINTS_DELETED, step=result.step, steps=list(result.deleted_steps)
+            )
 
     def _drain_completed(self) -> None:
         for result in self.manager.completed():

@@ -8,6 +8,7 @@ late-spooled batch changes nothing twice. Applying an event:
   attempt PENDING → RUNNING and run QUEUED → RUNNING;
 * ``progress``: a metric point; run progress (monotone);
 * ``checkpoint_committed``: a checkpoint row (once per step), the run's latest checkpoint;
+* ``checkpoints_deleted``: those rows marked deleted (``controller.services.checkpoint_retention``);
 * ``stopping``: attempt → STOPPING; ``finished`` / ``failed``: logged (error text kept);
 * ``warning``: an event in the run's log.
 
@@ -28,12 +29,14 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, WorkerEventRecord
 from controller.db.types import to_datetime, utcnow
+from controller.services import checkpoint_retention
 from controller.services.errors import AttemptNotFound, RunNotFound
 from controller.services.report_checks import check_batch, finite_or_none
 from controller.state_machine import record_run_event, transition_attempt, transition_run
 from shared.events import ENDING_EVENT_TYPES, WorkerAction
 from shared.schemas import (
     CheckpointCommittedEvent,
+    CheckpointsDeletedEvent,
     FailedEvent,
     FinishedEvent,
     ProgressEvent,
@@ -147,6 +150,7 @@ def _apply(
     event: StartedEvent
     | ProgressEvent
     | CheckpointCommittedEvent
+    | CheckpointsDeletedEvent
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
@@ -157,6 +161,8 @@ def _apply(
     assert at is not None
     if isinstance(event, CheckpointCommittedEvent):
         _checkpoint(session, run, attempt, event, at, known_steps)
+    elif isinstance(event, CheckpointsDeletedEvent):
+        checkpoint_retention.mark_deleted(session, run, event.steps, at)
     elif isinstance(event, StartedEvent):
         _started(session, run, attempt, event, at)
     elif isinstance(event, StoppingEvent):
@@ -265,6 +271,8 @@ def _checkpoint(
                 committed_at=at,
             )
         )
+    else:
+        checkpoint_retention.mark_on_disk(session, run.id, event.step)
     attempt.checkpoint_stall_s = (attempt.checkpoint_stall_s or 0.0) + event.stall_seconds
     if attempt.last_commit_at is None or at > attempt.last_commit_at:
         attempt.last_commit_at = at

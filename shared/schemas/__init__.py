@@ -24,6 +24,7 @@ from shared.schemas.public import (
 )
 from shared.schemas.reports import (
     CheckpointCommittedEvent,
+    CheckpointsDeletedEvent,
     FailedEvent,
     FinishedEvent,
     ProgressEvent,
@@ -41,6 +42,7 @@ __all__ = [
     "AttemptPublic",
     "CheckpointCommittedEvent",
     "CheckpointPublic",
+    "CheckpointsDeletedEvent",
     "EventPublic",
     "FailedEvent",
     "FinishedEvent",

@@ -15,6 +15,7 @@ from shared.events import EventType, StopReason, WorkerAction
 
 __all__ = [
     "CheckpointCommittedEvent",
+    "CheckpointsDeletedEvent",
     "FailedEvent",
     "FinishedEvent",
     "ProgressEvent",
@@ -73,6 +74,18 @@ class CheckpointCommittedEvent(_Event):
     final: bool = False
 
 
+MAX_STEP = 2**31 - 1
+"""Steps are ``INTEGER`` columns (32-bit on PostgreSQL)."""
+
+
+class CheckpointsDeletedEvent(_Event):
+    """Retention removed these committed checkpoints from disk (``step``: the commit that made them
+    surplus). Rank 0 reports each deletion once; the controller marks the rows, never removes them."""
+
+    type: Literal[EventType.CHECKPOINTS_DELETED] = EventType.CHECKPOINTS_DELETED
+    steps: Annotated[list[Annotated[int, Field(ge=0, le=MAX_STEP)]], Field(min_length=1, max_length=10_000)]
+
+
 class StoppingEvent(_Event):
     type: Literal[EventType.STOPPING] = EventType.STOPPING
     reason: StopReason
@@ -100,6 +113,7 @@ WorkerEvent = Annotated[
     StartedEvent
     | ProgressEvent
     | CheckpointCommittedEvent
+    | CheckpointsDeletedEvent
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
