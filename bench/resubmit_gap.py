@@ -12,13 +12,16 @@ timestamps). Both modes run the same chain of short jobs through the real ``Slur
 
 **Walltime utilisation.** The whole chain: a controller (in this process, SQLite, the ``slurm``
 backend) and the real worker training a tiny model in 1-minute attempts (SLURM's smallest limit),
-sized to need about ``--windows`` attempts; once with ``policy.prequeue_successor`` on, once off.
-Per attempt, from the controller's goodput accounting (``GET /runs/{id}/jobs``): the time that
-ended in a committed checkpoint (``productive_committed_s``) / the time SLURM allocated
-(``allocated_s``); plus the attempt-to-attempt gap from the attempts' start/end times.
+sized to need about ``--windows`` attempts: with ``policy.prequeue_successor`` on and the walltime
+signal on (``--signal-lead``, the API's default 30 s: SLURM sends USR1 that long before the limit
+and the worker tightens its deadline to it), then with the signal off (the baseline), then without
+pre-queue. Per attempt, from the controller's goodput accounting (``GET /runs/{id}/jobs``): the time
+that ended in a committed checkpoint (``productive_committed_s``) / the time SLURM allocated
+(``allocated_s``), and the end reason (goal: ``deadline_stop`` for every attempt but the last, at
+>= 80 % each, with the signal on); plus the attempt-to-attempt gap from the attempts' start/end times.
 
     python bench/resubmit_gap.py [--jobs 8] [--job-seconds 3] [--poll-interval 5] [--windows 2.5]
-                                 [--skip-utilisation] [--wait-idle 1800]
+                                 [--signal-lead 30] [--skip-utilisation] [--wait-idle 1800]
 
 Needs a cluster (``sudo deploy/slurm-local/up.sh``) that nothing else uses: numbers taken while
 other jobs compete for the node are worthless, so the bench waits (up to ``--wait-idle`` seconds)
@@ -196,9 +199,10 @@ def attempt_figures(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def utilisation_runs(
-    cluster: Cluster, work: Path, windows: float, modes: list[str]
+    cluster: Cluster, work: Path, windows: float, modes: list[tuple[str, bool, int]]
 ) -> dict[str, dict[str, Any]]:
-    """One controller; one run per mode, one after the other; figures per attempt and per run."""
+    """One controller; one run per (name, pre-queue, signal lead), one after the other; figures per
+    attempt and per run."""
     from controller.cli.client import Api, items
     from controller.demo import (
         WORKER_ENV,
@@ -220,25 +224,25 @@ def utilisation_runs(
         f"→ {steps} steps per run (≈ {windows:g} windows of {WINDOW_S} s)",
         flush=True,
     )
-    ctl = DemoController(demo_settings(work / "controller", pick_port(0)))
+    ctl = DemoController(demo_settings(work / "controller", pick_port(0), roots=[work]))
     ctl.start()
     api = Api(url=ctl.url, timeout=60)
     out: dict[str, dict[str, Any]] = {}
     try:
-        for mode in modes:
+        for mode, prequeue, lead in modes:
             body = {
                 "name": f"bench-utilisation-{mode}",
                 "training": training_body(dataset, tokenizer, steps, str(work / "ckpt")),
                 "resources": {
                     "scheduler": "slurm",
                     "time_limit": "1",
-                    "signal_lead_seconds": 0,
+                    "signal_lead_seconds": lead,
                     "env": WORKER_ENV,
                 },
                 "policy": {
                     "max_attempts": 12,
                     "backoff_seconds": 1,
-                    "prequeue_successor": mode == "prequeue",
+                    "prequeue_successor": prequeue,
                 },
             }
             run_id = int(api.post("/runs", body)["id"])
@@ -262,7 +266,10 @@ def utilisation_runs(
             ]
             allocated = sum(a["allocated_s"] for a in attempts)
             productive = sum(a["productive_committed_s"] for a in attempts)
+            before_last = attempts[:-1]
             out[mode] = {
+                "prequeue": prequeue,
+                "signal_lead_seconds": lead,
                 "run_state": detail["state"],
                 "steps": steps,
                 "wall_s": time.monotonic() - started,
@@ -276,6 +283,10 @@ def utilisation_runs(
                 "run_utilisation": productive / allocated if allocated > 0 else None,
                 "run_goodput_api": detail.get("goodput"),
                 "timeouts": sum(1 for a in attempts if a["end_reason"] == "timeout_killed"),
+                "all_but_last_deadline_stop": all(a["end_reason"] == "deadline_stop" for a in before_last),
+                "min_utilisation_all_but_last": (
+                    min(a["utilisation"] or 0.0 for a in before_last) if before_last else None
+                ),
                 "attempt_gaps_s": gaps,
                 "median_attempt_gap_s": statistics.median(gaps) if gaps else None,
             }
@@ -294,6 +305,9 @@ def main() -> None:
     ap.add_argument("--job-seconds", type=float, default=3.0)
     ap.add_argument("--poll-interval", type=float, default=5.0)
     ap.add_argument("--windows", type=float, default=2.5, help="walltime windows each utilisation run needs")
+    ap.add_argument(
+        "--signal-lead", type=int, default=30, help="seconds of SLURM's --signal for the signal run"
+    )
     ap.add_argument("--skip-utilisation", action="store_true", help="only the gap (a few minutes less)")
     ap.add_argument("--wait-idle", type=float, default=1800, help="seconds to wait for an idle cluster")
     args = ap.parse_args()
@@ -311,7 +325,12 @@ def main() -> None:
             cluster.note()
             results[mode] = {"median_s": statistics.median(gaps), "max_s": max(gaps), "gaps_s": gaps}
         if not args.skip_utilisation:
-            utilisation = utilisation_runs(cluster, Path(tmp), args.windows, ["prequeue", "poll"])
+            modes = [
+                (f"prequeue-signal{args.signal_lead}", True, args.signal_lead),
+                ("prequeue", True, 0),
+                ("poll", False, 0),
+            ]
+            utilisation = utilisation_runs(cluster, Path(tmp), args.windows, modes)
     load_after = load()
     print(f"resubmission gap over {args.jobs - 1} transitions (poll interval {args.poll_interval:g} s)")
     for mode, r in results.items():
@@ -325,11 +344,15 @@ def main() -> None:
                 f"a{a['attempt']} {_fmt(a['utilisation'], '.0%')} ({a['end_reason']})" for a in u["attempts"]
             )
             print(
-                f"  {mode:9s} run {_fmt(u['run_utilisation'], '.1%')}  full windows (median) "
+                f"  {mode:17s} run {_fmt(u['run_utilisation'], '.1%')}  full windows (median) "
                 f"{_fmt(u['median_utilisation_full_window'], '.1%')} of allocated, "
                 f"{_fmt(u['median_utilisation_of_time_limit_full_window'], '.1%')} of the limit  "
                 f"attempt gap (median) "
                 f"{_fmt(u['median_attempt_gap_s'], '.1f')} s  [{per_job}]  {u['run_state']}"
+            )
+            print(
+                f"  {'':17s} every attempt but the last deadline_stop: {u['all_but_last_deadline_stop']}; "
+                f"lowest utilisation among them {_fmt(u['min_utilisation_all_but_last'], '.0%')}"
             )
     print(f"load average {load_before['1m']:.2f} before, {load_after['1m']:.2f} after, "
           f"{cluster.max_load:.2f} at most ({load_before['cpus']:.0f} CPUs); "

@@ -27,6 +27,8 @@ BENCHES = [
     "token_store",
     "checkpoint",
     "train_step",
+    "memory_plan",
+    "fsdp",
     "api_load",
     "dashboard",
     "resubmit_gap",

@@ -12,12 +12,14 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import env_policy, sbatch_options
+from shared.run_rules import RunPolicy
 from shared.schemas.notify import NotifyTarget
 
 DB_FILE_NAME = "pyrecover.db"
@@ -49,6 +51,20 @@ REPORT_RATE_PER_S = 10.0
 """Sustained report requests per second per run. A worker sends about two (a batch per 0.5 s)."""
 REPORT_BURST = 50
 """Requests a run may make at once: a worker replaying its spool after an outage."""
+
+
+def _roots(paths: list[Path]) -> list[Path]:
+    """Absolute, normalised, each once (``..`` resolved lexically: a root is the admin's word)."""
+    out: list[Path] = []
+    for path in paths:
+        root = Path(os.path.normpath(Path(path).absolute()))
+        if root not in out:
+            out.append(root)
+    return out
+
+
+def _verify_default() -> list[Literal["local", "slurm", "pyslurm"]]:
+    return ["local"]  # the local backend's jobs write on this machine
 
 
 class Settings(BaseSettings):
@@ -110,6 +126,39 @@ class Settings(BaseSettings):
         default_factory=list, description="Admin lines added to sbatch scripts."
     )
     slurm_srun_args: list[str] = Field(default_factory=list, description="Extra srun arguments (admin).")
+    env_allow: list[str] = Field(
+        default_factory=lambda: list(env_policy.DEFAULT_ENV_ALLOW),
+        description=(
+            "Environment variables a run may set (names or globs such as 'MYLAB_*'); the hard deny-list "
+            "(shared/env_policy.py) applies first and no entry can lift it."
+        ),
+    )
+    sbatch_allow: list[str] = Field(
+        default_factory=lambda: list(sbatch_options.DEFAULT_SBATCH_ALLOW),
+        description=(
+            "sbatch options (full long names) a run may add in extra_sbatch_args; options pyrecover sets or "
+            "that run code, name files or change the job's identity are never allowed."
+        ),
+    )
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description=(
+            "Dataset and tokenizer paths must lie under one of these; default: the directory the "
+            "controller starts in and data_dir."
+        ),
+    )
+    checkpoint_roots: list[Path] = Field(
+        default_factory=list,
+        description="Absolute checkpoint and profile directories must lie under one of these; "
+        "checkpoint_root is always one (the default is checkpoint_root alone).",
+    )
+    verify_checkpoints: list[Literal["local", "slurm", "pyslurm"]] = Field(
+        default_factory=_verify_default,
+        description=(
+            "Backends whose checkpoint file system the controller can read: before a run of theirs is "
+            "COMPLETED the controller verifies the final checkpoint's manifest and files itself."
+        ),
+    )
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     report_rate_per_s: Annotated[float, Field(gt=0, le=1e9)] = Field(
         default=REPORT_RATE_PER_S,
@@ -156,12 +205,44 @@ class Settings(BaseSettings):
             raise ValueError(f"public_url must be an http(s) URL with a host, got {self.public_url!r}")
         if self.checkpoint_root is None:
             self.checkpoint_root = self.data_dir / "checkpoints"
+        self.data_roots = _roots(self.data_roots or [Path.cwd(), self.data_dir])
+        self.checkpoint_roots = _roots([self.checkpoint_root, *self.checkpoint_roots])
         if self.open_read_only and not is_loopback(self.host):
             raise ValueError(
                 f"open_read_only is only allowed on a loopback host (host={self.host!r}); "
                 "bind to 127.0.0.1 or turn open_read_only off"
             )
         return self
+
+    @field_validator("env_allow")
+    @classmethod
+    def _env_allow(cls, v: list[str]) -> list[str]:
+        return env_policy.check_allow_list(v)
+
+    @field_validator("sbatch_allow")
+    @classmethod
+    def _sbatch_allow(cls, v: list[str]) -> list[str]:
+        return sbatch_options.check_allow_list(v)
+
+    def resolve_checkpoint_dir(self, checkpoint_dir: str) -> Path:
+        """A run's absolute checkpoint root: relative values are taken below ``checkpoint_root``."""
+        path = Path(checkpoint_dir)
+        if path.is_absolute():
+            return path
+        root = self.checkpoint_root or self.data_dir / "checkpoints"
+        return (root / path).absolute()
+
+    def run_policy(self) -> RunPolicy:
+        """The admin's rules for run fields (``shared.run_rules``), from these settings."""
+        assert self.checkpoint_root is not None  # set by _derive
+        return RunPolicy(
+            env_allow=tuple(self.env_allow),
+            sbatch_allow=tuple(self.sbatch_allow),
+            data_roots=tuple(self.data_roots),
+            checkpoint_roots=tuple(self.checkpoint_roots),
+            input_base=Path.cwd(),
+            checkpoint_base=self.checkpoint_root,
+        )
 
     def validate_for_serving(self) -> None:
         """Refuse to serve an unauthenticated API beyond this machine (raise ``ValueError``)."""

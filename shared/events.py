@@ -30,6 +30,12 @@ class EventType(StrEnum):
     """The worker gave up; carries the error."""
     WARNING = "warning"
     """Something the user should see on the run (a corrupt checkpoint skipped, ...)."""
+    HUNG = "hung"
+    """A rank's watchdog saw no progress for longer than its phase allows; names the suspect ranks.
+    Followed by ``failed``; the ranks exit with ``ExitCode.HUNG``."""
+    DIVERGED = "diverged"
+    """The loss or gradients went non-finite (or the loss spiked); nothing bad was committed. Carries
+    the data window since the last commit. Followed by ``failed``; exit ``ExitCode.DIVERGED``."""
 
 
 DROPPABLE_EVENT_TYPES = frozenset({EventType.PROGRESS})
@@ -66,3 +72,27 @@ class WorkerAction(StrEnum):
 
 REQUESTABLE_ACTIONS = frozenset(WorkerAction) - {WorkerAction.NONE}
 """The actions a user may ask for (``POST /api/v1/runs/{id}/actions``)."""
+
+
+class HangPhase(StrEnum):
+    """What a rank was doing when its watchdog saw no progress (the ``phase`` of a ``hung`` event)."""
+
+    STARTUP = "startup"
+    """Building the components (data, tokenizer, model), or between the load and the first step."""
+    LOAD = "load"
+    """Choosing, verifying and loading the checkpoint to resume from."""
+    STEP = "step"
+    """A training step: the data read, forward/backward, the update and the step-boundary agreement."""
+    SAVE = "save"
+    """Writing or committing a checkpoint (including waiting for a background save)."""
+
+
+class DivergenceReason(StrEnum):
+    """Why a worker declared its run diverged (the ``reason`` of a ``diverged`` event)."""
+
+    NON_FINITE = "non_finite"
+    """``max_skipped_steps`` updates in a row had a non-finite loss or gradient norm."""
+    LOSS_SPIKE = "loss_spike"
+    """The loss exceeded ``loss_spike_factor`` times its running median."""
+    NON_FINITE_STATE = "non_finite_state"
+    """The weights or optimizer state held NaN/inf at a save: the checkpoint was not committed."""

@@ -16,4 +16,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # argparse's own code for bad flags
     CONFIG_ERROR = 3  # flags parsed but rejected (bad combination, missing dataset, shape change on resume)
     CHECKPOINT_ERROR = 4  # no loadable checkpoint where one was required
+    HUNG = 5  # the watchdog saw no progress for longer than the phase allows (stacks in the log)
+    DIVERGED = 6  # non-finite loss/gradients/weights or a loss spike; the bad state was not committed
+    FRESH_START_REFUSED = 7  # the run has a past (quarantine, loss.csv rows) but no checkpoint verifies
     INTERRUPTED = 130  # stopped by a signal before anything could be committed

@@ -1,16 +1,23 @@
 """Where things live on disk: the controller's run directories and the checkpoint layout.
 
 * ``<data_dir>/runs/<run id>/``: the run's own directory on the controller's side — the worker
-  token file (0600), the reporter's spool, ``logs/attempt-<NNNN>.{out,err}``; workers run there.
+  token file (0600), the secret environment file (0600), the reporter's spool,
+  ``logs/attempt-<NNNN>.{out,err}``; workers run there.
 * ``<checkpoint_dir>/<run name>/step-<N>/`` holds one committed checkpoint; it counts only if its
   ``manifest.json`` is present and valid. Writers use a hidden temporary sibling and rename it into
   place, so a reader never sees a half-written ``step-<N>``.
+* ``<checkpoint_dir>/<run name>/.quarantine-step-<N>-<why>-<hex>/``: a checkpoint that failed
+  verification (or a ``step-<N>`` without a valid manifest), moved out of the committed namespace.
+  Nothing deletes it automatically: it may be the only copy of the run's progress.
+* ``<checkpoint_dir>/<run name>/.watchdog/<job key>/``: the ranks' heartbeats and, after a hang,
+  their stack dumps (``worker.watchdog``).
 
 See docs/architecture.md, "Checkpoint layout".
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
@@ -18,9 +25,15 @@ from pathlib import Path
 MANIFEST_NAME = "manifest.json"
 TOKEN_FILE_NAME = "worker.token"
 """The run-scoped worker token, in the run directory (never on a command line or in the environment)."""
+SECRET_ENV_FILE_NAME = "secret.env"
+"""The run's secret environment values (0600, ``shared.envfile``), written once when it is created."""
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
-_STEP_RE = re.compile(r"^step-(\d+)$")
+QUARANTINE_PREFIX = ".quarantine-step-"
+"""Checkpoints moved aside because they failed verification; never removed by retention or clean-up."""
+WATCHDOG_DIRNAME = ".watchdog"
+LOSS_CSV_NAME = "loss.csv"
+_STEP_RE = re.compile(r"^step-([0-9]+)$", re.ASCII)  # not \d: 'step-١٢' is no step
 
 
 def run_dir(data_dir: Path, run_id: int) -> Path:
@@ -56,6 +69,19 @@ def tmp_step_dir(checkpoint_root: Path, run_name: str, step: int) -> Path:
     return run_checkpoint_dir(checkpoint_root, run_name) / f"{TMP_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
 
 
+def quarantine_dir(path: Path, step: int, why: str) -> Path:
+    """A unique quarantine name beside ``path`` (a ``step-<N>`` directory) for a checkpoint that failed."""
+    return path.with_name(f"{QUARANTINE_PREFIX}{step}-{why}-{uuid.uuid4().hex[:8]}")
+
+
+def is_quarantined(name: str) -> bool:
+    """A quarantined checkpoint's directory name, including those earlier versions moved aside as
+    ``.tmp-step-<N>-corrupt-*`` / ``-invalid-*`` (and would have deleted after the next commit)."""
+    if name.startswith(QUARANTINE_PREFIX):
+        return True
+    return name.startswith(TMP_PREFIX) and ("-corrupt-" in name or "-invalid-" in name)
+
+
 def parse_step(name: str) -> int | None:
     """``"step-120"`` → 120; anything else (temporaries, stray files) → ``None``. Numeric, never lexical."""
     m = _STEP_RE.fullmatch(name)
@@ -79,3 +105,11 @@ def looks_local(value: str, cwd: Path | None = None) -> bool:
         return True
     first = value.split("/", 1)[0]
     return (base / value).exists() or ("/" in value and (base / first).is_dir())
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same place: equal once normalised, or once symlinks are resolved
+    (a checkpoint root reached through a symlink). Reads nothing but the path components."""
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    return os.path.realpath(a) == os.path.realpath(b)

@@ -20,10 +20,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from shared.json_numbers import no_bool_numbers
 from shared.unknown_fields import refuse_unknown
 
 PRESETS = ("tiny", "small", "llama3-1b", "llama3-8b")
+"""The keys of ``shared.model_shapes.PRESETS`` (a test keeps the two equal)."""
 Preset = Literal["tiny", "small", "llama3-1b", "llama3-8b"]
+Parallelism = Literal["ddp", "fsdp"]
 Dtype = Literal["fp32", "bf16", "fp16", "fp64"]
 Tracker = Literal["tensorboard", "wandb"]
 TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
@@ -50,13 +53,21 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
 )
 """Changing any of these between an attempt and the checkpoint it resumes from would silently train
 a different model or on a different token stream: the worker's checkpoint manager refuses such a
-resume. Everything else (steps, learning rate, cadence, world size, ...) may change between attempts."""
+resume. Everything else (steps, learning rate, cadence, world size, parallelism, gradient accumulation,
+activation checkpointing, ...) may change between attempts: none of those changes which update a step
+makes beyond the order of float additions."""
 
 FROZEN_FIELDS: tuple[str, ...] = (*IMMUTABLE_FIELDS, "checkpoint_dir")
 """What ``PATCH /runs/{id}`` (``pyrecover extend``) refuses: the immutable fields, and the checkpoint
 root (a run's past lives there: a new root would start it over)."""
 
-PER_ATTEMPT_FIELDS: tuple[str, ...] = ("deadline", "stop_after_steps", "resume_from_checkpoint")
+PER_ATTEMPT_FIELDS: tuple[str, ...] = (
+    "deadline",
+    "stop_after_steps",
+    "resume_from_checkpoint",
+    "data_skip_to",
+    "allow_restart_from_scratch",
+)
 """Worker fields that describe one attempt, not the run (left out of the checkpoint's config)."""
 
 _FINITE = {"allow_inf_nan": False}
@@ -81,11 +92,26 @@ class TrainingFields(BaseModel):
     training_steps: TrainingSteps = 1000
     """Total optimizer steps of the run (absolute: a resumed run continues up to this number)."""
     model_preset: Preset = "tiny"
-    """Model size preset (worker.model.PRESETS)."""
+    """Model size preset (shared.model_shapes.PRESETS)."""
     sequence_length: Annotated[int, Field(ge=2, le=131_072)] = 128
     """Tokens per training sequence (also the model's RoPE table length)."""
     batch_size: Annotated[int, Field(gt=0, le=65_536)] = 8
-    """GLOBAL batch size in sequences per optimizer step; must be divisible by the world size."""
+    """GLOBAL batch size in sequences per optimizer step; must be divisible by the world size times
+    gradient_accumulation_steps."""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65_536)] = 1
+    """Micro-batches per optimizer step: each rank splits its share of the global batch
+    (batch_size / world size sequences) into this many micro-batches and runs forward/backward on one
+    at a time, synchronising gradients only after the last. The update is the one-big-batch update
+    (the loss is normalised by the token count of the whole global batch); memory for activations
+    shrinks with the micro-batch."""
+    parallelism: Parallelism = "ddp"
+    """'ddp': every rank holds the whole model, gradients are all-reduced (DistributedDataParallel).
+    'fsdp': parameters, gradients and optimizer state are sharded over the ranks (FSDP2 fully_shard
+    on each transformer block and on the root), which divides their memory by the world size. A run
+    may switch between the two, or change its world size, at a resume."""
+    activation_checkpointing: bool = False
+    """Keep only each transformer block's input during the forward pass and recompute the block in
+    the backward pass: far less activation memory for about one more forward pass of compute."""
     learning_rate: Annotated[float, Field(gt=0, le=10, **_FINITE)] = 3e-4
     """Peak AdamW learning rate."""
     lr_warmup_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 10
@@ -129,6 +155,25 @@ class TrainingFields(BaseModel):
     teardown); the time-aware stop budgets them, and a teardown step that overruns them is cut off."""
     deadline_refresh_seconds: Annotated[float, Field(ge=0, le=86_400, **_FINITE)] = 60.0
     """How often the deadline sources are re-read (an admin may change the time limit)."""
+    hang_detection: bool = True
+    """Watch every rank for progress (worker.watchdog): a phase that runs past its limit dumps every
+    thread's stack into the log, reports ``hung`` naming the stalled rank, and exits with code 5."""
+    hang_factor: Annotated[float, Field(ge=1.5, le=1000, **_FINITE)] = 3.0
+    """A step or save may take this many times its expected duration (the p99 of this attempt's steps,
+    the longest measured save) before it counts as hung."""
+    hang_floor_seconds: Annotated[float, Field(ge=1, le=86_400, **_FINITE)] = 60.0
+    """No limit is shorter than this: a phase is hung after max(hang_factor x expected, this)."""
+    hang_startup_seconds: Annotated[float, Field(ge=1, le=86_400, **_FINITE)] = 900.0
+    """The limit where nothing was measured yet: start-up, the checkpoint load, the first steps
+    (compilation, warm-up) and the first save."""
+    max_skipped_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
+    """Updates with a non-finite loss or gradient norm are skipped; this many in a row end the attempt
+    as diverged (exit code 6), without committing the state."""
+    loss_spike_factor: Annotated[float, Field(ge=0, le=1e6, **_FINITE)] = 5.0
+    """End the attempt as diverged when a step's loss exceeds this multiple of the running median of
+    the last loss_spike_window losses (once half the window is filled); 0 disables it."""
+    loss_spike_window: Annotated[int, Field(ge=4, le=100_000)] = 100
+    """Steps in the running median that loss spikes are measured against."""
     log_loss_to_csv: bool = True
     """Rank 0 writes step,loss for every step to <checkpoint_dir>/<experiment_name>/loss.csv."""
     profile: bool = False
@@ -162,6 +207,8 @@ class TrainingFields(BaseModel):
     def _known(cls, data: Any) -> Any:
         return refuse_unknown(cls, data)
 
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(no_bool_numbers))
+
     @model_validator(mode="after")
     def _combinations(self) -> Any:
         if self.checkpoint_frequency == 0:
@@ -169,6 +216,16 @@ class TrainingFields(BaseModel):
         if self.async_checkpoint and not self.use_torch_distributed_ckpt:
             raise ValueError(
                 "async_checkpoint: needs use_torch_distributed_ckpt (vanilla saves are synchronous)"
+            )
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps: the global batch ({self.batch_size}) must split into "
+                f"{self.gradient_accumulation_steps} equal micro-batches on every rank"
+            )
+        if self.parallelism == "fsdp" and self.mixed_precision and self.model_dtype == "fp16":
+            raise ValueError(
+                "model_dtype: fp16 mixed precision needs a loss scaler, which is not supported with "
+                "parallelism 'fsdp'; use bf16 (or --no-mixed-precision for pure fp16)"
             )
         if self.profile and self.profile_step_start > self.profile_step_end:
             raise ValueError(f"profile_step_end: must be >= profile_step_start ({self.profile_step_start})")

@@ -21,5 +21,13 @@ def refuse_unknown(model: type[BaseModel], data: Any) -> Any:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
             hint = f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known))})"
             message = f"unknown field {key!r}{hint}".replace("{", "{{").replace("}", "}}")
-            raise PydanticCustomError("extra_forbidden", message)
+            raise PydanticCustomError("extra_forbidden", message, {"unknown_field": key})
     return data
+
+
+def error_loc(err: Any) -> tuple[Any, ...]:
+    """Where a pydantic error points, down to the unknown key itself: ``("training", "surprise")``
+    rather than the model holding it, so an API reply names the field a user mistyped."""
+    loc = tuple(err.get("loc", ()))
+    unknown = (err.get("ctx") or {}).get("unknown_field")
+    return (*loc, unknown) if isinstance(unknown, str) else loc

@@ -1,8 +1,8 @@
 """What one attempt trains with: the model, optimizer, LR schedule, data stream and precision.
 
 ``build_components`` reads top to bottom: seeds → tokenizer and data stream → model (seeded init,
-optional compile, DDP) → AdamW + LR schedule. ``worker.train`` calls it; ``worker.loop`` trains
-with the result.
+optional compile, DDP or FSDP: ``worker.parallel``) → AdamW + LR schedule. ``worker.train`` calls
+it; ``worker.loop`` trains with the result.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from worker.config import ConfigError, TrainConfig
 from worker.distributed import DistInfo, log_rank0
 from worker.lr import build_lr_scheduler
+from worker.parallel import parallelize
 from worker.precision import Precision, default_dtype, resolve_precision
 
 log = logging.getLogger("pyrecover.worker")
@@ -29,7 +29,7 @@ class Components:
     """What the step loop works with."""
 
     model: torch.nn.Module
-    """The (possibly compiled, DDP-wrapped) model that trains."""
+    """The (possibly compiled) DDP-wrapped or FSDP-sharded model that trains."""
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     dataset: Any
@@ -50,6 +50,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
+    """The data stream and the vocabulary size. Every problem with the dataset or the tokenizer is a
+    ConfigError naming the field (exit code 3, one line): retrying cannot fix it."""
     from worker.data import DataError, load_tokenizer
     from worker.data.source import open_training_dataset, resolve_dataset
 
@@ -77,7 +79,7 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
             local_batch_size=config.batch_size // info.world_size,
             bos_token_id=bos,
         )
-    except DataError as exc:
+    except DataError as exc:  # e.g. files without rows, a store built with another tokenizer
         raise ConfigError(f"dataset: {exc}") from exc
     return dataset, len(tokenizer)
 
@@ -102,20 +104,20 @@ def build_components(config: TrainConfig, info: DistInfo) -> Components:
     seed_everything(config.seed)
     dataset, vocab_size = _build_data(config, info)
     args = model_shape(config, vocab_size=vocab_size)  # the preset's, or init_from_hf's config.json
-    precision = resolve_precision(config.model_dtype, mixed=config.mixed_precision, device=info.device)
+    precision = resolve_precision(
+        config.model_dtype, mixed=config.mixed_precision, device=info.device, parallelism=config.parallelism
+    )
+    # The whole model is initialised from the seed on every rank before anything is sharded, so the
+    # initial weights are the same for any world size and either parallelism.
     with default_dtype(precision.param_dtype):
         base = Transformer(args)
         base.init_weights()
-    base.to(info.device)
+    base.activation_checkpointing = config.activation_checkpointing
     n_params = num_params(base)
     fpt = flops_per_token(args, num_params(base, exclude_embedding=True))
-    model: torch.nn.Module = base
-    if config.compile:
-        model = cast(torch.nn.Module, torch.compile(model))
-    if info.is_distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
+    model = parallelize(
+        base, parallelism=config.parallelism, info=info, precision=precision, compile=config.compile
+    )
     optimizer = _build_optimizer(config, model, info.device)
     scheduler = build_lr_scheduler(
         optimizer,
@@ -126,14 +128,19 @@ def build_components(config: TrainConfig, info: DistInfo) -> Components:
     scaler = torch.amp.GradScaler(info.device.type) if precision.needs_grad_scaler else None
     log_rank0(
         info,
-        "model %s: %.2fM parameters, vocab %d, seq %d, weights %s, autocast %s, world size %d",
+        "model %s: %.2fM parameters, vocab %d, seq %d, weights %s, compute %s, %s, world size %d, "
+        "%d micro-batch(es) of %d sequences per rank%s",
         config.model_preset,
         n_params / 1e6,
         vocab_size,
         config.sequence_length,
         precision.param_dtype,
-        precision.autocast_dtype,
+        precision.compute_dtype,
+        config.parallelism,
         info.world_size,
+        config.gradient_accumulation_steps,
+        config.batch_size // (info.world_size * config.gradient_accumulation_steps),
+        ", activation checkpointing" if config.activation_checkpointing else "",
     )
     return Components(
         model=model,
@@ -144,5 +151,5 @@ def build_components(config: TrainConfig, info: DistInfo) -> Components:
         grad_scaler=scaler,
         flops_per_token=float(fpt),
         num_params=n_params,
-        peak_flops=peak_flops(info.device, precision.autocast_dtype or precision.param_dtype),
+        peak_flops=peak_flops(info.device, precision.compute_dtype),
     )

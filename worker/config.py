@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from shared.names import validate_run_name
 from shared.training import IMMUTABLE_FIELDS, PER_ATTEMPT_FIELDS, TrainingFields
@@ -23,6 +23,8 @@ from shared.training import IMMUTABLE_FIELDS, PER_ATTEMPT_FIELDS, TrainingFields
 IMMUTABLE_KEYS = IMMUTABLE_FIELDS
 """Fields a resume may not change (``shared.training.IMMUTABLE_FIELDS``); the checkpoint manager checks."""
 PER_ATTEMPT_KEYS = PER_ATTEMPT_FIELDS
+MAX_DATA_POSITION = 2**62
+"""Largest ``--data-skip-to`` accepted (a sample count; fits every integer column on the way)."""
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,15 @@ class TrainConfig(TrainingFields):
     """Deadline override in Unix seconds (else PYRECOVER_DEADLINE, SLURM_JOB_END_TIME, squeue)."""
     stop_after_steps: int | None = None
     """Stop gracefully (final checkpoint, exit 0) after N steps in this attempt."""
+    allow_restart_from_scratch: bool = False
+    """When no committed checkpoint verifies, start from step 0 even though the run directory holds
+    the run's past (quarantined or unverifiable checkpoints, loss.csv rows); without it the worker
+    refuses (exit code 7). Nothing of that past is deleted."""
+    data_skip_to: int | None = None
+    """After resuming, move the data stream forward to where CHUNKS samples have been consumed (the
+    cursor's chunks_consumed in a 'diverged' report): the window before a divergence is skipped, not
+    trained on. Needs a checkpoint to resume from, at or behind that position, and a whole number of
+    global batches from it."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -78,6 +89,21 @@ class TrainConfig(TrainingFields):
             raise ValueError("must be Unix seconds > 0")
         return v
 
+    @field_validator("data_skip_to")
+    @classmethod
+    def _skip_to(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_DATA_POSITION:
+            raise ValueError(f"must be a sample count in [0, {MAX_DATA_POSITION}]")
+        return v
+
+    @model_validator(mode="after")
+    def _per_attempt(self) -> TrainConfig:
+        if self.data_skip_to is not None and self.resume_from_checkpoint == "none":
+            raise ValueError(
+                "data_skip_to: needs a checkpoint to resume from (not --resume-from-checkpoint none)"
+            )
+        return self
+
     @field_validator("stop_after_steps")
     @classmethod
     def _stop_after(cls, v: int | None) -> int | None:
@@ -86,11 +112,19 @@ class TrainConfig(TrainingFields):
         return v
 
     def check_world_size(self, world_size: int) -> None:
-        """The global batch must split evenly over the ranks."""
+        """The global batch must split evenly over the ranks, and each rank's share into micro-batches."""
         if self.batch_size % world_size:
             raise ConfigError(
                 f"batch_size: the global batch ({self.batch_size}) must be divisible by the world size "
                 f"({world_size})"
+            )
+        local = self.batch_size // world_size
+        if local % self.gradient_accumulation_steps:
+            raise ConfigError(
+                f"gradient_accumulation_steps: each rank's {local} sequences (batch_size {self.batch_size} / "
+                f"world size {world_size}) do not split into {self.gradient_accumulation_steps} equal "
+                f"micro-batches; batch_size must be divisible by world size × gradient_accumulation_steps "
+                f"({world_size * self.gradient_accumulation_steps})"
             )
 
     def resolved(self, **runtime: Any) -> dict[str, Any]:
@@ -111,6 +145,7 @@ def _flag(name: str) -> str:
 _ALIASES: dict[str, tuple[str, ...]] = {"experiment_name": ("--experiment_name",)}
 _METAVARS: dict[str, str] = {
     "deadline": "UNIX_SECONDS",
+    "data_skip_to": "CHUNKS",
     "deadline_margin": "SECONDS",
     "exit_allowance": "SECONDS",
     "deadline_refresh_seconds": "SECONDS",
@@ -132,12 +167,28 @@ def _scalar(hint: Any) -> tuple[type, tuple[str, ...] | None]:
     return (first if first in (int, float, str, bool) else str), None
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one (not "(default: None)"), and the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str = "pyrecover train") -> argparse.ArgumentParser:
     """The worker's argument parser; every config field becomes a flag whose help is its docstring."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train a Llama-style model with DDP, checkpoints and a time-aware stop.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
+        epilog="examples:\n"
+        "  pyrecover train --dataset data/sample.parquet --tokenizer-name-or-path data/tokenizer \\\n"
+        "      --model-preset tiny --training-steps 200 --experiment-name try1\n"
+        "  torchrun --nproc-per-node 4 -m worker --dataset /data/fineweb \\\n"
+        "      --tokenizer-name-or-path /models/tok --model-preset llama3-1b --training-steps 100000\n\n"
+        "Exit codes: 0 done, or stopped cleanly after a committed checkpoint; the others: "
+        "docs/architecture.md (Exit codes).",
     )
     hints = typing.get_type_hints(TrainConfig, include_extras=True)
     for name, info in TrainConfig.model_fields.items():

@@ -91,7 +91,8 @@ def read_deadline(
 
 
 class DeadlineTracker:
-    """The current deadline, re-read from its sources every ``refresh_seconds``."""
+    """The current deadline, re-read from its sources every ``refresh_seconds``, never later than
+    a cap set by ``tighten`` (the walltime warning signal, ``worker.signals.backstop``)."""
 
     def __init__(
         self,
@@ -107,17 +108,36 @@ class DeadlineTracker:
         self._clock = clock
         self.deadline, self.source = read_deadline(override=override, env=self._env)
         self._read_at = clock()
+        self.cap: float | None = None
 
     def current(self) -> float | None:
         """The deadline, refreshed when the last read is older than ``refresh_seconds``."""
         now = self._clock()
         if now - self._read_at >= self._refresh:
-            self._read_at = now
-            deadline, source = read_deadline(override=self._override, env=self._env)
-            if deadline != self.deadline:
-                log.info("deadline changed: %s (%s) -> %s (%s)", self.deadline, self.source, deadline, source)
-            self.deadline, self.source = deadline, source
+            self.refresh()
         return self.deadline
+
+    def refresh(self) -> float | None:
+        """Re-read the sources now; the cap still applies."""
+        self._read_at = self._clock()
+        deadline, source = read_deadline(override=self._override, env=self._env)
+        if self.cap is not None and (deadline is None or self.cap < deadline):
+            deadline, source = self.cap, "signal"
+        if deadline != self.deadline:
+            log.info("deadline changed: %s (%s) -> %s (%s)", self.deadline, self.source, deadline, source)
+        self.deadline, self.source = deadline, source
+        return self.deadline
+
+    def tighten(self, cap: float) -> None:
+        """From now on the deadline is at most ``cap`` (Unix seconds), whatever the sources say."""
+        if self.cap is not None and self.cap <= cap:
+            return
+        self.cap = cap
+        if self.deadline is None or cap < self.deadline:
+            log.info(
+                "deadline tightened by the walltime signal: %s (%s) -> %s", self.deadline, self.source, cap
+            )
+            self.deadline, self.source = cap, "signal"
 
 
 def measure_write_bandwidth(

@@ -120,8 +120,13 @@ def resolve_env(env: Mapping[str, str]) -> tuple[int, int, int, dict[str, str]]:
     return rank, world, local, extra
 
 
-def init_distributed(timeout_s: float = 600.0) -> DistInfo:
-    """Create the process group (gloo on CPU, NCCL on GPU) and pick this rank's device."""
+def init_distributed(timeout_s: float = 600.0, *, group_of_one: bool = False) -> DistInfo:
+    """Create the process group (gloo on CPU, NCCL on GPU) and pick this rank's device.
+
+    A single process gets no process group, unless ``group_of_one``: FSDP shards over a device mesh
+    even with one rank, so ``parallelism: fsdp`` asks for a group of one, rendezvousing through an
+    in-process store (no port, no environment needed).
+    """
     rank, world, local, extra = resolve_env(os.environ)
     use_cuda = torch.cuda.is_available()
     if use_cuda:
@@ -129,10 +134,22 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    if world == 1:
-        return DistInfo(rank=0, world_size=1, local_rank=0, device=device, backend=None)
-    os.environ.update(extra)
     backend = "nccl" if use_cuda else "gloo"
+    if world == 1:
+        if not group_of_one:
+            return DistInfo(rank=0, world_size=1, local_rank=0, device=device, backend=None)
+        from torch._C._distributed_c10d import HashStore  # torch.distributed re-exports it untyped
+
+        dist.init_process_group(
+            backend=backend,
+            store=HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if use_cuda else None,
+        )
+        return DistInfo(rank=0, world_size=1, local_rank=local, device=device, backend=backend)
+    os.environ.update(extra)
     dist.init_process_group(
         backend=backend,
         rank=rank,

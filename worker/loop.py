@@ -1,36 +1,50 @@
-"""The step loop: forward/backward, clipping, logging, periodic saves, and every way of stopping.
+"""The step loop: micro-batches' forward/backward, clipping, the optimizer step, logging, periodic
+saves, and every way of stopping.
 
 At each step boundary the ranks agree (one all-reduce) on the summed loss and on the stop flags
 (signal received, controller request, deadline near), so every rank takes the same decision after
 the same step. A graceful stop ends with a synchronous final checkpoint and exit code 0.
+
+Hooks of the fault handling (each marked where it sits): the watchdog is told the phase
+(``worker.watchdog``), a non-finite update is skipped and a diverging run stops without committing
+(``worker.divergence``), and a walltime signal tightens the deadline (``worker.signals.backstop``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from shared.events import EventType, StopReason, WorkerAction
+from shared.events import DivergenceReason, EventType, HangPhase, StopReason, WorkerAction
 from shared.exit_codes import ExitCode
+from shared.paths import LOSS_CSV_NAME
+from worker.checkpoint import NonFiniteState
 from worker.components import Components
 from worker.config import TrainConfig
 from worker.deadline import Clock, DeadlineTracker, StopPolicy, measure_write_bandwidth
 from worker.distributed import DistInfo, all_reduce_sum, log_rank0
+from worker.divergence import Diverged, DivergenceGuard, Verdict, report_divergence
 from worker.loss_log import LossCSV
+from worker.parallel import gradient_sync, micro_batches
 from worker.profiling import StepProfiler
 from worker.reporting import Reporter
-from worker.signals import StopSignals
+from worker.signals import Backstop, StopSignals, read_signal_lead
+from worker.watchdog import Watchdog, WatchdogConfig
 
 log = logging.getLogger("pyrecover.worker")
 IGNORE_INDEX = -100
 # Flag slots in the per-step all-reduce (a SUM of 0/1 flags is > 0 iff any rank raised it).
 _SIGNAL, _CTRL_STOP, _CTRL_CKPT, _DEADLINE = range(4)
+_NON_FINITE_STATE = DivergenceReason.NON_FINITE_STATE
 
 
 class TrainingLoop:
@@ -44,10 +58,28 @@ class TrainingLoop:
         state: Any,
         reporter: Reporter,
         clock: Clock,
+        watchdog: Watchdog | None = None,
+        batch_hook: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
     ) -> None:
         self.config, self.info, self.comp = config, info, comp
         self.manager, self.state, self.reporter = manager, state, reporter
         self.clock = clock
+        # Fault handling (worker.watchdog, worker.divergence, worker.signals, worker.testhooks).
+        self.watch = watchdog or Watchdog(
+            WatchdogConfig(enabled=False), rank=info.rank, world_size=info.world_size, directory=Path()
+        )
+        self.batch_hook = batch_hook
+        self.guard = DivergenceGuard(
+            max_skipped_steps=config.max_skipped_steps,
+            spike_factor=config.loss_spike_factor,
+            spike_window=config.loss_spike_window,
+            info=info,
+        )
+        self.backstop = Backstop(read_signal_lead(os.environ))
+        self.committed_step: int | None = None
+        """The newest checkpoint known committed (resumed from or saved): a divergence window starts there."""
+        self.committed_cursor: dict[str, Any] | None = None
+        self._save_cursors: dict[int, dict[str, Any]] = {}
         self.step = int(state.progress["step"])
         self.tokens_seen = int(state.progress["tokens_seen"])
         self.last_saved_step = -1
@@ -75,35 +107,68 @@ class TrainingLoop:
 
     # --- one step -------------------------------------------------------------------------------
     def _train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """Forward/backward/update; returns (this rank's token-sum loss, global token count, grad norm)."""
-        comp, device = self.comp, self.info.device
-        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        # The loss is normalised by the non-masked tokens of the GLOBAL batch, so it (and the update)
-        # does not depend on how the batch is split over ranks. DDP averages gradients over ranks,
-        # hence the factor world_size.
-        (n_tokens,) = all_reduce_sum([float((labels != IGNORE_INDEX).sum().item())], self.info)
+        """One optimizer step over this rank's share of the global batch.
+
+        Returns (this rank's token-sum loss, the global batch's token count, the gradient norm).
+        """
+        info, accumulation = self.info, self.config.gradient_accumulation_steps
+        inputs, labels = inputs.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+        # The loss is normalised by the non-masked tokens of the GLOBAL batch (all micro-batches of
+        # all ranks), so neither the split over ranks nor the one into micro-batches changes the
+        # update. DDP and FSDP average gradients over ranks, hence the factor world_size.
+        (n_tokens,) = all_reduce_sum([float((labels != IGNORE_INDEX).sum().item())], info)
         n_tokens = max(n_tokens, 1.0)
-        with comp.precision.autocast():
-            logits = comp.model(inputs)
-            loss_sum = F.cross_entropy(
+        scale = info.world_size / n_tokens
+        loss_sum = torch.zeros((), dtype=torch.float32, device=info.device)
+        for i, (x, y) in enumerate(micro_batches(inputs, labels, accumulation)):
+            # Gradients accumulate locally; only the last micro-batch's backward communicates them.
+            with gradient_sync(self.comp.model, enabled=i == accumulation - 1):
+                micro_loss = self._forward_loss(x, y)
+                self._backward(micro_loss * scale)
+            loss_sum += micro_loss.detach()
+        # The gradients of the whole global batch are ready: clip them, then step the optimizer.
+        grad_norm = self._clip_gradients()
+        self._optimizer_step(loss_sum, grad_norm)
+        return loss_sum, n_tokens, grad_norm
+
+    def _forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed (not averaged) token cross-entropy of one micro-batch. The logits die with this
+        frame: only what the backward pass needs stays alive."""
+        with self.comp.precision.autocast():
+            logits = self.comp.model(inputs)
+            return F.cross_entropy(
                 logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-        loss = loss_sum * (self.info.world_size / n_tokens)
-        if comp.grad_scaler is not None:
-            comp.grad_scaler.scale(loss).backward()
-            comp.grad_scaler.unscale_(comp.optimizer)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        scaler = self.comp.grad_scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
         else:
             loss.backward()
-        max_norm = self.config.grad_max_norm if self.config.grad_max_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(comp.model.parameters(), max_norm)
+
+    def _clip_gradients(self) -> float:
+        """Clip the global gradient norm to ``grad_max_norm`` (0: only measure it); returns the norm
+        before clipping. Under FSDP the norm of the shards is reduced over the ranks (a DTensor)."""
+        comp = self.comp
         if comp.grad_scaler is not None:
-            comp.grad_scaler.step(comp.optimizer)
-            comp.grad_scaler.update()
-        else:
-            comp.optimizer.step()
+            comp.grad_scaler.unscale_(comp.optimizer)
+        max_norm = self.config.grad_max_norm if self.config.grad_max_norm > 0 else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(comp.model.parameters(), max_norm))
+
+    def _optimizer_step(self, loss_sum: torch.Tensor, grad_norm: float) -> None:
+        comp = self.comp
+        # worker.divergence: a non-finite loss or gradient norm (on any rank) never reaches the optimizer.
+        if self.guard.allow_update(loss_sum, grad_norm):
+            if comp.grad_scaler is not None:
+                comp.grad_scaler.step(comp.optimizer)
+                comp.grad_scaler.update()
+            else:
+                comp.optimizer.step()
+        elif comp.grad_scaler is not None:
+            comp.grad_scaler.update()  # the scaler still lowers its scale after the overflow
         comp.scheduler.step()
         comp.optimizer.zero_grad(set_to_none=True)
-        return loss_sum.detach(), n_tokens, float(grad_norm)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _update_progress(self) -> None:
@@ -115,6 +180,8 @@ class TrainingLoop:
         if self.policy is not None:
             # A background save's full duration is what a synchronous final save would take.
             self.policy.record_save(result.save_seconds)
+        self.watch.saved(result.save_seconds)
+        self._note_committed(result.step)
         self.reporter.emit(
             EventType.CHECKPOINT_COMMITTED,
             step=result.step,
@@ -133,17 +200,29 @@ class TrainingLoop:
             )
 
     def _drain_completed(self) -> None:
-        for result in self.manager.completed():
-            self._report_save(result)
+        with self.watch.during(HangPhase.SAVE):  # rank 0 may be committing a background save
+            for result in self.manager.completed():
+                self._report_save(result)
 
     def _save(self, *, final: bool) -> Any:
-        self._update_progress()
-        result = self.manager.save(self.step, self.state, final=final)
-        self.last_saved_step = self.step
-        if result is not None:
-            self._report_save(result)
-        self._drain_completed()
-        return result
+        with self.watch.during(HangPhase.SAVE, measure=True):
+            self._update_progress()
+            self._save_cursors[self.step] = copy.deepcopy(self.state.progress["data_cursor"])
+            result = self.manager.save(self.step, self.state, final=final)
+            self.last_saved_step = self.step
+            # A background save that finished meanwhile committed first: report it first, so the
+            # controller sees commits (and the deletions each one caused) in the order they happened.
+            self._drain_completed()
+            if result is not None:
+                self._report_save(result)
+            return result
+
+    def _note_committed(self, step: int) -> None:
+        cursor = self._save_cursors.pop(step, None)
+        if cursor is not None and (self.committed_step is None or step >= self.committed_step):
+            self.committed_step, self.committed_cursor = step, cursor
+        for older in [s for s in self._save_cursors if s < step]:
+            del self._save_cursors[older]
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self, *, restored: Any, startup_seconds: float) -> ExitCode:
@@ -151,6 +230,9 @@ class TrainingLoop:
         resume_step = self.step
         if restored is not None:
             self.last_saved_step = resume_step
+            self.committed_step = resume_step
+            # The cursor as the checkpoint holds it (before any --data-skip-to moved the stream on).
+            self.committed_cursor = copy.deepcopy(restored.checkpoint.manifest.get("data_cursor"))
             log_rank0(
                 info,
                 "resumed from %s at step %d (loaded in %.2fs)",
@@ -160,7 +242,7 @@ class TrainingLoop:
             )
         csv = None
         if config.log_loss_to_csv and info.is_main:
-            csv = LossCSV(self.run_dir / "loss.csv", resume_step=resume_step)
+            csv = LossCSV(self.run_dir / LOSS_CSV_NAME, resume_step=resume_step)
         if self.policy is not None:
             self._prime_save_estimate()
         deadline = self.deadlines.current() if self.deadlines else None
@@ -186,16 +268,23 @@ class TrainingLoop:
             device=info.device,
         )
         try:
-            with StopSignals() as signals, profiler:
-                reason = self._loop(signals, profiler, csv, resume_step)
-        finally:
-            if csv is not None:
-                csv.close()
-        return self._finish(reason)
+            try:
+                with StopSignals() as signals, profiler:
+                    reason = self._loop(signals, profiler, csv, resume_step)
+            finally:
+                if csv is not None:
+                    csv.close()
+            return self._finish(reason)
+        except NonFiniteState as exc:  # worker.divergence: the save was refused, nothing written
+            message = f"diverged at step {self.step}: {exc}"
+            return self._diverged(Verdict(reason=_NON_FINITE_STATE, step=self.step, message=message))
+        except Diverged as exc:
+            return self._diverged(exc.verdict)
 
     def _boundary_flags(self, signals: StopSignals) -> list[float]:
         flags = [0.0, 0.0, 0.0, 0.0]
-        flags[_SIGNAL] = float(signals.requested)
+        # worker.signals.Backstop: a walltime warning tightens the deadline; a TERM stops at once.
+        flags[_SIGNAL] = float(self.backstop.stop_now(signals, self.deadlines if self.policy else None))
         action = self.reporter.requested_action()  # "none" except on rank 0 with a controller
         flags[_CTRL_STOP] = float(action == WorkerAction.STOP)
         flags[_CTRL_CKPT] = float(action == WorkerAction.CHECKPOINT)
@@ -209,7 +298,10 @@ class TrainingLoop:
         """Train until the last step (``None``) or a stop (its reason; the final save is ``_finish``'s)."""
         config, info, comp = self.config, self.info, self.comp
         comp.model.train()
-        batches = iter(comp.dataset)
+        batches: Iterator[Any] = iter(comp.dataset)
+        if self.batch_hook is not None:  # worker.testhooks (tests only)
+            batches = self.batch_hook(batches)
+        batches = self.watch.reading(batches)  # worker.watchdog: a rank stuck in a read says so
         # Check once before the first step: a signal may have come during start-up, or the time left
         # may not even cover one step and a save. (The state is the resumed checkpoint: no save needed.)
         pre = [v > 0 for v in all_reduce_sum(self._boundary_flags(signals), info)]
@@ -219,6 +311,7 @@ class TrainingLoop:
         log_t, log_step = time.perf_counter(), self.step
         while self.step < config.training_steps:
             self.step += 1
+            self.watch.enter(HangPhase.STEP, self.step)
             profiler.before_step(self.step)
             if self.policy is not None:
                 self.policy.begin_step()
@@ -235,6 +328,7 @@ class TrainingLoop:
                 self.policy.end_step()
             profiler.after_step(self.step)
             reduced = all_reduce_sum([float(loss_sum.item()), *self._boundary_flags(signals)], info)
+            self.watch.step_done()
             loss = reduced[0] / n_tokens
             flags = [v > 0 for v in reduced[1:]]
             if csv is not None:
@@ -243,6 +337,8 @@ class TrainingLoop:
                 now = time.perf_counter()
                 self._log(loss, lr, grad_norm, (self.step - log_step) / max(now - log_t, 1e-9))
                 log_t, log_step = now, self.step
+            if (verdict := self.guard.observe(self.step, loss)) is not None:  # worker.divergence
+                raise Diverged(verdict)
             if self.step >= config.training_steps:
                 return None  # done: the final (synchronous) save happens in _finish
             reason = self._stop_reason(flags, resume_step)
@@ -307,6 +403,7 @@ class TrainingLoop:
             step_time=1.0 / steps_per_s if steps_per_s > 0 else 0.0,
             grad_norm=grad_norm if math.isfinite(grad_norm) else None,
             mfu=device_mfu,
+            skipped_steps=self.guard.skipped_total,
         )
 
     def _finish(self, reason: StopReason | None) -> ExitCode:
@@ -318,9 +415,11 @@ class TrainingLoop:
         result = None
         if self.step != self.last_saved_step:
             result = self._save(final=True)
-        self.manager.wait()
-        self._drain_completed()
-        self.manager.close()
+        with self.watch.during(HangPhase.SAVE):
+            for done in self.manager.wait():
+                self._report_save(done)
+            self._drain_completed()
+            self.manager.close()
         where = str(result.path) if result is not None else f"step {self.last_saved_step} (already saved)"
         if reason is None:
             log_rank0(info, "finished %d steps; final checkpoint committed at %s", self.step, where)
@@ -335,3 +434,25 @@ class TrainingLoop:
                 where,
             )
         return ExitCode.OK
+
+    def _diverged(self, verdict: Verdict) -> ExitCode:
+        """Stop without committing this state: report the data window since the last commit, exit 6.
+
+        A background save already in flight holds an earlier state that passed the finite check
+        when it started, so it may still commit (and then starts the window).
+        """
+        with self.watch.during(HangPhase.SAVE):
+            try:
+                for done in self.manager.wait():
+                    self._report_save(done)
+            except Exception as exc:  # the divergence is the news; a failed earlier save only a note
+                log.warning("a background save failed while stopping for divergence: %s", exc)
+            self.manager.close()
+        report_divergence(
+            self.reporter,
+            verdict,
+            committed_step=self.committed_step,
+            committed_cursor=self.committed_cursor,
+            cursor=self.comp.dataset.state_dict(),
+        )
+        return ExitCode.DIVERGED

@@ -4,6 +4,10 @@ Default (mixed): fp32 master weights, gradients and AdamW state, with the forwar
 ``torch.autocast`` to ``--model-dtype`` on GPU (fp16 adds a loss scaler). On CPU mixed precision
 runs plain fp32: CPU autocast is slow and would break CPU bit-exactness tests for no gain.
 ``--pure-dtype`` is the seed's mode: everything (weights, grads, optimizer state) in ``--model-dtype``.
+
+With FSDP, mixed precision is FSDP's own (``MixedPrecisionPolicy``, applied in ``worker.parallel``)
+instead of autocast: the fp32 master shards are gathered as ``--model-dtype`` parameters for the
+forward and backward, and gradients are reduced in fp32. On a CPU it is plain fp32 as well.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ class Precision:
     autocast_dtype: torch.dtype | None
     """dtype the forward pass computes in (None: no autocast)."""
     device_type: str
+    fsdp_param_dtype: torch.dtype | None = None
+    """FSDP only: the dtype the gathered parameters compute in, gradients being reduced in fp32
+    (None: the parameters' own dtype, reduced in it)."""
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype matmuls run in (what MFU is measured against)."""
+        return self.autocast_dtype or self.fsdp_param_dtype or self.param_dtype
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -43,7 +55,9 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
 
 
-def resolve_precision(model_dtype: str, *, mixed: bool, device: torch.device) -> Precision:
+def resolve_precision(
+    model_dtype: str, *, mixed: bool, device: torch.device, parallelism: str = "ddp"
+) -> Precision:
     dtype = DTYPES[model_dtype]
     if not mixed:
         return Precision(param_dtype=dtype, autocast_dtype=None, device_type=device.type)
@@ -54,6 +68,10 @@ def resolve_precision(model_dtype: str, *, mixed: bool, device: torch.device) ->
             "mixed precision on %s: fp32 training (autocast to %s is GPU-only)", device.type, model_dtype
         )
         return Precision(param_dtype=torch.float32, autocast_dtype=None, device_type=device.type)
+    if parallelism == "fsdp":
+        return Precision(
+            param_dtype=torch.float32, autocast_dtype=None, device_type=device.type, fsdp_param_dtype=dtype
+        )
     return Precision(param_dtype=torch.float32, autocast_dtype=dtype, device_type=device.type)
 
 

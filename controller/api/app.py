@@ -16,12 +16,13 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, configure_mappers
 
-from controller.api import errors
+from controller.api import errors, openapi
 from controller.api.limits import BodySizeLimit, LoginThrottle, ReportRateLimiter
 from controller.api.routes import logs, ops, reports, runs, shares, tokens, users
 from controller.db import check_database_migrated, make_engine, make_session_factory
 from controller.metrics import LatencyHistogram
 from controller.origins import CrossSiteCheck, HostCheck
+from controller.permissions import secure_data_dir
 from controller.settings import Settings
 from controller.web import web_router
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secure_data_dir(settings.data_dir, settings.database_url)
         check_database_migrated(_engine_of(factory))
         configure_mappers()  # now, not inside the first requests (tens of ms each after a restart)
         reconciler: Any = None
@@ -99,4 +101,5 @@ def create_app(settings: Settings, *, session_factory: Callable[[], Session] | N
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(CrossSiteCheck, settings=settings)
     app.add_middleware(HostCheck, settings=settings)
+    openapi.install(app, settings)
     return app

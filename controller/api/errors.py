@@ -22,11 +22,13 @@ from controller.services.errors import (
     InvalidTransition,
     NotShared,
     QuotaExceeded,
+    ReportForbidden,
     RunNotFound,
     TokenNotFound,
     UserNotFound,
 )
 from shared.events import EventType
+from shared.unknown_fields import error_loc
 
 _LOC_PREFIXES = ("body", "query", "path", "header")
 
@@ -60,7 +62,7 @@ def _clean(msg: str) -> str:
 def validation_body(errors: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     detail = []
     for err in errors:
-        loc = tuple(err.get("loc", ()))
+        loc = error_loc(err)
         detail.append(
             {
                 "loc": list(loc),
@@ -97,9 +99,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidField)
     @app.exception_handler(InvalidReport)
-    async def _invalid_report(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "field": exc.field, "msg": str(exc), "type": "value_error"}]
+    async def _invalid_field(_: Request, exc: InvalidReport | InvalidField) -> JSONResponse:
+        loc = ["body", *exc.field.split(".")]
+        detail = [{"loc": loc, "field": exc.field, "msg": str(exc), "type": "value_error"}]
         return JSONResponse({"detail": detail, "message": f"{exc.field}: {exc}"}, status_code=422)
+
+    @app.exception_handler(ReportForbidden)
+    async def _forbidden(_: Request, exc: ReportForbidden) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(RateLimited)
     async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:

@@ -4,18 +4,22 @@
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run, User
 from controller.reconciler.decide import AttemptOutcome, attempts_without_progress
 from controller.services import goodput
-from shared.schemas import AttemptPublic, GoodputPublic, RunPublic
+from controller.services.secrets import redacted_spec
+from shared.schemas import AttemptPublic, GoodputPublic, RunCreate, RunPublic
 from shared.states import AttemptState
 
 
@@ -47,7 +51,9 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             wall_s=sum(ledger.values()),
             ledger=ledger,
         )
-        public = RunPublic.model_validate(run)
+        spec = public_spec(run.spec)
+        columns = {c: getattr(run, c) for c in RunPublic.model_fields if c != "spec" and hasattr(run, c)}
+        public = RunPublic.model_validate(columns | {"spec": spec})
         out.append(
             public.model_copy(
                 update={
@@ -60,6 +66,40 @@ def runs_public(session: Session, runs: Sequence[Run], *, now: datetime) -> list
             )
         )
     return out
+
+
+def public_spec(stored: dict[str, Any]) -> RunCreate:
+    """A stored spec as the API shows it: secret values redacted, and, for a row today's rules
+    refuse (written before a rule existed, or around the API; such a run never starts), the
+    refused optional fields left out, so that reading a run never fails on it."""
+    data = redacted_spec(stored)
+    for _ in range(_MAX_REPAIRS):
+        try:
+            return RunCreate.model_validate(data)
+        except ValidationError as exc:
+            data = copy.deepcopy(data)
+            if not any(_drop(data, tuple(err["loc"])) for err in exc.errors()):
+                raise
+    return RunCreate.model_validate(data)
+
+
+_MAX_REPAIRS = 4
+_RESETTABLE = frozenset(
+    {"mem", "partition", "account", "qos", "constraint", "profile_dir"}
+    | {"env", "secret_env", "extra_sbatch_args"}
+)
+"""Fields with a default: a refused value is left out (whole: a field validator names no entry)."""
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> bool:
+    """Leave out the optional field ``loc`` names (``("resources", "env")``)."""
+    if len(loc) != 2 or loc[1] not in _RESETTABLE:
+        return False
+    section = data.get(loc[0]) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or loc[1] not in section:
+        return False
+    del section[loc[1]]
+    return True
 
 
 def attempt_public(attempt: Attempt, *, now: datetime) -> AttemptPublic:

@@ -8,8 +8,20 @@ and imported lazily, so ``pyrecover --help`` and every controller command start 
 from __future__ import annotations
 
 import typer
+import typer.core
 
-from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, run_cmds, worker_cmds
+from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, plan_cmd, run_cmds, worker_cmds
+from controller.permissions import set_private_umask
+
+
+# Typer prints the Python type beside every argument's name in --help ("RUN <str>"); the metavar
+# already says what goes there, and options show only their metavar. One help style: no type noise.
+def _no_type(self: typer.core.TyperArgument, ctx: object) -> None:
+    return None
+
+
+typer.core.TyperArgument.display_type_rich = _no_type  # type: ignore[method-assign,assignment]
+
 
 app = typer.Typer(
     name="pyrecover",
@@ -46,10 +58,14 @@ def _root(
 admin_cmds.register(app)
 account_cmds.register(app)
 run_cmds.register(app)
+plan_cmd.register(app)
 action_cmds.register(app)
 log_cmds.register(app)
 worker_cmds.register(app)
 
 
 def main() -> None:
+    # Before anything is created: the database, logs, scripts and token files are the controller's
+    # alone, and so is what the jobs it starts write (controller/permissions.py).
+    set_private_umask()
     app()

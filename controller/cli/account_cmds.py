@@ -28,15 +28,22 @@ user_app = typer.Typer(
 RoleOpt = Annotated[
     Role | None,
     typer.Option(
-        "--role", help="admin, user or viewer (default for a new user: user; the first user is an admin)."
+        "--role",
+        metavar="ROLE",
+        help="admin, user or viewer (default for a new user: user; the first user is an admin).",
     ),
 ]
 ExpiresOpt = Annotated[
     str | None,
-    typer.Option("--expires-in", help="Lifetime such as 90m, 12h, 30d or 2w (default: until revoked)."),
+    typer.Option(
+        "--expires-in",
+        metavar="DURATION",
+        help="Lifetime such as 90m, 12h, 30d or 2w (default: until revoked).",
+    ),
 ]
 TokenIdArg = Annotated[
-    int, typer.Argument(min=1, max=2**31 - 1, help="The token's id (`pyrecover token list`).")
+    int,
+    typer.Argument(min=1, max=2**31 - 1, metavar="TOKEN_ID", help="The token's id (`pyrecover token list`)."),
 ]
 
 
@@ -57,12 +64,22 @@ def register(app: typer.Typer) -> None:
 
 
 # ------------------------------------------------------------------ tokens
-@token_app.command("create")
+@token_app.command(
+    "create",
+    epilog=(
+        "\b\n"
+        "Examples:\n"
+        "  pyrecover token create --name alice\n"
+        "  pyrecover token create --name bob --role viewer --expires-in 30d --save\n"
+    ),
+)
 def token_create(
-    name: Annotated[str, typer.Option("--name", help="The user the token is for (created if missing).")],
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="The user the token is for (created if missing).")
+    ],
     role: RoleOpt = None,
     save: Annotated[
-        bool, typer.Option("--save", help="Also store URL + token in <data_dir>/cli.json for this CLI.")
+        bool, typer.Option("--save", help="Also store URL + token in DATA_DIR/cli.json for this CLI.")
     ] = False,
     data_dir: DataDirOpt = None,
     expires_in: ExpiresOpt = None,
@@ -87,9 +104,13 @@ def token_create(
         console.print(f"saved to {path}", style="dim")
 
 
-@token_app.command("list")
+@token_app.command(
+    "list", epilog="\b\nExamples:\n  pyrecover token list\n  pyrecover token list --user alice\n"
+)
 def token_list(
-    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", metavar="USER", help="Only this user's tokens.")
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """User tokens: id, user, role, label, prefix, state, created, expires (never the token)."""
@@ -113,7 +134,7 @@ def token_list(
     console.print(table)
 
 
-@token_app.command("revoke")
+@token_app.command("revoke", epilog="Example: pyrecover token revoke 3")
 def token_revoke(token_id: TokenIdArg, data_dir: DataDirOpt = None) -> None:
     """Revoke a token at once (its dashboard sessions end too)."""
     from controller.services.tokens import get_user_token, revoke_token
@@ -124,7 +145,7 @@ def token_revoke(token_id: TokenIdArg, data_dir: DataDirOpt = None) -> None:
     console.print(f"token {token_id} of {user.name} revoked")
 
 
-@token_app.command("rotate")
+@token_app.command("rotate", epilog="Example: pyrecover token rotate 3 --expires-in 90d")
 def token_rotate(token_id: TokenIdArg, expires_in: ExpiresOpt = None, data_dir: DataDirOpt = None) -> None:
     """Replace a token by a new one for the same user (printed once) and revoke the old one."""
     from controller.services.tokens import rotate_token
@@ -138,13 +159,23 @@ def token_rotate(token_id: TokenIdArg, expires_in: ExpiresOpt = None, data_dir: 
 
 
 # ------------------------------------------------------------------ users
-@user_app.command("create")
+@user_app.command(
+    "create",
+    epilog=(
+        "\b\n"
+        "Examples:\n"
+        "  pyrecover user create carol --role viewer\n"
+        "  pyrecover user create dave --active-run-limit 4\n"
+    ),
+)
 def user_create(
-    name: Annotated[str, typer.Argument(help="Letters, digits, . _ @ -")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Letters, digits, . _ @ -")],
     role: RoleOpt = None,
     limit: Annotated[
         int | None,
-        typer.Option("--active-run-limit", min=0, max=100_000, help="Active runs allowed at once."),
+        typer.Option(
+            "--active-run-limit", min=0, max=100_000, metavar="N", help="Active runs allowed at once."
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -157,7 +188,7 @@ def user_create(
     console.print(f"user {name} created (role {made_role})")
 
 
-@user_app.command("list")
+@user_app.command("list", epilog="Example: pyrecover user list")
 def user_list(data_dir: DataDirOpt = None) -> None:
     """Users with their role, active runs and limit."""
     from controller.services.users import active_runs_by_user, list_users
@@ -178,13 +209,20 @@ def user_list(data_dir: DataDirOpt = None) -> None:
     console.print(table)
 
 
-@user_app.command("set")
+@user_app.command(
+    "set",
+    epilog="\b\nExamples:\n  pyrecover user set dave --role admin\n  pyrecover user set dave --no-limit\n",
+)
 def user_set(
-    name: Annotated[str, typer.Argument(help="The user.")],
-    role: Annotated[Role | None, typer.Option("--role", help="admin, user or viewer.")] = None,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user.")],
+    role: Annotated[
+        Role | None, typer.Option("--role", metavar="ROLE", help="admin, user or viewer.")
+    ] = None,
     limit: Annotated[
         int | None,
-        typer.Option("--active-run-limit", min=0, max=100_000, help="Active runs allowed at once."),
+        typer.Option(
+            "--active-run-limit", min=0, max=100_000, metavar="N", help="Active runs allowed at once."
+        ),
     ] = None,
     no_limit: Annotated[bool, typer.Option("--no-limit", help="Lift the active-run limit.")] = False,
     data_dir: DataDirOpt = None,
@@ -202,9 +240,9 @@ def user_set(
     console.print(f"user {name}: {shown}")
 
 
-@user_app.command("login-link")
+@user_app.command("login-link", epilog="Example: pyrecover user login-link alice")
 def user_login_link(
-    name: Annotated[str, typer.Argument(help="The user to sign in as.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user to sign in as.")],
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print a one-time dashboard sign-in link for a user (valid 15 minutes, usable once)."""

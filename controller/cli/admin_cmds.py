@@ -26,14 +26,28 @@ db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
 
-    @app.command("serve")
+    @app.command(
+        "serve",
+        epilog=(
+            "\b\n"
+            "Examples:\n"
+            "  pyrecover serve\n"
+            "  PYRECOVER_PUBLIC_URL=https://ctl.example pyrecover serve --host 0.0.0.0 --port 8000\n"
+        ),
+    )
     def serve(
         host: Annotated[
-            str | None, typer.Option(help="Bind address (default: PYRECOVER_HOST, 127.0.0.1).")
+            str | None,
+            typer.Option(metavar="HOST", help="Bind address (default: PYRECOVER_HOST, 127.0.0.1)."),
         ] = None,
         port: Annotated[
             int | None,
-            typer.Option(help="Port (default: PYRECOVER_PORT, 8000; 0: any free port).", min=0, max=65535),
+            typer.Option(
+                metavar="PORT",
+                help="Port (default: PYRECOVER_PORT, 8000; 0: any free port).",
+                min=0,
+                max=65535,
+            ),
         ] = None,
         data_dir: DataDirOpt = None,
         insecure_no_auth: Annotated[
@@ -86,7 +100,15 @@ def register(app: typer.Typer) -> None:
         server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
         server.run(sockets=[sock])
 
-    @db_app.command("upgrade")
+    @db_app.command(
+        "upgrade",
+        epilog=(
+            "\b\n"
+            "Examples:\n"
+            "  pyrecover db upgrade\n"
+            "  PYRECOVER_DATABASE_URL=postgresql+psycopg://u:p@db/pyrecover pyrecover db upgrade\n"
+        ),
+    )
     def db_upgrade(data_dir: DataDirOpt = None) -> None:
         """Create or migrate the database schema to the newest version (Alembic)."""
         from controller.db import upgrade_database
@@ -98,7 +120,9 @@ def register(app: typer.Typer) -> None:
             fail(f"database upgrade failed: {exc}")
         console.print(f"database at {settings.database_url} is up to date")
 
-    @app.command("demo")
+    @app.command(
+        "demo", epilog="\b\nExamples:\n  pyrecover demo\n  pyrecover demo --keep-serving --window 60\n"
+    )
     def demo(
         keep_serving: Annotated[
             bool,
@@ -112,6 +136,7 @@ def register(app: typer.Typer) -> None:
             Path,
             typer.Option(
                 "--sample-dir",
+                metavar="DIR",
                 help="Sample corpus + tokenizer, built there if missing (pyrecover data prepare).",
             ),
         ] = Path("data"),
@@ -119,6 +144,7 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 "--window",
+                metavar="SECONDS",
                 min=20,
                 max=3600,
                 show_default=False,
@@ -128,7 +154,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         port: Annotated[
             int,
-            typer.Option(help="Controller port; 0: 8000 if free, else any free port.", min=0, max=65535),
+            typer.Option(
+                metavar="PORT", help="Controller port; 0: 8000 if free, else any free port.", min=0, max=65535
+            ),
         ] = 0,
     ) -> None:
         """Train a tiny model through ≥ 3 walltime limits, resumed automatically (≈ 3-4 minutes).

@@ -22,6 +22,7 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
+        metavar="DIR",
         help="Controller data dir: SQLite DB, run folders, logs, checkpoints "
         "(default: $PYRECOVER_DATA_DIR, else ./var).",
         show_default=False,

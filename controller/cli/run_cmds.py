@@ -22,12 +22,14 @@ from shared.states import TERMINAL_RUN_STATES
 
 console = Console()
 UrlOpt = Annotated[
-    str | None, typer.Option("--url", help="Controller URL (env PYRECOVER_URL).", show_default=False)
+    str | None,
+    typer.Option("--url", metavar="URL", help="Controller URL (env PYRECOVER_URL).", show_default=False),
 ]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="API token (env PYRECOVER_TOKEN).", show_default=False)
+    str | None,
+    typer.Option("--token", metavar="TOKEN", help="API token (env PYRECOVER_TOKEN).", show_default=False),
 ]
-RunArg = Annotated[str, typer.Argument(help="Run id or name.")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id or name.")]
 
 
 def validation_lines(exc: ValidationError) -> str:
@@ -62,26 +64,43 @@ def with_api(fn: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("submit")
+    @app.command(
+        "submit",
+        epilog=(
+            "\b\n"
+            "Examples:\n"
+            "  pyrecover submit deploy/examples/run-local-tiny.yaml\n"
+            "  pyrecover submit run.yaml --name try2 --steps 5000\n"
+        ),
+    )
     def submit(
         file: Annotated[
-            Path | None, typer.Argument(help="Run spec as YAML or JSON (name, training, resources, policy).")
+            Path | None,
+            typer.Argument(
+                metavar="RUN_FILE", help="Run spec as YAML or JSON (name, training, resources, policy)."
+            ),
         ] = None,
-        name: Annotated[str | None, typer.Option(help="Run name (letters, digits, . _ -).")] = None,
+        name: Annotated[
+            str | None, typer.Option(metavar="NAME", help="Run name (letters, digits, . _ -).")
+        ] = None,
         dataset: Annotated[
-            str | None, typer.Option(help="Parquet file or directory with a 'text' column.")
+            str | None, typer.Option(metavar="PATH", help="Parquet file or directory with a 'text' column.")
         ] = None,
-        tokenizer: Annotated[str | None, typer.Option(help="Tokenizer directory.")] = None,
-        steps: Annotated[int | None, typer.Option(help="training_steps.")] = None,
+        tokenizer: Annotated[str | None, typer.Option(metavar="DIR", help="Tokenizer directory.")] = None,
+        steps: Annotated[int | None, typer.Option(metavar="N", help="training_steps.")] = None,
         time_limit: Annotated[
-            str | None, typer.Option(help="Walltime per attempt: 45s, 10 (minutes), 01:00:00.")
+            str | None,
+            typer.Option(metavar="TIME", help="Walltime per attempt: 45s, 10 (minutes), 01:00:00."),
         ] = None,
-        scheduler: Annotated[str | None, typer.Option(help="local or slurm.")] = None,
+        scheduler: Annotated[str | None, typer.Option(metavar="SCHEDULER", help="local or slurm.")] = None,
         preset: Annotated[
-            str | None, typer.Option(help="Model preset: tiny, small, llama3-1b, llama3-8b.")
+            str | None,
+            typer.Option(metavar="PRESET", help="Model preset: tiny, small, llama3-1b, llama3-8b."),
         ] = None,
-        ntasks: Annotated[int | None, typer.Option(help="Ranks per node.")] = None,
-        checkpoint_frequency: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+        ntasks: Annotated[int | None, typer.Option(metavar="N", help="Ranks per node.")] = None,
+        checkpoint_frequency: Annotated[
+            int | None, typer.Option(metavar="N", help="Steps between checkpoints.")
+        ] = None,
         url: UrlOpt = None,
         token: TokenOpt = None,
     ) -> None:
@@ -116,10 +135,14 @@ def register(app: typer.Typer) -> None:
 
         with_api(go)
 
-    @app.command("runs")
+    @app.command(
+        "runs", epilog="\b\nExamples:\n  pyrecover runs\n  pyrecover runs --state RUNNING --limit 20\n"
+    )
     def runs(
-        state: Annotated[str | None, typer.Option(help="Only runs in this state (e.g. RUNNING).")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+        state: Annotated[
+            str | None, typer.Option(metavar="STATE", help="Only runs in this state (e.g. RUNNING).")
+        ] = None,
+        limit: Annotated[int, typer.Option(metavar="N", help="At most this many rows.")] = 50,
         url: UrlOpt = None,
         token: TokenOpt = None,
     ) -> None:
@@ -146,13 +169,15 @@ def register(app: typer.Typer) -> None:
 
         with_api(go)
 
-    @app.command("show")
+    @app.command("show", epilog="\b\nExamples:\n  pyrecover show my-run\n  pyrecover show 12 --follow\n")
     def show(
         run: RunArg,
         follow: Annotated[
             bool, typer.Option("--follow", "-f", help="Live progress until the run ends.")
         ] = False,
-        interval: Annotated[float, typer.Option(help="Seconds between refreshes with --follow.")] = 2.0,
+        interval: Annotated[
+            float, typer.Option(metavar="SECONDS", help="Seconds between refreshes with --follow.")
+        ] = 2.0,
         url: UrlOpt = None,
         token: TokenOpt = None,
     ) -> None:

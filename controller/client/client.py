@@ -36,6 +36,7 @@ from shared.schemas import (
     RunPublic,
 )
 from shared.states import TERMINAL_RUN_STATES
+from shared.unknown_fields import error_loc
 
 M = TypeVar("M", bound=BaseModel)
 RunRef = int | str
@@ -130,7 +131,7 @@ class Client:
             try:
                 spec = RunCreate.model_validate(dict(spec))
             except ValidationError as exc:
-                fields = [{"field": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in exc.errors()]
+                fields = [{"field": ".".join(map(str, error_loc(e))), "msg": e["msg"]} for e in exc.errors()]
                 message = "; ".join(f"{f['field']}: {f['msg']}" for f in fields)
                 raise InvalidRequest(422, message.replace("Value error, ", ""), fields=fields) from None
         return self._model(RunPublic, self.request("POST", "/runs", json=spec.model_dump(mode="json")))

@@ -244,7 +244,7 @@ class RunShare(Base):
 
 class ApiToken(Base):
     """A bearer token, stored as its SHA-256; ``kind`` is ``user`` (held by ``user_id``) or ``worker``
-    (scoped to ``run_id``). ``name`` is the token's label."""
+    (scoped to ``run_id`` and to the ``attempt`` it was issued for). ``name`` is the token's label."""
 
     __tablename__ = "api_tokens"
 
@@ -255,6 +255,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(8))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), default=None)
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    """A worker token's attempt number (``None``: a user token, or a worker token from before 0007)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

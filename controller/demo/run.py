@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +69,13 @@ def pick_port(wanted: int | None) -> int:
     raise RuntimeError(f"port {wanted} is in use: choose another with --port")
 
 
-def demo_settings(data_dir: Path, port: int) -> Settings:
-    """What ``pyrecover serve`` would run with, on SQLite in ``data_dir``, tuned for short windows."""
+def demo_settings(data_dir: Path, port: int, *, roots: Sequence[Path] = ()) -> Settings:
+    """What ``pyrecover serve`` would run with, on SQLite in ``data_dir``, tuned for short windows.
+
+    ``roots``: directories (the sample corpus's, a scratch directory) that runs may read data from
+    and write checkpoints to, besides the defaults (``Settings.data_roots``, ``checkpoint_root``).
+    """
+    extra = [Path(r).absolute() for r in roots]
     return Settings(
         data_dir=data_dir,
         database_url="",  # always the SQLite file in data_dir, whatever the environment says
@@ -85,6 +90,8 @@ def demo_settings(data_dir: Path, port: int) -> Settings:
         local_signal_lead_s=0.0,
         worker_python=sys.executable,
         checkpoint_root=None,
+        data_roots=[Path.cwd(), Path(data_dir).absolute(), *extra],
+        checkpoint_roots=extra,
     )
 
 
@@ -217,7 +224,7 @@ def _run(options: DemoOptions, started: float) -> int:
             f"    [yellow]this machine is busy (load {load:.1f} on {cores} cores): start-up and steps "
             "will vary, so expect more attempts and a longer demo[/]"
         )
-    settings = demo_settings(options.data_dir, pick_port(options.port))
+    settings = demo_settings(options.data_dir, pick_port(options.port), roots=[options.sample_dir])
     ctl = DemoController(settings)
     console.print(
         f"[bold]3/4[/] controller on {ctl.url} (SQLite in {options.data_dir}/, local scheduler, dashboard)"

@@ -4,9 +4,11 @@ No DB, no scheduler, no clock: the reconciler (``controller.reconciler.ending``)
 (the run's committed progress, its policy, the attempt chain, where the user resumed it, what the
 worker reported, what the scheduler says, the time) and asks these functions
 
-1. why the attempt ended (``end_reason``), and which endings carry an error (``ERROR_REASONS``,
+1. whether the run has trained all its steps (``is_complete``: a committed checkpoint at
+   ``training_steps`` the controller holds, verified where it can see it — never the worker's word);
+2. why the attempt ended (``end_reason``), and which endings carry an error (``ERROR_REASONS``,
    ``failure_message``, ``remedy``);
-2. what happens to the run next (``next_step``): CANCEL, COMPLETE, FAIL or RESUBMIT, with the
+3. what happens to the run next (``next_step``): CANCEL, COMPLETE, FAIL or RESUBMIT, with the
    failure budget (``attempts_without_progress``) and the backoff (``backoff_seconds``) read off
    the attempt chain since the user last resumed the run — no counter is kept anywhere else.
 
@@ -70,6 +72,42 @@ class AttemptOutcome:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class FinalCheckpoint:
+    """What the controller holds of a checkpoint at the run's last step (``training_steps``)."""
+
+    recorded: bool
+    """A checkpoint row at ``training_steps`` exists, or the controller found it on disk itself."""
+    inside: bool
+    """Its path is the run's own ``<checkpoint dir>/<run name>/step-<training_steps>``."""
+    verified: bool | None = None
+    """The controller checked its manifest and files (``shared.checkpoint_manifest.check_step``):
+    ``True``/``False``; ``None`` where it cannot see that file system (``Settings.verify_checkpoints``)."""
+    problems: tuple[str, ...] = ()
+    """What the verification found wrong."""
+
+
+NO_FINAL_CHECKPOINT = FinalCheckpoint(recorded=False, inside=False)
+
+
+def is_complete(final: FinalCheckpoint) -> bool:
+    """Whether the run has trained all its steps: a committed checkpoint at ``training_steps``,
+    recorded inside the run's checkpoint directory, and intact where the controller can look.
+    A worker's ``finished`` alone never completes a run."""
+    return final.recorded and final.inside and final.verified is not False
+
+
+def incomplete_reason(final: FinalCheckpoint, training_steps: int) -> str:
+    """Why ``is_complete`` said no, in one line for the user (empty when it said yes)."""
+    if is_complete(final):
+        return ""
+    if not final.recorded:
+        return f"the controller holds no committed checkpoint at step {training_steps}"
+    if not final.inside:
+        return f"the checkpoint of step {training_steps} is recorded outside the run's checkpoint directory"
+    return f"the checkpoint of step {training_steps} failed verification: {'; '.join(final.problems)[:400]}"
+
+
 class Verdict(StrEnum):
     CANCEL = "cancel"
     COMPLETE = "complete"
@@ -86,17 +124,21 @@ class Decision:
 
 
 def end_reason(
-    job_state: SchedulerJobState, reported: Reported, *, reached_training_steps: bool, cancel_requested: bool
+    job_state: SchedulerJobState, reported: Reported, *, complete: bool, cancel_requested: bool
 ) -> EndReason:
-    """Why an ended job ended, from the scheduler's final state and the worker's last reports.
+    """Why an ended job ended, from the scheduler's final state, the worker's last reports and
+    whether the run is complete (``is_complete``).
 
     The worker's word decides among clean exits (a stop it announced); the scheduler's decides
-    for everything the worker could not announce (killed, preempted, node lost, vanished).
+    for everything the worker could not announce (killed, preempted, node lost, vanished). A
+    ``finished`` the controller cannot confirm is a failure (``false_finish``), never an ending.
     """
     if cancel_requested and job_state is not SchedulerJobState.COMPLETED:
         return EndReason.CANCELLED
-    if reported.finished or reached_training_steps:
+    if complete:
         return EndReason.FINISHED
+    if reported.finished:
+        return EndReason.FAILED
     match job_state:
         case SchedulerJobState.COMPLETED:
             if reported.error is not None:
@@ -119,10 +161,23 @@ def end_reason(
             return EndReason.FAILED
 
 
+def false_finish(reported: Reported, *, complete: bool) -> bool:
+    """The worker said it finished, and the controller cannot confirm it (``is_complete`` said no)."""
+    return reported.finished and not complete
+
+
 def failure_message(
-    job_state: SchedulerJobState, exit_code: int | None, reason: str | None, reported: Reported
+    job_state: SchedulerJobState,
+    exit_code: int | None,
+    reason: str | None,
+    reported: Reported,
+    *,
+    unconfirmed: str = "",
 ) -> str:
-    """The one line a user sees for a failed attempt: the worker's own error first."""
+    """The one line a user sees for a failed attempt: the worker's own error first; for a
+    ``finished`` the controller could not confirm, why (``unconfirmed``)."""
+    if unconfirmed:
+        return f"the worker reported finished, but {unconfirmed}"
     lines = (reported.error or "").strip().splitlines()
     if lines:
         return lines[-1][:500]  # a traceback's last line says what went wrong
@@ -189,6 +244,7 @@ def next_step(
     *,
     training_steps: int,
     committed_step: int,
+    complete: bool,
     history: Sequence[AttemptOutcome],
     policy: PolicySpec,
     now: float,
@@ -197,15 +253,16 @@ def next_step(
 ) -> Decision:
     """What happens to a run whose newest attempt ended (``history`` is the whole chain, oldest first).
 
-    In this order: a cancel the user asked for ends the run CANCELLED; all steps committed (or
-    the worker's ``finished``) COMPLETE it; the failure budget (``policy.max_failures_without_progress``
-    attempts in a row without a new checkpoint) or ``policy.max_attempts`` FAIL it, both counted
-    since the user last resumed it (``resumed_after``); otherwise the next attempt is submitted,
-    after a backoff when the last endings were failures.
+    In this order: a cancel the user asked for ends the run CANCELLED; all steps committed
+    (``complete``, from ``is_complete``) COMPLETE it; the failure budget
+    (``policy.max_failures_without_progress`` attempts in a row without a new checkpoint) or
+    ``policy.max_attempts`` FAIL it, both counted since the user last resumed it
+    (``resumed_after``); otherwise the next attempt is submitted, after a backoff when the last
+    endings were failures.
     """
     if cancel_requested:
         return Decision(verdict=Verdict.CANCEL, message="cancelled by the user")
-    if committed_step >= training_steps or (history and history[-1].end_reason is EndReason.FINISHED):
+    if complete:
         return Decision(verdict=Verdict.COMPLETE, message=f"trained all {training_steps} steps")
     counted = since_resume(history, resumed_after)
     last_error = next((o.error for o in reversed(counted) if o.error), None)

@@ -18,13 +18,22 @@ from controller.notify import outbox
 from controller.reconciler import store
 from controller.reconciler.decide import (
     ERROR_REASONS,
+    NO_FINAL_CHECKPOINT,
+    FinalCheckpoint,
     Verdict,
     end_reason,
     failure_message,
+    false_finish,
+    incomplete_reason,
+    is_complete,
     next_step,
 )
 from controller.scheduler.base import JobStatus, Scheduler, SchedulerError
+from controller.services.claims import SECURITY_EVENT
 from controller.settings import Settings
+from shared import checkpoint_manifest
+from shared.paths import same_path, step_dir_name
+from shared.schemas import RunCreate
 from shared.states import EndReason, RunState, SchedulerJobState
 
 log = logging.getLogger(__name__)
@@ -53,17 +62,29 @@ def end_attempt(
 ) -> None:
     """Record why the attempt ended, then decide the run's next step (caller commits)."""
     spec = store.run_spec(run)
+    steps = spec.training.training_steps
     committed = store.committed_step(session, run.id)
     reported = store.reported(session, attempt)
-    reason = end_reason(
-        status.state,
-        reported,
-        reached_training_steps=committed >= spec.training.training_steps,
-        cancel_requested=store.is_cancel_requested(run),
-    )
+    final = NO_FINAL_CHECKPOINT
+    if committed >= steps or reported.finished:
+        final = final_checkpoint(ctx, session, run, attempt, spec, now)
+    complete = is_complete(final)
+    cancel = store.is_cancel_requested(run)
+    reason = end_reason(status.state, reported, complete=complete, cancel_requested=cancel)
     error = None
+    unconfirmed = incomplete_reason(final, steps) if false_finish(reported, complete=complete) else ""
+    if unconfirmed:
+        store.record_event(
+            session,
+            run,
+            SECURITY_EVENT,
+            f"attempt {attempt.number} reported finished, but {unconfirmed}: not believed",
+        )
     if reason in ERROR_REASONS:
-        error = failure_message(status.state, status.exit_code, status.reason, reported)
+        error = failure_message(
+            status.state, status.exit_code, status.reason, reported, unconfirmed=unconfirmed
+        )
+    committed = store.committed_step(session, run.id)  # a checkpoint found on disk counts
     store.record_end(session, attempt, reason, status, committed, error, now)
     if (event := outbox.event_for_end_reason(reason)) is not None:
         outbox.record(session, run, event, f"attempt {attempt.number} ended {reason.value}: {error or ''}")
@@ -82,8 +103,9 @@ def end_attempt(
     if RunState(run.state).terminal:
         return
     decision = next_step(
-        training_steps=spec.training.training_steps,
+        training_steps=steps,
         committed_step=committed,
+        complete=complete,
         history=store.history(session, run.id),
         policy=spec.policy,
         now=now,
@@ -100,6 +122,40 @@ def end_attempt(
     if successor is not None:
         _cancel_successor(ctx, session, successor, now)
     store.finish_run(session, run, _FINAL_STATE[decision.verdict], decision.message)
+
+
+def final_checkpoint(
+    ctx: TickContext, session: Session, run: Run, attempt: Attempt, spec: RunCreate, now: float
+) -> FinalCheckpoint:
+    """The facts ``decide.is_complete`` needs about the checkpoint at the run's last step.
+
+    Only the run's own ``<checkpoint dir>/<run name>/step-<training_steps>`` is ever looked at,
+    whatever path a report named. Where the controller sees the backend's file system
+    (``Settings.verify_checkpoints``) it verifies that directory's manifest and files itself, and
+    records a verified one it holds no report of (the report was lost with its worker).
+    """
+    steps = spec.training.training_steps
+    directory = ctx.settings.resolve_checkpoint_dir(spec.training.checkpoint_dir) / run.name
+    expected = directory / step_dir_name(steps)
+    row = store.checkpoint_at(session, run.id, steps)
+    visible = spec.resources.scheduler in ctx.settings.verify_checkpoints
+    if not visible:
+        if row is None:
+            return NO_FINAL_CHECKPOINT
+        return FinalCheckpoint(recorded=True, inside=same_path(row.path, expected))
+    problems = tuple(checkpoint_manifest.check_step(expected, steps))
+    if row is None:
+        if problems:
+            return NO_FINAL_CHECKPOINT
+        manifest = checkpoint_manifest.read_manifest(expected)
+        store.record_found_checkpoint(session, run, attempt, steps, str(expected), manifest, now)
+        store.record_event(
+            session, run, "checkpoint_found", f"verified the checkpoint of step {steps} on disk: {expected}"
+        )
+        return FinalCheckpoint(recorded=True, inside=True, verified=True)
+    return FinalCheckpoint(
+        recorded=True, inside=same_path(row.path, expected), verified=not problems, problems=problems
+    )
 
 
 def _cancel_successor(ctx: TickContext, session: Session, successor: Attempt, now: float) -> None:

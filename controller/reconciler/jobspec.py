@@ -17,8 +17,10 @@ import os
 from pathlib import Path
 
 from controller.scheduler.base import JobSpec, job_name_for
+from controller.services.secrets import read_secrets
 from controller.settings import Settings
-from shared import envvars
+from shared import envvars, run_rules
+from shared.env_policy import is_secret
 from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir
 from shared.schemas import ResourcesSpec, TrainingSpec
 
@@ -41,11 +43,7 @@ def controller_url(settings: Settings) -> str:
 
 def resolve_checkpoint_dir(settings: Settings, checkpoint_dir: str) -> Path:
     """Absolute checkpoint root for a run: relative paths are taken below ``settings.checkpoint_root``."""
-    path = Path(checkpoint_dir)
-    if path.is_absolute():
-        return path
-    root = settings.checkpoint_root or settings.data_dir / "checkpoints"
-    return (root / path).absolute()
+    return settings.resolve_checkpoint_dir(checkpoint_dir)
 
 
 def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
@@ -69,7 +67,7 @@ def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
 
 def write_token_file(directory: Path, token: str) -> Path:
     """Write ``token`` to ``<directory>/worker.token`` with mode 0600, atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / TOKEN_FILE_NAME
     tmp = directory / f".{TOKEN_FILE_NAME}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -112,17 +110,35 @@ def build_job_spec(
     token: str,
     dependency: str | None = None,
 ) -> JobSpec:
-    """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect."""
+    """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect.
+
+    The run's fields pass the controller's rules again first (``shared.run_rules``: a stored run
+    meets today's allow-lists and roots, or it does not start; ``RuleViolation`` names the field).
+    Secret environment values come from the run's 0600 file, never from the stored spec.
+    """
+    policy = settings.run_policy()
+    run_rules.resources(resources, policy)
+    run_rules.training_paths(training, policy)
     directory = run_dir(settings.data_dir.absolute(), run_id)
     token_file = write_token_file(directory, token)
     stdout, stderr = attempt_log_paths(directory, attempt)
+    declared = list(resources.secret_env)
+    public = {k: v for k, v in resources.env.items() if not is_secret(k, declared)}
+    # A secret-named value still in the stored spec (a row older than the split) travels as a secret.
+    secret = {k: v for k, v in resources.env.items() if k not in public}
+    secret |= read_secrets(settings.data_dir, run_id, declared)
+    # The backend sees the names only: no value of a secret travels in the spec it renders or logs.
+    resources = resources.model_copy(update={"env": public, "secret_env": sorted({*declared, *secret})})
     env = {
-        **resources.env,
-        "PYTHONUNBUFFERED": "1",
+        **public,
+        envvars.PYTHON_UNBUFFERED: "1",
         envvars.CONTROLLER_URL: controller_url(settings),
         envvars.RUN_ID: str(run_id),
         envvars.ATTEMPT: str(attempt),
         envvars.TOKEN_FILE: str(token_file),
+        # The walltime warning's lead: a SIGUSR1 then tightens the worker's deadline instead of
+        # stopping it at once (worker.signals). A backend that sends it at another lead overrides this.
+        envvars.SIGNAL_LEAD: str(resources.signal_lead_seconds),
     }
     return JobSpec(
         run_id=run_id,
@@ -131,6 +147,7 @@ def build_job_spec(
         job_name=job_name_for(run_id, attempt),
         argv=worker_argv(settings, run_name, training),
         env=env,
+        secret_env=secret,
         resources=resources,
         workdir=directory,
         stdout=stdout,

@@ -59,6 +59,10 @@ def committed_step(session: Session, run_id: int) -> int:
     return int(step or 0)
 
 
+def checkpoint_at(session: Session, run_id: int, step: int) -> Checkpoint | None:
+    return session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+
+
 def last_attempt_number(session: Session, run_id: int) -> int:
     return int(session.scalar(select(func.max(Attempt.number)).where(Attempt.run_id == run_id)) or 0)
 
@@ -192,9 +196,34 @@ def add_attempt(
     return attempt
 
 
-def issue_token(session: Session, run_id: int) -> str:
-    """A fresh run-scoped worker token (plaintext; only its hash is stored)."""
-    return issue_worker_token(session, run_id)
+def issue_token(session: Session, run_id: int, attempt: int) -> str:
+    """A fresh worker token for one attempt of the run (plaintext; only its hash is stored)."""
+    return issue_worker_token(session, run_id, attempt=attempt)
+
+
+def record_found_checkpoint(
+    session: Session, run: Run, attempt: Attempt, step: int, path: str, manifest: dict[str, Any], now: float
+) -> None:
+    """A verified checkpoint the controller found on disk itself (its report was lost): recorded
+    like a reported one, for the attempt that ended."""
+    session.add(
+        Checkpoint(
+            run_id=run.id,
+            attempt_id=attempt.id,
+            attempt=attempt.number,
+            step=step,
+            path=path,
+            format=str(manifest.get("format", "dcp"))[:16],
+            size_bytes=int(manifest.get("size_bytes", 0) or 0),
+            tokens_seen=int(manifest.get("tokens_seen", 0) or 0),
+            final=True,
+            committed_at=ts(now),
+        )
+    )
+    if run.latest_checkpoint_step is None or step > run.latest_checkpoint_step:
+        run.latest_checkpoint_step = step
+    run.current_step = max(run.current_step or 0, step)
+    session.flush()
 
 
 def record_submitted(session: Session, run: Run, attempt: Attempt, external_id: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,7 @@ from controller.reconciler.jobspec import build_job_spec
 from controller.reconciler.runlock import run_claim
 from controller.scheduler.base import JobStatus, SchedulerError, job_name_for
 from controller.scheduler.registry import supports_dependencies
+from shared.run_rules import RuleViolation
 from shared.states import AttemptState, RunState, SchedulerJobState
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,18 @@ def _record_intent(
             return None
         if only_if_due and not store.is_due(session, run_id, ctx.now()):
             return None
-        spec = store.run_spec(run)
+        try:
+            spec = store.run_spec(run)
+        except ValidationError as exc:
+            # A stored run the rules refuse now (a row older than a rule, or written around the API)
+            # never starts: it ends FAILED, saying which field.
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            store.finish_run(
+                session, run, RunState.FAILED, f"{field}: {first['msg']}".replace("Value error, ", "")
+            )
+            session.commit()
+            return None
         number = store.last_attempt_number(session, run_id) + 1
         try:
             # add_attempt flushes: a conflict surfaces there, before the commit.
@@ -159,29 +172,39 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
             return
         run = store.find_run(session, attempt.run_id)
         assert run is not None
-        spec = store.run_spec(run)
-        token = store.issue_token(session, run.id)
-        session.commit()  # the token must exist before a worker can use it
-        job = build_job_spec(
-            settings=ctx.settings,
-            run_id=run.id,
-            run_name=run.name,
-            attempt=attempt.number,
-            training=spec.training,
-            resources=spec.resources,
-            token=token,
-            dependency=dependency,
-        )
         backend = attempt.backend
-    error: str | None = None
+        error: str | None = None
+        job = None
+        try:
+            spec = store.run_spec(run)
+            # One token per attempt: a report is believed only for this attempt (or an earlier one).
+            token = store.issue_token(session, run.id, attempt.number)
+            session.commit()  # the token must exist before a worker can use it
+            job = build_job_spec(
+                settings=ctx.settings,
+                run_id=run.id,
+                run_name=run.name,
+                attempt=attempt.number,
+                training=spec.training,
+                resources=spec.resources,
+                token=token,
+                dependency=dependency,
+            )
+        except RuleViolation as exc:
+            # The stored run breaks the controller's rules as they are now (an allow-list narrowed,
+            # a root removed): it does not start, and the user is told which field.
+            error = f"{exc.field}: {exc}"
+        except ValidationError as exc:
+            error = f"the stored run no longer validates: {exc.errors()[0]['msg']}"
     external_id: str | None = None
-    try:
-        external_id = ctx.scheduler(backend).submit(job)
-    except SchedulerError as exc:
-        error = str(exc) or type(exc).__name__
-    except Exception as exc:  # a bug or an OS error: same outcome, the attempt failed to start
-        log.exception("submitting attempt %s failed", attempt_id)
-        error = f"{type(exc).__name__}: {exc}"
+    if job is not None:
+        try:
+            external_id = ctx.scheduler(backend).submit(job)
+        except SchedulerError as exc:
+            error = str(exc) or type(exc).__name__
+        except Exception as exc:  # a bug or an OS error: same outcome, the attempt failed to start
+            log.exception("submitting attempt %s failed", attempt_id)
+            error = f"{type(exc).__name__}: {exc}"
     with ctx.session_factory() as session:
         attempt = store.find_attempt(session, attempt_id)
         run = store.find_run(session, attempt.run_id) if attempt is not None else None

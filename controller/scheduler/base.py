@@ -36,6 +36,9 @@ class JobSpec:
     """The worker command for one rank, e.g. ``[python, -m, worker, --dataset, ...]``; backends quote it."""
     env: Mapping[str, str]
     """PYRECOVER_* variables and the user's extra environment; never a secret (tokens go by file)."""
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The run's secret environment values: backends hand them to the job without writing them into
+    a script or a log (SLURM: a 0600 file the script sources; local: the process environment)."""
     resources: ResourcesSpec
     workdir: Path
     stdout: Path

@@ -104,6 +104,13 @@ def _job_session_leaders(job_id: str) -> list[int]:
     return sorted(found)
 
 
+def _private_log(path: Path) -> Any:
+    """``path`` opened for appending, created 0600 (a log holds the run's output and paths)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -183,16 +190,18 @@ class LocalScheduler:
         # The intent goes to disk before any process exists, so find_by_name sees the job even if
         # the controller dies while spawning.
         self._save(job)
-        spec.stdout.parent.mkdir(parents=True, exist_ok=True)
-        spec.stderr.parent.mkdir(parents=True, exist_ok=True)
+        spec.stdout.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec.stderr.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         port = _free_port()
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")}
         try:
-            with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+            with _private_log(spec.stdout) as out, _private_log(spec.stderr) as err:
                 for rank in range(world):
+                    # The run's variables never override what the backend sets per rank below.
                     env = {
                         **base_env,
                         **spec.env,
+                        **spec.secret_env,
                         "RANK": str(rank),
                         "LOCAL_RANK": str(rank),
                         "WORLD_SIZE": str(world),
@@ -200,6 +209,7 @@ class LocalScheduler:
                         "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": str(port),
                         envvars.DEADLINE: f"{record['deadline']:.3f}",
+                        envvars.SIGNAL_LEAD: f"{record['signal_lead_s']:g}",  # what this backend sends
                         JOB_ID_ENV: job_id,
                     }
                     argv = ["/bin/sh", "-c", _SHIM, "sh", str(self._exit_file(job_id, rank)), *spec.argv]

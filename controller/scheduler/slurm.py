@@ -31,7 +31,8 @@ from controller.scheduler import slurm_parse as sp
 from controller.scheduler.base import JobSpec, JobStatus, SchedulerError
 from controller.scheduler.slurm_render import DEFAULT_TEMPLATE, render_sbatch
 from controller.settings import Settings
-from shared import envvars
+from shared import envfile, envvars
+from shared.run_rules import RunPolicy
 from shared.states import SchedulerJobState
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class SlurmScheduler:
         self.cli_timeout_s = float(DEFAULT_CLI_TIMEOUT_S if cli_timeout_s is None else cli_timeout_s)
         if self.cli_timeout_s <= 0:
             raise ValueError(f"cli_timeout_s must be positive, got {self.cli_timeout_s}")
+        # The renderer applies the run rules again with the controller's allow-lists.
+        self.policy = settings.run_policy() if settings is not None else RunPolicy(check_roots=False)
         self.prologue = tuple(prologue or ())
         self.srun_args = tuple(srun_args or ())
         self.signal = signal
@@ -109,6 +112,10 @@ class SlurmScheduler:
         """Where the attempt's script is written: next to its log files, one file per attempt."""
         return spec.stdout.absolute().parent / f"attempt-{spec.attempt:04d}.sbatch"
 
+    def env_file_path(self, spec: JobSpec) -> Path:
+        """The attempt's secret variables (0600), next to its script, which sources it."""
+        return spec.stdout.absolute().parent / f"attempt-{spec.attempt:04d}.env"
+
     def write_script(self, spec: JobSpec) -> Path:
         """Render the attempt's script and write it (atomically) to ``script_path(spec)``.
 
@@ -119,21 +126,29 @@ class SlurmScheduler:
         token_file = spec.env.get(envvars.TOKEN_FILE)
         if token_file is not None:
             _check_private(Path(token_file))
+        env_file = self.env_file_path(spec) if spec.secret_env else None
         try:
             script = render_sbatch(
                 spec,
                 prologue=self.prologue,
                 srun_args=self.srun_args,
+                env_file=env_file,
                 signal=self.signal,
                 template=self.template,
+                policy=self.policy,
             )
         except ValueError as exc:
             raise SchedulerError(f"cannot render the sbatch script: {exc}") from exc
         path = self.script_path(spec)
         for directory in {path.parent, spec.stdout.parent, spec.stderr.parent}:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if env_file is not None:
+            envfile.write(env_file, spec.secret_env)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(script)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # a script shows the run's paths and environment
+            fh.write(script)
         tmp.replace(path)
         return path
 

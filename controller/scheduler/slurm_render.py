@@ -3,14 +3,18 @@
 ``render_sbatch`` reads nothing but the Jinja2 template (``deploy/sbatch.sh.j2``) and returns the
 script text; golden files in ``tests/controller/scheduler/golden/`` pin its output.
 
-Defence in depth against shell injection. ``ResourcesSpec`` and the run name are validated when a
-run is created; here every value is checked again and then:
+Defence in depth against shell injection and against run fields that change what runs. The run
+was checked when it was created; here the same rules (``shared.run_rules``, the one validator)
+are applied again with the controller's current policy, and then:
 
 * values on ``#SBATCH`` lines (sbatch parses those itself, not the shell) must match a conservative
-  alphabet without whitespace, quotes or ``%`` (sbatch expands ``%j`` and friends in file names),
-  otherwise ``ValueError`` names the field; a constraint may also use SLURM's ``& | ( ) [ ] *``;
-* every exported value, path and worker argument goes through ``shlex.quote``;
-* environment variable names must be identifiers.
+  ASCII alphabet without whitespace, quotes or ``%`` (sbatch expands ``%j`` and friends in file
+  names), otherwise ``ValueError`` names the field; a constraint may also use SLURM's ``& | ( ) [ ] *``;
+* extra sbatch options are written in the canonical form sbatch resolves them to
+  (``--out=x`` would be ``--output=x``, and is refused), never as the user spelled them;
+* the user's environment passes the deny-list and the allow-list again; every exported value,
+  path and worker argument goes through ``shlex.quote``; secret values are not in the script at
+  all: it sources a 0600 file the backend writes next to it (``env_file``).
 
 Only the admin's prologue lines (controller settings, trusted) are copied verbatim.
 """
@@ -20,14 +24,16 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
 from controller.scheduler.base import JobSpec
-from shared import envvars
+from shared import envvars, run_rules
+from shared.env_policy import ENV_NAME_RE
+from shared.run_rules import RunPolicy
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "sbatch.sh.j2"
 """The template shipped in the repository; admins may point the backend at a copy of their own."""
@@ -35,22 +41,9 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "sbatch.sh.j
 BACKSTOP_SIGNALS = frozenset({"USR1", "USR2", "TERM", "INT", "HUP"})
 """Signals the batch shell may forward to the ranks (``--signal=B:<sig>@<lead>``)."""
 
-_SBATCH_VALUE_RE = re.compile(r"^[A-Za-z0-9_./+@:=,-]+$")
-# A feature expression also needs & | ( ) [ ] *: harmless on an #SBATCH line (sbatch, not the shell,
-# reads it), and still no whitespace, quotes or '%'.
-_CONSTRAINT_VALUE_RE = re.compile(r"^[A-Za-z0-9_./+@:=,&|()\[\]*-]+$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EXTRA_OPT_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$")
-_SRUN_OPT_RE = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$")
-# Options the renderer sets itself; an extra argument repeating them would silently win or clash.
-_OWNED_OPTIONS = frozenset(
-    {
-        "--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--mem",
-        "--time", "--partition", "--account", "--qos", "--constraint", "--output", "--error",
-        "--open-mode", "--chdir", "--signal", "--requeue", "--no-requeue", "--dependency",
-    }
-)  # fmt: skip
+_SRUN_OPT_RE = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:=+@/-]+)?$", re.ASCII)
 _SECRET_ENV = frozenset({"PYRECOVER_TOKEN"})
+CONTROLLER_ENV = envvars.CONTROLLER_SET
 
 
 def time_limit_minutes(seconds: int) -> int:
@@ -58,19 +51,16 @@ def time_limit_minutes(seconds: int) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def _sbatch_value(what: str, value: object, pattern: re.Pattern[str] = _SBATCH_VALUE_RE) -> str:
-    text = str(value)
-    if not pattern.fullmatch(text):
-        extra = " & | ( ) [ ] *" if pattern is _CONSTRAINT_VALUE_RE else ""
-        raise ValueError(
-            f"{what} {text!r} cannot go on an #SBATCH line: only letters, digits and _ . / + @ : = , -"
-            f"{extra} are allowed"
-        )
-    return text
+def _sbatch_value(what: str, value: object) -> str:
+    try:
+        return run_rules.sbatch_token(what, value)
+    except run_rules.RuleViolation as exc:
+        raise ValueError(f"{what} {exc}") from None
 
 
-def _sbatch_lines(spec: JobSpec, signal: str) -> list[str]:
+def _sbatch_lines(spec: JobSpec, signal: str, policy: RunPolicy) -> list[str]:
     res = spec.resources
+    extra = run_rules.resources(res, policy)  # the run's own fields, by the API's rules
     lines = [
         f"--job-name={_sbatch_value('job name', spec.job_name)}",
         f"--nodes={int(res.nodes)}",
@@ -80,14 +70,14 @@ def _sbatch_lines(spec: JobSpec, signal: str) -> list[str]:
         lines.append(f"--gpus-per-node={int(res.gpus_per_node)}")
     lines.append(f"--cpus-per-task={int(res.cpus_per_task)}")
     if res.mem is not None:
-        lines.append(f"--mem={_sbatch_value('mem', res.mem)}")
+        lines.append(f"--mem={res.mem}")
     lines.append(f"--time={time_limit_minutes(res.time_limit_seconds)}")
     for field in ("partition", "account", "qos"):
         value = getattr(res, field)
         if value is not None:
-            lines.append(f"--{field}={_sbatch_value(field, value)}")
+            lines.append(f"--{field}={value}")
     if res.constraint is not None:
-        lines.append(f"--constraint={_sbatch_value('constraint', res.constraint, _CONSTRAINT_VALUE_RE)}")
+        lines.append(f"--constraint={res.constraint}")
     lines += [
         f"--chdir={_sbatch_value('workdir', spec.workdir)}",
         # One pair of files per attempt, appended to (an admin's requeue must not truncate them).
@@ -102,25 +92,20 @@ def _sbatch_lines(spec: JobSpec, signal: str) -> list[str]:
     lines.append("--no-requeue")
     if spec.dependency is not None:
         dep = str(spec.dependency)
-        if not dep.isdigit():
+        if not dep.isascii() or not dep.isdigit():
             raise ValueError(f"dependency must be a numeric SLURM job id, got {dep!r}")
         lines.append(f"--dependency=afterany:{dep}")
-    for arg in res.extra_sbatch_args:
-        if not _EXTRA_OPT_RE.fullmatch(arg):
-            raise ValueError(f"extra sbatch argument {arg!r} must look like '--option' or '--option=value'")
-        if arg.split("=", 1)[0] in _OWNED_OPTIONS:
-            raise ValueError(f"extra sbatch argument {arg!r} sets an option pyrecover manages itself")
-        lines.append(arg)
+    lines += [option.render() for option in extra]
     return lines
 
 
-def _env_lines(env: Mapping[str, str], token_file: Path | None) -> list[tuple[str, str]]:
-    merged = dict(env)
+def _env_lines(spec: JobSpec, token_file: Path | None) -> list[tuple[str, str]]:
+    merged = dict(spec.env)
     if token_file is not None:
         merged[envvars.TOKEN_FILE] = str(token_file)
     out: list[tuple[str, str]] = []
     for name in sorted(merged):
-        if not _ENV_NAME_RE.fullmatch(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise ValueError(f"environment variable name {name!r} is not a valid identifier")
         if name in _SECRET_ENV:
             raise ValueError(
@@ -130,6 +115,10 @@ def _env_lines(env: Mapping[str, str], token_file: Path | None) -> list[tuple[st
         if "\x00" in value:
             raise ValueError(f"environment variable {name!r} contains a NUL byte")
         out.append((name, shlex.quote(value)))
+    # Every other variable is the run's own, checked by run_rules.resources with the allow-list.
+    foreign = sorted(set(merged) - CONTROLLER_ENV - set(spec.resources.env))
+    if foreign:
+        raise ValueError(f"environment variables {foreign} are neither the run's nor the controller's own")
     return out
 
 
@@ -170,17 +159,22 @@ def render_sbatch(
     prologue: Sequence[str] = (),
     srun_args: Sequence[str] = (),
     token_file: Path | None = None,
+    env_file: Path | None = None,
     signal: str = "USR1",
     template: Path = DEFAULT_TEMPLATE,
+    policy: RunPolicy | None = None,
 ) -> str:
     """The sbatch script for ``spec``.
 
     ``prologue``: admin lines (``module load ...``, ``source /opt/venv/bin/activate``) run before
     the worker, verbatim. ``srun_args``: extra ``--option[=value]`` flags for ``srun``.
     ``token_file``: exported as ``PYRECOVER_TOKEN_FILE`` (the spec's env may carry it instead).
+    ``env_file``: a 0600 file of the secret variables (``shared.envfile``) the script sources.
     ``signal``: the backstop signal sent ``signal_lead_seconds`` before the time limit.
+    ``policy``: the controller's allow-lists (``Settings.run_policy``); default: the documented ones.
     Raises ``ValueError`` (naming the field) for any value that cannot be rendered safely.
     """
+    policy = policy or RunPolicy(check_roots=False)
     if signal not in BACKSTOP_SIGNALS:
         raise ValueError(f"signal must be one of {sorted(BACKSTOP_SIGNALS)}, got {signal!r}")
     if not spec.argv:
@@ -189,13 +183,18 @@ def render_sbatch(
         if "\n" in line or "\r" in line:
             raise ValueError("each prologue entry must be a single line")
     lead = spec.resources.signal_lead_seconds
+    try:
+        sbatch_lines = _sbatch_lines(spec, signal, policy)
+    except run_rules.RuleViolation as exc:
+        raise ValueError(f"{exc.field}: {exc}") from None
     return _template(template).render(
         run_id=int(spec.run_id),
         run_name=_sbatch_value("run name", spec.run_name),
         attempt=int(spec.attempt),
-        sbatch_lines=_sbatch_lines(spec, signal),
+        sbatch_lines=sbatch_lines,
         prologue=list(prologue),
-        env=_env_lines(spec.env, token_file),
+        env=_env_lines(spec, token_file),
+        env_file=shlex.quote(str(env_file)) if env_file is not None else None,
         signal=signal,
         signal_spec=f"B:{signal}@{lead}" if lead > 0 else "(none)",
         srun_options=_srun_options(spec, srun_args),

@@ -21,10 +21,14 @@ from sqlalchemy.orm import Session
 from controller.db.models import Checkpoint, Run
 
 
-def mark_deleted(session: Session, run: Run, steps: list[int], at: datetime) -> list[int]:
+def mark_deleted(
+    session: Session, run: Run, steps: list[int], at: datetime, *, move_latest: bool = True
+) -> list[int]:
     """Mark the run's checkpoints at ``steps`` deleted (once: the first report's time is kept).
 
-    Steps the controller has no row for are ignored. Returns the steps marked now."""
+    Steps the controller has no row for are ignored. Returns the steps marked now. With
+    ``move_latest`` false (a run that is over: its progress stays as it is) the run's latest
+    checkpoint is left alone."""
     rows = session.scalars(
         select(Checkpoint).where(
             Checkpoint.run_id == run.id, Checkpoint.step.in_(set(steps)), Checkpoint.deleted_at.is_(None)
@@ -33,7 +37,7 @@ def mark_deleted(session: Session, run: Run, steps: list[int], at: datetime) -> 
     for row in rows:
         row.deleted_at = at
     marked = sorted(row.step for row in rows)
-    if run.latest_checkpoint_step is not None and run.latest_checkpoint_step in marked:
+    if move_latest and run.latest_checkpoint_step is not None and run.latest_checkpoint_step in marked:
         session.flush()
         run.latest_checkpoint_step = session.scalar(
             select(func.max(Checkpoint.step)).where(

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidTransition",
     "NotShared",
     "QuotaExceeded",
+    "ReportForbidden",
     "RunNotFound",
     "TokenNotFound",
     "UserNotFound",
@@ -48,8 +49,10 @@ class InvalidReport(DomainError):
 
 
 class InvalidField(DomainError):
-    """A request field the schema admits but this controller's settings refuse (HTTP 422), e.g. a
-    webhook aimed at a private address. ``field`` names it as request validation does."""
+    """A request field the schema admits but this controller's rules refuse (HTTP 422): a variable
+    off the allow-list, an sbatch option not allowed, a path outside the roots, a webhook aimed at a
+    private address, a run that does not fit its GPU. ``field`` names the value the way request
+    validation does (``resources.env``)."""
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
@@ -81,3 +84,8 @@ class QuotaExceeded(DomainError):
 
 class NotShared(DomainError):
     """Unsharing a run from a user it was not shared with (HTTP 404)."""
+
+
+class ReportForbidden(DomainError):
+    """A report from a token that may not make it (HTTP 403): not a worker token, another run's,
+    or one issued for an earlier attempt than the report names."""

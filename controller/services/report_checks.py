@@ -23,23 +23,18 @@ from typing import Any
 from controller.services.errors import InvalidReport
 from shared.schemas import (
     CheckpointCommittedEvent,
+    DivergedEvent,
     FailedEvent,
+    HungEvent,
     ProgressEvent,
     ReportBatch,
     StartedEvent,
     StoppingEvent,
     WarningEvent,
 )
+from shared.schemas.reports import INT32_MAX, INT64_MAX, MAX_DURATION_S, MAX_PATH_CHARS, MAX_UNIX_TIME
 
-INT32_MAX = 2**31 - 1
-"""Steps, seqs and attempt numbers are ``INTEGER`` columns (32-bit on PostgreSQL)."""
-INT64_MAX = 2**63 - 1
-"""Tokens seen and checkpoint bytes are ``BIGINT``."""
-MAX_UNIX_TIME = 253_402_300_799.0
-"""9999-12-31T23:59:59Z: the last second a ``datetime`` can hold."""
-MAX_DURATION_S = 10 * 366 * 86_400.0
-"""Start-up, load, save and stall times: ten years is already nonsense, but finite."""
-MAX_PATH_CHARS = 4096
+__all__ = ["INT32_MAX", "INT64_MAX", "MAX_DURATION_S", "MAX_PATH_CHARS", "MAX_UNIX_TIME", "check_batch"]
 METRIC_FLOATS = ("loss", "lr", "tokens_per_s", "step_time", "grad_norm", "mfu")
 
 
@@ -114,6 +109,10 @@ def _check_event(at: str, event: Any) -> Any:
     elif isinstance(event, WarningEvent) and ("\x00" in event.kind or "\x00" in event.message):
         kind, message = (text.replace("\x00", "\ufffd") for text in (event.kind, event.message))
         return event.model_copy(update={"kind": kind, "message": message})
+    elif isinstance(event, HungEvent) and "\x00" in event.stacks_excerpt:
+        return event.model_copy(update={"stacks_excerpt": event.stacks_excerpt.replace("\x00", "\ufffd")})
+    elif isinstance(event, DivergedEvent) and "\x00" in event.message:
+        return event.model_copy(update={"message": event.message.replace("\x00", "\ufffd")})
     return event
 
 

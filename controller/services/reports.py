@@ -10,19 +10,29 @@ late-spooled batch changes nothing twice. Applying an event:
 * ``checkpoint_committed``: a checkpoint row (once per step), the run's latest checkpoint;
 * ``checkpoints_deleted``: those rows marked deleted (``controller.services.checkpoint_retention``);
 * ``stopping``: attempt → STOPPING; ``finished`` / ``failed``: logged (error text kept);
-* ``warning``: an event in the run's log.
+* ``warning``: an event in the run's log;
+* ``hung`` / ``diverged``: a readable event in the run's log, the facts in its data (suspect ranks
+  and hosts, where the stacks are; the divergence's step and data window). The worker follows each
+  with ``failed``, which ends the attempt as today; what a hang or a divergence should change
+  (end reason, node exclusion, ``on_divergence``) is the reconciler's to decide, from these events.
 
 Values the schema admits but the store cannot hold are refused (422) or made storable first: see
-``controller.services.report_checks``.
+``controller.services.report_checks``. Claims are checked against what the controller knows
+(``controller.services.claims``): no step beyond the run's end, checkpoints only in the run's own
+directory; a report of an attempt that has ended, or of a run that is over, is recorded for its
+attempt but changes no state (and no progress of a run that is over).
 
 The reconciler owns every decision (the end reason, the next attempt); reports only record facts.
-The reply carries the run's pending action (consumed once delivered), or ``stop`` after a cancel.
+The reply carries the run's pending action (consumed once delivered), or ``stop`` after a cancel;
+a late report (``Scope.live`` false) gets neither: the process that sent it may be the successor
+delivering an old spool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -30,6 +40,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, WorkerEventRecord
 from controller.db.types import to_datetime, utcnow
 from controller.services import checkpoint_retention
+from controller.services.claims import Scope, check_events, scope
 from controller.services.errors import AttemptNotFound, RunNotFound
 from controller.services.report_checks import check_batch, finite_or_none
 from controller.state_machine import record_run_event, transition_attempt, transition_run
@@ -37,8 +48,10 @@ from shared.events import ENDING_EVENT_TYPES, WorkerAction
 from shared.schemas import (
     CheckpointCommittedEvent,
     CheckpointsDeletedEvent,
+    DivergedEvent,
     FailedEvent,
     FinishedEvent,
+    HungEvent,
     ProgressEvent,
     ReportBatch,
     ReportReply,
@@ -57,8 +70,18 @@ class IngestResult:
 
 
 def ingest(
-    session: Session, run: Run | int, batch: ReportBatch, *, now: datetime | None = None
+    session: Session,
+    run: Run | int,
+    batch: ReportBatch,
+    *,
+    now: datetime | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> IngestResult:
+    """Store ``batch`` once per event and apply it within its ``Scope``.
+
+    ``checkpoint_dir``: the run's own checkpoint directory (``<root>/<run name>``); reported
+    checkpoint paths must be its ``step-<N>`` (``ClaimRefused`` otherwise). ``None`` skips that
+    check (only for callers that seed a database directly)."""
     now = now or utcnow()
     batch = check_batch(batch)  # InvalidReport (422) before anything is read or stored
     if not isinstance(run, Run):
@@ -66,10 +89,12 @@ def ingest(
         if found is None:
             raise RunNotFound(run)
         run = found
+    check_events(batch, training_steps=run.training_steps, checkpoint_dir=checkpoint_dir)
     attempts = {a.number: a for a in session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()}
     attempt = attempts.get(batch.attempt)
     if attempt is None:
         raise AttemptNotFound(f"run {run.id} has no attempt {batch.attempt}")
+    allowed = scope(run, attempt)
     seqs = [e.seq for e in batch.events]
     stored = set(
         session.scalars(
@@ -116,17 +141,19 @@ def ingest(
     metrics: list[dict[str, object]] = []
     for event in new:
         if isinstance(event, ProgressEvent):
-            metrics.append(_metric(run, attempt, event))
+            metrics.append(_metric(run, attempt, event, allowed))
         else:
-            _apply(session, run, attempt, event, known_steps)
+            _apply(session, run, attempt, event, known_steps, allowed)
     if metrics:
         session.connection().execute(insert(Metric), metrics)
     if new:
         attempt.last_report_at = now
-        run.attempts_count = max(run.attempts_count or 0, max(attempts))
-    action = _take_action(session, run)
+        if allowed.progress:
+            run.attempts_count = max(run.attempts_count or 0, max(attempts))
+    action = _take_action(session, run) if allowed.live else WorkerAction.NONE
     reply = ReportReply(accepted=len(new), duplicates=len(batch.events) - len(new), action=action)
-    return IngestResult(reply=reply, wake_reconciler=any(e.type in ENDING_EVENT_TYPES for e in new))
+    wake = allowed.live and any(e.type in ENDING_EVENT_TYPES for e in new)
+    return IngestResult(reply=reply, wake_reconciler=wake)
 
 
 def _take_action(session: Session, run: Run) -> WorkerAction:
@@ -154,19 +181,24 @@ def _apply(
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
-    | WarningEvent,
+    | WarningEvent
+    | HungEvent
+    | DivergedEvent,
     known_steps: set[int],
+    allowed: Scope,
 ) -> None:
     at = to_datetime(event.time)
     assert at is not None
+    late = "" if allowed.live else f" (late report: attempt {attempt.number} has ended)"
     if isinstance(event, CheckpointCommittedEvent):
-        _checkpoint(session, run, attempt, event, at, known_steps)
+        _checkpoint(session, run, attempt, event, at, known_steps, allowed)
     elif isinstance(event, CheckpointsDeletedEvent):
-        checkpoint_retention.mark_deleted(session, run, event.steps, at)
+        # A fact about the file system even when late: the files are gone whoever reports it.
+        checkpoint_retention.mark_deleted(session, run, event.steps, at, move_latest=allowed.progress)
     elif isinstance(event, StartedEvent):
-        _started(session, run, attempt, event, at)
+        _started(session, run, attempt, event, at, allowed)
     elif isinstance(event, StoppingEvent):
-        if AttemptState.STOPPING in ATTEMPT_TRANSITIONS[AttemptState(attempt.state)]:
+        if allowed.live and AttemptState.STOPPING in ATTEMPT_TRANSITIONS[AttemptState(attempt.state)]:
             transition_attempt(
                 session, attempt, AttemptState.STOPPING, reason=f"worker stopping: {event.reason}"
             )
@@ -176,19 +208,28 @@ def _apply(
             session,
             run,
             kind="stopping",
-            message=f"attempt {attempt.number} stopping at step {event.step} ({event.reason})",
+            message=f"attempt {attempt.number} stopping at step {event.step} ({event.reason}){late}",
         )
     elif isinstance(event, FinishedEvent):
-        run.current_step = max(run.current_step or 0, event.step)
+        # A claim, not a fact: it moves no progress, and the run completes only on a checkpoint the
+        # controller holds (controller/reconciler/decide.py:is_complete).
         record_run_event(
-            session, run, kind="finished", message=f"attempt {attempt.number} finished at step {event.step}"
+            session,
+            run,
+            kind="finished",
+            message=f"attempt {attempt.number} reported finished at step {event.step}{late}",
         )
     elif isinstance(event, FailedEvent):
-        attempt.error = event.error
-        run.last_error = event.error
+        if allowed.live or attempt.error is None:  # an ended attempt keeps the error it ended with
+            attempt.error = event.error
+        if allowed.live:
+            run.last_error = event.error
         last = event.error.strip().splitlines()[-1:] or ["(no message)"]
         record_run_event(
-            session, run, kind="worker_failed", message=f"attempt {attempt.number} failed: {last[0][:500]}"
+            session,
+            run,
+            kind="worker_failed",
+            message=f"attempt {attempt.number} failed: {last[0][:500]}{late}",
         )
     elif isinstance(event, WarningEvent):
         session.add(
@@ -200,11 +241,47 @@ def _apply(
                 data={"step": event.step},
             )
         )
+    elif isinstance(event, HungEvent):
+        session.add(
+            Event(
+                run_id=run.id,
+                time=at,
+                kind="hung",
+                message=hung_message(attempt.number, event),
+                data=event.model_dump(mode="json", exclude={"seq", "type", "time"}),
+            )
+        )
+    elif isinstance(event, DivergedEvent):
+        message = f"attempt {attempt.number} diverged: {event.message}"
+        session.add(
+            Event(
+                run_id=run.id,
+                time=at,
+                kind="diverged",
+                message=message[:4000],
+                data=event.model_dump(mode="json", exclude={"seq", "type", "time", "message"}),
+            )
+        )
 
 
-def _metric(run: Run, attempt: Attempt, event: ProgressEvent) -> dict[str, object]:
-    run.current_step = max(run.current_step or 0, event.step)
-    run.tokens_seen = max(run.tokens_seen or 0, event.tokens_seen)
+def hung_message(attempt: int, event: HungEvent) -> str:
+    """One readable line: where it stalled, who is suspected (rank and host), where the stacks are."""
+    who = (
+        "; ".join(f"rank {s.rank} on {s.host}: {s.reason}" for s in event.suspects[:8])
+        or "no rank stands out (every rank waits on another)"
+    )
+    stacks = f"; stacks of rank {event.rank} in {event.stacks_path}" if event.stacks_path else ""
+    return (
+        f"attempt {attempt} hung in {event.phase} at step {event.step}: no progress for "
+        f"{event.stalled_seconds:.0f} s (limit {event.limit_seconds:.0f} s), seen by rank {event.rank} on "
+        f"{event.host}; suspects: {who}{stacks}"
+    )[:4000]
+
+
+def _metric(run: Run, attempt: Attempt, event: ProgressEvent, allowed: Scope) -> dict[str, object]:
+    if allowed.progress:
+        run.current_step = max(run.current_step or 0, event.step)
+        run.tokens_seen = max(run.tokens_seen or 0, event.tokens_seen)
     return {
         "run_id": run.id,
         "attempt": attempt.number,
@@ -221,7 +298,21 @@ def _metric(run: Run, attempt: Attempt, event: ProgressEvent) -> dict[str, objec
     }
 
 
-def _started(session: Session, run: Run, attempt: Attempt, event: StartedEvent, at: datetime) -> None:
+def _started(
+    session: Session, run: Run, attempt: Attempt, event: StartedEvent, at: datetime, allowed: Scope
+) -> None:
+    if not allowed.live:
+        # The attempt's own figures, where its end left them empty; nothing else.
+        attempt.training_started_at = attempt.training_started_at or at
+        if attempt.resumed_from is None:
+            attempt.resumed_from = event.resumed_from
+        record_run_event(
+            session,
+            run,
+            kind="started",
+            message=f"attempt {attempt.number} started training (late report: the attempt has ended)",
+        )
+        return
     attempt.training_started_at = at
     attempt.startup_s = event.startup_seconds
     attempt.checkpoint_load_s = event.checkpoint_load_seconds
@@ -251,6 +342,7 @@ def _checkpoint(
     event: CheckpointCommittedEvent,
     at: datetime,
     known: set[int],
+    allowed: Scope,
 ) -> None:
     if event.step not in known:
         known.add(event.step)
@@ -276,6 +368,8 @@ def _checkpoint(
     attempt.checkpoint_stall_s = (attempt.checkpoint_stall_s or 0.0) + event.stall_seconds
     if attempt.last_commit_at is None or at > attempt.last_commit_at:
         attempt.last_commit_at = at
+    if not allowed.progress:
+        return
     if run.latest_checkpoint_step is None or event.step > run.latest_checkpoint_step:
         run.latest_checkpoint_step = event.step
     run.current_step = max(run.current_step or 0, event.step)

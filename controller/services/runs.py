@@ -20,12 +20,16 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.notify.targets import UnsafeTarget, check_run_targets
+from controller.services import secrets
 from controller.services.errors import Conflict, InvalidField, InvalidTransition, RunNotFound
 from controller.services.users import check_quota
 from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
 from shared.events import REQUESTABLE_ACTIONS, WorkerAction
+from shared.memory_plan import check_run as check_memory
 from shared.names import validate_run_name
+from shared.run_rules import RuleViolation
+from shared.run_rules import check_run as check_rules
 from shared.schemas import RunCreate
 from shared.states import ACTIVE_ATTEMPT_STATES, RESUMABLE_RUN_STATES, RunState
 
@@ -40,15 +44,33 @@ def _taken(name: str) -> str:
 def create_run(
     session: Session, body: RunCreate, *, owner: User, by: str | None = None, settings: Settings | None = None
 ) -> Run:
-    """A PENDING run owned by ``owner`` (``by``: who asked, when not the owner themselves). With
-    ``settings``, the checks that depend on this controller's configuration run first
-    (``InvalidField`` names the field)."""
+    """Store a new PENDING run owned by ``owner`` (``by``: who asked, when not the owner themselves).
+
+    With ``settings`` (every caller that serves users: the API, the dashboard), the controller's
+    rules are checked first (``shared.run_rules.check_run``, then the webhook targets:
+    ``InvalidField`` names the field) and the secret environment values are written to the run's
+    0600 file; the stored spec keeps only their names (``controller.services.secrets``). Without,
+    the body's own hard rules apply and it may hold no secret value (there is nowhere to keep one).
+    A run that names its GPU must fit it by the memory plan (``shared.memory_plan.check_run``; runs
+    naming no GPU are not checked): else ``InvalidField`` on ``training``, saying what to change.
+    """
+    if settings is not None:
+        try:
+            check_rules(body, settings.run_policy())
+        except RuleViolation as exc:
+            raise InvalidField(str(exc), field=exc.field) from None
+    verdict = check_memory(body)
+    if verdict is not None and not verdict.fits:
+        raise InvalidField(verdict.refusal(), field="training")
     if settings is not None:
         try:
             check_run_targets(body.policy.notify, settings)
         except UnsafeTarget as exc:
             field, _, message = str(exc).partition(": ")
             raise InvalidField(message, field=field) from None
+    spec, secret_values = secrets.split(body)
+    if secret_values and settings is None:
+        raise ValueError("a run with secret environment values needs the controller's settings")
     if session.scalar(select(Run.id).where(Run.name == body.name)) is not None:
         raise Conflict(_taken(body.name), field="name")
     check_quota(session, owner)
@@ -56,7 +78,7 @@ def create_run(
         name=body.name,
         owner_id=owner.id,
         state=RunState.PENDING,
-        spec=body.model_dump(mode="json"),
+        spec=spec,
         scheduler=body.resources.scheduler,
         training_steps=body.training.training_steps,
         current_step=0,
@@ -72,6 +94,8 @@ def create_run(
             session.flush()
     except IntegrityError as exc:  # a concurrent create with the same name
         raise Conflict(_taken(body.name), field="name") from exc
+    if settings is not None:
+        secrets.write_secrets(settings.data_dir, run.id, secret_values)
     actor = by or owner.name
     record_run_event(
         session,

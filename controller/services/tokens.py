@@ -86,6 +86,7 @@ def _new(
     run_id: int | None,
     ttl_s: float | None,
     user_id: int | None = None,
+    attempt: int | None = None,
 ) -> tuple[str, ApiToken]:
     token = prefix + secrets.token_urlsafe(32)
     expires = utcnow() + timedelta(seconds=ttl_s) if ttl_s is not None else None
@@ -96,6 +97,7 @@ def _new(
         kind=kind,
         run_id=run_id,
         user_id=user_id,
+        attempt=attempt,
         expires_at=expires,
         revoked=False,
     )
@@ -137,15 +139,19 @@ def walltime_s(run: Run) -> int:
     return parse_time_limit(run.spec["resources"]["time_limit"])
 
 
-def issue_worker_token(session: Session, run_id: int, *, ttl_s: float | None = None) -> str:
-    """A token that may only ``POST /runs/{run_id}/reports``; it expires (see the module docstring).
-    ``ttl_s`` overrides the default lifetime. Caller commits."""
+def issue_worker_token(
+    session: Session, run_id: int, *, attempt: int | None = None, ttl_s: float | None = None
+) -> str:
+    """A token that may only ``POST /runs/{run_id}/reports``, for ``attempt`` or an earlier one
+    (``controller/services/claims.py``); it expires (see the module docstring). ``ttl_s`` overrides
+    the default lifetime. Caller commits."""
     if ttl_s is None:
         run = session.get(Run, run_id)
         walltime = walltime_s(run) if run is not None else 0
         ttl_s = WORKER_QUEUE_ALLOWANCE_S + walltime + WORKER_GRACE_S
+    name = f"worker run {run_id}" + (f" attempt {attempt}" if attempt is not None else "")
     return _new(
-        session, name=f"worker run {run_id}", kind="worker", prefix=WORKER_PREFIX, run_id=run_id, ttl_s=ttl_s
+        session, name=name, kind="worker", prefix=WORKER_PREFIX, run_id=run_id, ttl_s=ttl_s, attempt=attempt
     )[0]
 
 

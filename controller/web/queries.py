@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.db.types import to_datetime
 from controller.services import goodput
+from controller.services.secrets import redacted_spec
 from controller.web.formatting import to_unix
 from controller.web.views import (
     AttemptTimes,
@@ -242,7 +243,7 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         last_loss=last_loss,
         latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
         message=run.last_error,
-        config_json=json.dumps(run.spec, indent=2, sort_keys=False),
+        config_json=json.dumps(redacted_spec(run.spec), indent=2, sort_keys=False),
         timeline=timeline(attempts, now),
         checkpoints=checkpoints,
         events=events,

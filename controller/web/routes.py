@@ -49,6 +49,7 @@ from controller.web.views import Viewer
 from shared.events import WorkerAction
 from shared.schemas import RunCreate
 from shared.states import RunState
+from shared.unknown_fields import error_loc
 
 router = APIRouter(include_in_schema=False)
 
@@ -181,7 +182,7 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
         body = RunCreate.model_validate(forms.form_to_body(form))
     except ValidationError as exc:
         # Exactly the API's 422: FastAPI reports body errors with "body" in front of the location.
-        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+        detail = [{"loc": ["body", *error_loc(e)], "msg": e["msg"]} for e in exc.errors()]
         errors = forms.place_errors(422, detail)
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
     try:
@@ -189,7 +190,10 @@ async def create_run(request: Request, ctx: ContextDep) -> Response:
     except QuotaExceeded as exc:
         errors = forms.FormErrors(form=[str(exc)])
         return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=429)
-    except (Conflict, InvalidField) as exc:
+    except InvalidField as exc:  # the controller's own rules (allow-lists, path roots): as the API's 422
+        errors = forms.place_errors(422, [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}])
+        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
+    except Conflict as exc:
         errors = forms.FormErrors()
         if exc.field is not None and exc.field in forms.FIELDS:
             errors.fields[exc.field] = [str(exc)]

@@ -25,11 +25,12 @@ FORBIDDEN_ATTEMPT = [
 
 def test_table_shape() -> None:
     assert set(RUN_TRANSITIONS) == set(RunState) and set(ATTEMPT_TRANSITIONS) == set(AttemptState)
-    assert RUN_TRANSITIONS[RunState.COMPLETED] == frozenset()
+    # A completed run goes back to PENDING only when its training is extended (services/extend.py).
+    assert RUN_TRANSITIONS[RunState.COMPLETED] == {RunState.PENDING}
     assert RUN_TRANSITIONS[RunState.FAILED] == {RunState.PENDING} == RUN_TRANSITIONS[RunState.CANCELLED]
     assert RunState.QUEUED in RUN_TRANSITIONS[RunState.RUNNING]  # between attempts
     assert ATTEMPT_TRANSITIONS[AttemptState.ENDED] == frozenset()
-    assert len(FORBIDDEN_RUN) > 20 and (RunState.COMPLETED, RunState.PENDING) in FORBIDDEN_RUN
+    assert len(FORBIDDEN_RUN) > 20 and (RunState.COMPLETED, RunState.RUNNING) in FORBIDDEN_RUN
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.memory_plan import check_run
 from shared.schemas.spec import RunCreate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,23 @@ def test_llama3_8b_example_is_a_valid_run_on_4_gpus_per_node() -> None:
     assert run.training.batch_size % run.resources.world_size == 0
 
 
+def test_llama3_8b_example_fits_the_gpus_it_names() -> None:
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-llama3-8b.yaml").read_text()))
+    verdict = check_run(run)
+    assert verdict is not None, "the example names no GPU, so nothing checks that it fits"
+    assert verdict.fits, verdict.refusal()
+    # As the seed had it (DDP, every activation kept) it does not: the example is not trivially small.
+    seed = run.model_copy(
+        update={
+            "training": run.training.model_copy(
+                update={"parallelism": "ddp", "activation_checkpointing": False}
+            )
+        }
+    )
+    seed_verdict = check_run(seed)
+    assert seed_verdict is not None and not seed_verdict.fits
+
+
 def test_demo_slurm_example_fits_the_local_cluster() -> None:
     run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-demo-slurm.yaml").read_text()))
     assert run.resources.scheduler == "slurm"
@@ -114,6 +132,21 @@ def test_controller_env_example_is_key_value_with_postgres_public_url_and_auth(
         settings.auth_required and settings.host == "127.0.0.1" and settings.trusted_proxies == ["127.0.0.1"]
     )
     settings.validate_for_serving()
+
+
+def test_the_example_runs_pass_the_example_controllers_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 8B run's paths, variables and options lie within what controller.env allows."""
+    from controller.settings import Settings
+    from shared.run_rules import check_run
+
+    for line in (DEPLOY / "examples" / "controller.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith(("_ROOTS", "_ALLOW", "VERIFY_CHECKPOINTS", "CHECKPOINT_ROOT")):
+            monkeypatch.setenv(key, value)
+    settings = Settings(data_dir="/srv/pyrecover/data")
+    run = RunCreate.model_validate(yaml.safe_load((DEPLOY / "examples" / "run-llama3-8b.yaml").read_text()))
+    check_run(run, settings.run_policy())
+    assert "slurm" in settings.verify_checkpoints
 
 
 def test_slurm_conf_template_has_the_measured_settings() -> None:

@@ -7,11 +7,13 @@ exactly what a crash looks like to the worker processes it started.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,9 @@ class Controller:
             "PYRECOVER_RECONCILE_INTERVAL_S": "1",
             "PYRECOVER_LOCAL_KILL_WAIT_S": str(kill_wait_s),
             "PYRECOVER_WORKER_PYTHON": sys.executable,
+            # Tests keep their data and checkpoints in temporary directories: the admin's roots.
+            "PYRECOVER_DATA_ROOTS": json.dumps([tempfile.gettempdir(), str(data_dir)]),
+            "PYRECOVER_CHECKPOINT_ROOTS": json.dumps([tempfile.gettempdir()]),
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

@@ -142,7 +142,7 @@ def controller(data_dir: Path) -> Iterator[Runs]:
     ctl = demo.DemoController(demo.demo_settings(data_dir, free_port()))
     ctl.start()
     try:
-        yield Runs(Api(url=ctl.url))
+        yield Runs(Api(url=ctl.url, token=ctl.demo_token()))  # auth is on, as in every controller
     finally:
         ctl.stop()
 

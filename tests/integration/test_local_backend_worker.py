@@ -57,6 +57,7 @@ def test_three_walltime_windows_resume_bit_exactly(controller: FakeController, t
         port=controller.port,
         worker_python=sys.executable,
         checkpoint_root=tmp_path / "ck",
+        data_roots=[tmp_path],
     )
     sched = LocalScheduler(tmp_path / "ctl" / "local-jobs", kill_wait_s=5)
     resources = ResourcesSpec(scheduler="local", time_limit=WALLTIME, signal_lead_seconds=0)

@@ -20,7 +20,9 @@ import pytest
 
 from controller.scheduler.base import JobSpec, JobStatus, SchedulerError
 from controller.scheduler.slurm import SlurmScheduler
+from controller.settings import Settings
 from shared import envvars
+from shared.env_policy import DEFAULT_ENV_ALLOW
 from shared.schemas import ResourcesSpec
 from shared.states import SchedulerJobState as S
 
@@ -47,7 +49,8 @@ def sched() -> SlurmScheduler:
     why = _cluster_ready()
     if why is not None:
         pytest.skip(why)
-    return SlurmScheduler(cli_timeout_s=30)
+    # The variables these jobs carry are the admin's to allow (the renderer checks them again).
+    return SlurmScheduler(Settings(env_allow=[*DEFAULT_ENV_ALLOW, "PYR_TEST_*"]), cli_timeout_s=30)
 
 
 @pytest.fixture
@@ -62,7 +65,8 @@ _attempts = iter(range(1, 10_000))
 def spec_for(jobdir: Path, argv: list[str], *, env: dict[str, str] | None = None, **res: Any) -> JobSpec:
     attempt = next(_attempts)
     dependency = res.pop("dependency", None)
-    resources = ResourcesSpec(scheduler="slurm", **{"time_limit": "5", **res})
+    own = {k: v for k, v in (env or {}).items() if k not in envvars.CONTROLLER_SET}
+    resources = ResourcesSpec(scheduler="slurm", **{"time_limit": "5", "env": own, **res})
     return JobSpec(
         run_id=990,
         run_name="it-slurm",

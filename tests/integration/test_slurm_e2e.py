@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,7 +79,10 @@ def free_port() -> int:
 def api(cluster: SlurmScheduler, tmp_path: Path) -> Iterator[Any]:
     from controller.cli.client import Api
 
-    ctl = demo_module.DemoController(demo_module.demo_settings(tmp_path / "controller", free_port()))
+    settings = demo_module.demo_settings(
+        tmp_path / "controller", free_port(), roots=[Path(tempfile.gettempdir())]
+    )
+    ctl = demo_module.DemoController(settings)
     ctl.start()
     try:
         yield Api(url=ctl.url, token=ctl.demo_token())  # auth is on, as in every controller

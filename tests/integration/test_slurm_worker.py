@@ -68,7 +68,13 @@ def attempt_spec(sample: tuple[Path, Path], root: Path, attempt: int) -> JobSpec
         argv=argv,
         env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
         # No --signal backstop (Slurm may send it up to 60 s early in a 1-minute job).
-        resources=ResourcesSpec(scheduler="slurm", time_limit="1", ntasks_per_node=2, signal_lead_seconds=0),
+        resources=ResourcesSpec(
+            scheduler="slurm",
+            time_limit="1",
+            ntasks_per_node=2,
+            signal_lead_seconds=0,
+            env={"OMP_NUM_THREADS": "1"},  # the run's own (the renderer checks it against the allow-list)
+        ),
         workdir=root,
         stdout=root / "logs" / f"attempt-{attempt:04d}.out",
         stderr=root / "logs" / f"attempt-{attempt:04d}.err",

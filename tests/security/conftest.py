@@ -184,7 +184,7 @@ def _seed(factory: Callable[[], Session]) -> tuple[str, str, int, int]:
         )
         running.state = RunState.QUEUED
         failed.state = RunState.FAILED
-        worker = issue_worker_token(s, running.id)
+        worker = issue_worker_token(s, running.id, attempt=1)
         s.flush()
         events = [
             {"type": "started", "seq": 0, "time": T0, "step": 0, "world_size": 1},

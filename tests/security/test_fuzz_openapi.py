@@ -1,21 +1,27 @@
-"""Schemathesis against every operation of the OpenAPI document, authenticated with a real token.
+"""Schemathesis against every operation of the OpenAPI document, authenticated with real tokens,
+every check on, then its stateful phase.
 
 For each operation: ``EXAMPLES`` schema-valid requests and ``EXAMPLES`` schema-violating ones
 (mutated types, missing fields, bytes that are not UTF-8 ...), half of them aimed at a seeded run
 that has attempts, metrics and checkpoints so requests get past "no such run" into the code that
-stores things. Every response is checked by schemathesis: no 5xx, the status code is documented,
-the body matches the documented schema, the content type and headers match, and schema-violating
-input is refused with 4xx.
+stores things. Every response is checked by every schemathesis check: no 5xx, the status code is
+documented, the body matches the documented schema, schema-violating input is refused with 4xx,
+schema-valid input is accepted (``positive_data_acceptance``: the document states every pattern,
+bound and allow-list the server applies), and a request without credentials is refused
+(``ignored_auth``). Report requests carry the seeded run's worker token, the others a user token.
 
-Two checks are off. ``ignored_auth`` re-sends every case without credentials (tripling the cost);
-``test_tokens.py`` attacks every route with 19 kinds of bad credentials instead.
-``positive_data_acceptance`` (a schema-valid request must get 2xx): our 422s for cross-field
-rules (``lr_warmup_steps <= training_steps``, batch divisible by ranks) and content rules (run-name
-alphabet, no '..' in paths, time-limit syntax) are correct answers JSON Schema cannot express;
-``tests/controller/api/test_validation.py`` pins those.
+What JSON Schema cannot state is folded into the generated bodies before they are sent, and only
+that (the document's prose states it): for runs, ``lr_warmup_steps <= training_steps``, a
+``batch_size`` divisible by the number of ranks and ``profile_step_start <= profile_step_end``;
+for reports to the seeded run, its attempt, steps within its ``training_steps`` and checkpoint
+paths in its own directory. ``tests/controller/api/test_validation.py`` and
+``tests/security/test_claims.py`` pin those rules.
+
+The stateful phase chains operations through the links schemathesis infers (a created run's id
+into its reads, cancel and resume), with the same checks.
 
 Reproducible: Hypothesis is derandomized (the same cases on every run) and has no example
-database. Budget: about a minute on two busy cores; ``PYRECOVER_FUZZ_EXAMPLES`` raises it.
+database. Budget: about two minutes on two busy cores; ``PYRECOVER_FUZZ_EXAMPLES`` raises it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -32,23 +39,21 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
-from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from controller.api import create_app
-from controller.db.models import ApiToken
+from controller.db.models import ApiToken, Base
 from controller.services import hash_token
 from controller.settings import Settings
-from shared.names import RUN_NAME_PATTERN
-from tests.security.conftest import Seeded, api_routes, seeded_app
+from shared.training import TrainingFields
+from tests.security.conftest import Seeded, _seed, api_routes, seeded_app
 
 EXAMPLES = int(os.environ.get("PYRECOVER_FUZZ_EXAMPLES", "25"))
 PG_EXAMPLES = max(5, EXAMPLES // 3)
 STATS: Counter[str] = Counter()
 T0 = 1_800_000_000.0
-# positive_data_acceptance: see the module docstring. ignored_auth: it re-sends each case without
-# and with broken credentials, tripling the cost; test_tokens.py does that for every route.
-EXCLUDED = [positive_data_acceptance, ignored_auth]
+EXCLUDED: list[Any] = []  # every check schemathesis has
+TRAINING_STEPS = 100  # the seeded runs' (tests/controller/api/conftest.py:run_body)
 
 
 def _document() -> dict[str, Any]:
@@ -118,10 +123,10 @@ _TYPE_BY_FIELD = {
 }
 
 
-def _aim_at_attempt_1(case: Case) -> Case:
-    """Reports name an attempt; the seeded run has attempt 1, so ingest runs rather than 409. Times
-    and counters are folded into range (out-of-range ones are the unaimed half's job), so most of
-    these batches are stored and applied."""
+def _aim_at_attempt_1(case: Case, checkpoint_dir: Path) -> Case:
+    """Reports name an attempt; the seeded run has attempt 1, so ingest runs rather than 409. Times,
+    counters and steps are folded into range and checkpoint paths into the run's own directory
+    (out-of-range ones are the negative cases' job), so these batches are stored and applied."""
     body = case.body
     if not isinstance(body, dict) or not _number(body.get("attempt")):
         return case
@@ -137,45 +142,69 @@ def _aim_at_attempt_1(case: Case) -> Case:
         for key in ("save_seconds", "stall_seconds", "startup_seconds", "checkpoint_load_seconds"):
             if _number(event.get(key)):
                 event[key] = abs(float(event[key])) % 1000
-        for key in ("seq", "step", "resume_step", "world_size", "training_steps"):
+        for key in ("seq", "world_size", "training_steps"):
             if _number(event.get(key)):
                 event[key] = 1 + int(abs(event[key])) % 2**30
+        for key in ("step", "resume_step"):
+            if _number(event.get(key)):
+                event[key] = int(abs(event[key])) % (TRAINING_STEPS + 1)
+        if isinstance(event.get("path"), str) and _number(event.get("step")):
+            event["path"] = str(checkpoint_dir / f"step-{event['step']}")
+        if isinstance(event.get("resumed_from"), str):
+            event["resumed_from"] = str(checkpoint_dir / f"step-{event.get('resume_step', 0)}")
     return case
 
 
-def _plausible_run(drawn: tuple[Case, str]) -> Case:
-    """A generated run body with the fields JSON Schema cannot constrain made valid, so creation
-    gets past the content rules and into storing, naming conflicts and presenting."""
-    case, name = drawn
+def _cross_field(case: Case) -> Case:
+    """A generated run body with the cross-field rules JSON Schema cannot state made true."""
     body = case.body
-    if isinstance(body, dict):
-        body["name"] = name
-        training, resources = body.get("training"), body.get("resources")
-        if isinstance(training, dict):
-            training.update(dataset="data/d.parquet", tokenizer_name_or_path="tok", checkpoint_dir="ckpt")
-            training.update(lr_warmup_steps=0, batch_size=8)
-        if isinstance(resources, dict):
-            resources.update(time_limit="10m", nodes=1, ntasks_per_node=1)
-            for key in ("mem", "partition", "account", "qos", "constraint", "env", "extra_sbatch_args"):
-                resources.pop(key, None)
+    training = body.get("training") if isinstance(body, dict) else None
+    resources = body.get("resources") if isinstance(body, dict) else None
+    if not isinstance(training, dict) or not isinstance(resources, dict):
+        return case
+    steps = training.get("training_steps")
+    warmup = training.get("lr_warmup_steps", _DEFAULT["lr_warmup_steps"])
+    if _number(steps) and _number(warmup) and warmup > steps:
+        training["lr_warmup_steps"] = steps
+    start = training.get("profile_step_start", _DEFAULT["profile_step_start"])
+    end = training.get("profile_step_end", _DEFAULT["profile_step_end"])
+    if _number(start) and _number(end) and start > end:
+        training["profile_step_start"], training["profile_step_end"] = end, start
+    nodes, per_node = resources.get("nodes", 1), resources.get("ntasks_per_node", 1)
+    batch = training.get("batch_size", _DEFAULT["batch_size"])
+    if _number(nodes) and _number(per_node) and _number(batch):
+        world = int(nodes) * int(per_node)
+        if world > 65_536:  # no batch of at most 65,536 sequences divides by more ranks
+            resources["nodes"], world = 1, int(per_node)
+        if int(batch) % world:
+            training["batch_size"] = world * max(1, min(int(batch), 65_536) // world)
     return case
 
 
-def _strategy(operation: Any, mode: GenerationMode, run_id: int) -> st.SearchStrategy[Case]:
+_DEFAULT = {name: field.default for name, field in TrainingFields.model_fields.items()}
+
+
+def _checkpoint_dir(env: Seeded) -> Path:
+    settings = env.app.state.settings
+    return Path(settings.resolve_checkpoint_dir("checkpoints")) / "seeded-running"
+
+
+def _strategy(operation: Any, mode: GenerationMode, env: Seeded) -> st.SearchStrategy[Case]:
     free = operation.as_strategy(generation_mode=mode)
-    if (
-        operation.path == "/api/v1/runs"
-        and operation.method.upper() == "POST"
-        and mode is GenerationMode.POSITIVE
-    ):
-        names = st.from_regex(RUN_NAME_PATTERN, fullmatch=True).filter(lambda n: ".." not in n)
-        return st.one_of(free, st.tuples(free, names).map(_plausible_run))
+    positive = mode is GenerationMode.POSITIVE
+    if operation.path == "/api/v1/runs" and operation.method.upper() == "POST" and positive:
+        return free.map(_cross_field)
     if not any(p.name == "run_id" for p in operation.path_parameters):
         return free
-    aimed = operation.as_strategy(generation_mode=mode, path_parameters={"run_id": run_id})
-    if operation.path.endswith("/reports") and mode is GenerationMode.POSITIVE:
-        # Only valid cases are folded: folding a negative case could make it valid again.
-        aimed = aimed.map(_aim_at_attempt_1)
+    aimed = operation.as_strategy(generation_mode=mode, path_parameters={"run_id": env.running_id})
+    if operation.path.endswith("/reports") and positive:
+        # Only valid cases are folded: folding a negative case could make it valid again. A free
+        # case that happens to name the seeded run is folded like the aimed ones.
+        where = _checkpoint_dir(env)
+        aimed = aimed.map(lambda c: _aim_at_attempt_1(c, where))
+        free = free.map(
+            lambda c: _aim_at_attempt_1(c, where) if c.path_parameters.get("run_id") == env.running_id else c
+        )
     return st.one_of(free, aimed)
 
 
@@ -183,6 +212,10 @@ def _revive(env: Seeded) -> None:
     with env.factory() as s:
         s.execute(update(ApiToken).where(ApiToken.token_hash == hash_token(env.user)).values(revoked=False))
         s.commit()
+
+
+def _headers(env: Seeded, path: str) -> dict[str, str]:
+    return env.h(env.worker) if path.endswith("/reports") else env.h()
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
@@ -193,12 +226,12 @@ def test_operation_survives_fuzzing(
     _revive(env)  # an earlier operation (token revoke/rotate) may have revoked the fuzzer's token
     operation = schema[path][method]
     examples = EXAMPLES if db == "sqlite" else PG_EXAMPLES
-    headers = env.h()
+    headers = _headers(env, path)
     started = time.monotonic()
     statuses: Counter[int] = Counter()
     for mode in _modes(operation):
 
-        @given(case=_strategy(operation, mode, env.running_id))
+        @given(case=_strategy(operation, mode, env))
         @hypothesis.settings(
             max_examples=examples,
             deadline=None,
@@ -222,3 +255,69 @@ def test_operation_survives_fuzzing(
     STATS[f"{db} 5xx"] += sum(n for code, n in statuses.items() if code >= 500)
     print(f"\n{db} {method} {path}: {trials} requests in {time.monotonic() - started:.1f}s {dict(statuses)}")
     assert not any(code >= 500 for code in statuses), statuses
+
+
+def reseed(env: Seeded) -> None:
+    """Empty every table (ids restart) and seed again: the same runs under the same ids."""
+    running, failed = env.running_id, env.failed_id
+    with env.factory() as s:
+        bind = s.get_bind()
+        tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+        if bind.dialect.name == "postgresql":
+            s.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                s.execute(text(f"DELETE FROM {table}"))  # no AUTOINCREMENT: ids start at 1 again
+        s.commit()
+    env.user, env.worker, env.running_id, env.failed_id = _seed(env.factory)
+    assert (env.running_id, env.failed_id) == (running, failed)
+
+
+def test_stateful_phase(seeded: tuple[str, Seeded, schemathesis.BaseSchema]) -> None:
+    """Operations chained through inferred links (create → read, cancel, resume ...), every check on."""
+    db, env, schema = seeded
+    base = schema.as_state_machine()
+    steps: Counter[str] = Counter()
+
+    class Chain(base):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            # Every scenario starts from the same database: Hypothesis replays choices, and a run
+            # name taken or a run cancelled by an earlier scenario would make it draw otherwise.
+            reseed(env)
+
+        def before_call(self, case: Case) -> None:
+            if case.operation.path == "/api/v1/runs" and case.method.upper() == "POST":
+                _cross_field(case)
+            elif (
+                case.operation.path.endswith("/reports")
+                and case.path_parameters.get("run_id") == env.running_id
+            ):
+                _aim_at_attempt_1(case, _checkpoint_dir(env))
+
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"headers": _headers(env, case.operation.path)}
+
+        def after_call(self, response: Any, case: Case) -> None:
+            super().after_call(response, case)
+            steps[f"{case.method.upper()} {case.operation.path} {response.status_code}"] += 1
+
+        def validate_response(self, response: Any, case: Case, **kwargs: Any) -> None:
+            assert response.status_code < 500, (case.method, case.operation.path, response.text[:500])
+            case.validate_response(response, headers=kwargs.get("headers"), excluded_checks=EXCLUDED)
+
+    examples = max(5, (EXAMPLES if db == "sqlite" else PG_EXAMPLES) // 2)
+    Chain.run(
+        settings=hypothesis.settings(
+            max_examples=examples,
+            stateful_step_count=8,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    chained = sum(n for key, n in steps.items() if "{run_id}" in key)
+    STATS[f"{db} stateful steps"] += sum(steps.values())
+    calls = sum(steps.values())
+    print(f"\n{db} stateful: {calls} calls, {chained} on a run, {len(steps)} distinct (operation, status)")
+    assert chained > 0, steps

@@ -80,7 +80,7 @@ def test_real_sized_counters_fit(db_api: Api) -> None:
         "seq": 1,
         "time": T0,
         "step": 2,
-        "path": "/ckpt/run-1/step-2",
+        "path": db_api.step_dir("run-1", 2),
         "format": "dcp",
         "size_bytes": 40 * 2**30,
         "save_seconds": 30.0,

@@ -17,6 +17,7 @@ the real local SLURM cluster through a running controller and checks the job's r
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import stat
@@ -24,6 +25,7 @@ import subprocess
 import time
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -36,6 +38,7 @@ from controller.db.models import Run
 from controller.reconciler.jobspec import build_job_spec
 from controller.scheduler.slurm import SlurmScheduler
 from shared.schemas import RunCreate
+from tests.controller.api.conftest import make_api
 from tests.security.conftest import Api, run_body
 
 BASH = shutil.which("bash")
@@ -65,9 +68,11 @@ FIELDS = [
     "training.dataset",
     "training.tokenizer_name_or_path",
     "training.checkpoint_dir",
+    "training.profile_dir",
     "training.model_preset",
     "training.lr_schedule",
     "training.model_dtype",
+    "training.parallelism",
     "resources.scheduler",
     "resources.time_limit",
     "resources.mem",
@@ -75,10 +80,21 @@ FIELDS = [
     "resources.account",
     "resources.qos",
     "resources.constraint",
+    "resources.gpu_type",
     "resources.env.<key>",
     "resources.env.<value>",
+    "resources.secret_env[]",
     "resources.extra_sbatch_args[]",
 ]
+# The payload variables are on this controller's allow-list, so their values reach a real script.
+ENV_ALLOW = ["SAFE_KEY", "USER_VALUE", "ATTACK_*"]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from make_api(tmp_path, env_allow=ENV_ALLOW)
+
+
 SBATCH_LINE = re.compile(r"^#SBATCH --[a-z][a-z-]*(=[^\s'\"`$;\\]+)?$")
 
 
@@ -92,7 +108,8 @@ def _string_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
             out |= _string_fields(annotation, path + ".")
             continue
         origin = get_origin(annotation)
-        args = get_args(annotation)
+        # Annotated[str, Field(...)] inside a list or a union is still a string.
+        args = tuple(get_args(a)[0] if get_origin(a) is typing.Annotated else a for a in get_args(annotation))
         if origin is dict:
             out |= {f"{path}.<key>", f"{path}.<value>"}
         elif origin is list and str in args:
@@ -267,6 +284,7 @@ def test_injection_through_the_api_into_real_slurm_has_no_side_effect(tmp_path: 
     ctl.data_dir.mkdir()
     ctl.env["PYRECOVER_WORKER_PYTHON"] = str(probe)
     ctl.env["PYRECOVER_AUTH_REQUIRED"] = "true"
+    ctl.env["PYRECOVER_ENV_ALLOW"] = json.dumps(ENV_ALLOW)
     ctl.setup()
     ctl.start()
     try:

@@ -156,13 +156,15 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 def _new_run(served: Served, name: str) -> tuple[int, str]:
     r = httpx.post(
-        f"{served.url}/api/v1/runs", json=run_body(name), headers={"Authorization": f"Bearer {served.user}"}
+        f"{served.url}/api/v1/runs",
+        json=run_body(name, training_steps=10_000_000),  # room for every step the floods report
+        headers={"Authorization": f"Bearer {served.user}"},
     )
     assert r.status_code == 201, r.text
     run_id = int(r.json()["id"])
     with served.factory() as s:
         s.add(Attempt(run_id=run_id, number=1, backend="local", job_name="j1", state=AttemptState.RUNNING))
-        token = issue_worker_token(s, run_id)
+        token = issue_worker_token(s, run_id, attempt=1)
         s.commit()
     return run_id, token
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from controller.db.models import Checkpoint, Run, WorkerEventRecord
 from controller.reconciler.jobspec import resolve_checkpoint_dir, run_dir
+from controller.settings import Settings
 from controller.web.rendering import STATIC_DIR
 from shared.names import RUN_NAME_PATTERN, validate_run_name
 from shared.paths import run_checkpoint_dir, step_dir
@@ -127,9 +128,10 @@ def _ckpt(seq: int, path: str, key: str = "path") -> dict[str, Any]:
             "type": "started",
             "seq": seq,
             "time": 1.8e9,
-            "step": 0,
+            "step": 10,
             "world_size": 1,
             "resumed_from": path,
+            "resume_step": 10,
         }
     return {
         "type": "checkpoint_committed",
@@ -156,7 +158,7 @@ def test_reported_checkpoint_paths_with_dot_dot_or_control_characters_are_refuse
     assert _counts(api) == before, "a refused batch stored something"
     ok = api.client.post(
         f"/api/v1/runs/{run_id}/reports",
-        json=report(_ckpt(50, "/ckpt/run-1/step-10", key)),
+        json=report(_ckpt(50, api.step_dir("run-1", 10), key)),
         headers=api.h(token),
     )
     assert ok.status_code == 200 and ok.json()["accepted"] == 1
@@ -196,6 +198,11 @@ def test_every_accepted_name_and_relative_dir_stays_below_the_roots(
 
 
 class _Settings:
+    """What ``resolve_checkpoint_dir`` reads of the settings (a real ``Settings`` per example is slow)."""
+
     def __init__(self, root: Path) -> None:
         self.checkpoint_root = root
         self.data_dir = Path("/srv/data")
+
+    def resolve_checkpoint_dir(self, checkpoint_dir: str) -> Path:
+        return Settings.resolve_checkpoint_dir(self, checkpoint_dir)  # type: ignore[arg-type]

@@ -120,3 +120,25 @@ def test_save_estimate_before_any_save_uses_bandwidth(tmp_path: Path) -> None:
     assert policy.save_estimate() == pytest.approx(3.0 * 1.2 + 1.0)
     assert measure_write_bandwidth(tmp_path, nbytes=1 << 20) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tightened_deadline_holds_across_refreshes_and_never_loosens() -> None:
+    clock = FakeClock()
+    env = {"PYRECOVER_DEADLINE": str(clock.now + 600)}
+    tracker = DeadlineTracker(override=None, refresh_seconds=10, env=env, clock=clock)
+    tracker.tighten(clock.now + 30)
+    assert tracker.current() == clock.now + 30 and tracker.source == "signal"
+    tracker.tighten(clock.now + 300)  # a later cap changes nothing
+    env["PYRECOVER_DEADLINE"] = str(clock.now + 7200)  # the sources may even move the limit out
+    clock.now += 11
+    assert tracker.current() == clock.now - 11 + 30
+    env["PYRECOVER_DEADLINE"] = str(clock.now + 5)  # but an earlier deadline from the sources wins
+    assert tracker.refresh() == clock.now + 5 and tracker.source == "PYRECOVER_DEADLINE"
+
+
+def test_tightening_gives_a_deadline_where_none_was_known() -> None:
+    clock = FakeClock()
+    tracker = DeadlineTracker(override=None, env={}, clock=clock)
+    assert tracker.current() is None
+    tracker.tighten(clock.now + 20)
+    assert tracker.current() == clock.now + 20

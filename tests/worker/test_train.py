@@ -137,3 +137,49 @@ def test_profiling_writes_a_trace_for_the_requested_steps(
     assert rc == ExitCode.OK
     (trace,) = prof_dir.iterdir()
     assert trace.name == "trace-rank0-steps2-3.json" and trace.stat().st_size > 1000
+
+
+def _corrupt_every_checkpoint(run: Path) -> None:
+    for step_dir in run.glob("step-*"):
+        shard = max(step_dir.glob("*.distcp"), key=lambda p: p.stat().st_size)
+        shard.write_bytes(shard.read_bytes()[:-16])
+
+
+def test_a_run_whose_checkpoints_all_fail_verification_is_never_restarted_over(
+    sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*tiny_args(sample_data, tmp_path, "past", steps=10, fmt="dcp"), "--checkpoint-frequency", "5"]
+    assert main(args) == ExitCode.OK
+    run = tmp_path / "past"
+    _corrupt_every_checkpoint(run)
+    capsys.readouterr()
+    assert main(args) == ExitCode.CHECKPOINT_ERROR  # this attempt finds the damage
+    assert "none verifies" in capsys.readouterr().err
+    quarantined = sorted(p.name for p in run.glob(".quarantine-step-*"))
+    assert len(quarantined) == 2
+    losses = (run / "loss.csv").read_text()
+    assert len(losses.splitlines()) == 11
+
+    assert main(args) == ExitCode.FRESH_START_REFUSED  # the next one must not train over the past
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert "refusing to start from scratch" in line and all(name in line for name in quarantined)
+    assert "loss.csv with 10 row(s)" in line and "--allow-restart-from-scratch" in line
+    assert sorted(p.name for p in run.glob(".quarantine-step-*")) == quarantined
+    assert (run / "loss.csv").read_text() == losses
+
+    assert main([*args, "--allow-restart-from-scratch"]) == ExitCode.OK  # the explicit choice
+    assert sorted(p.name for p in run.glob(".quarantine-step-*")) == quarantined  # still kept
+    (aside,) = run.glob("loss.csv.before-restart-*")
+    assert aside.read_text() == losses
+    assert sorted(read_losses(run / "loss.csv")) == list(range(1, 11))
+
+
+def test_a_failed_resume_leaves_no_new_directory_behind(
+    sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = tiny_args(sample_data, tmp_path / "ckpt", "fresh", steps=3, fmt="dcp")
+    assert main([*args, "--resume-from-checkpoint", str(tmp_path / "elsewhere" / "step-3")]) == (
+        ExitCode.CHECKPOINT_ERROR
+    )
+    assert "cannot resume from" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt" / "fresh").exists() and not (tmp_path / "elsewhere").exists()

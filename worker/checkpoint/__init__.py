@@ -10,6 +10,8 @@ from .types import (
     CheckpointConfig,
     CheckpointError,
     CommittedCheckpoint,
+    FreshStartRefused,
+    NonFiniteState,
     RestoreResult,
     SaveResult,
 )
@@ -19,6 +21,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "CommittedCheckpoint",
+    "FreshStartRefused",
+    "NonFiniteState",
     "RestoreResult",
     "SaveResult",
     "TrainState",

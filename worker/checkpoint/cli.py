@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shared.paths import MANIFEST_NAME, TMP_PREFIX, parse_step
+from shared.paths import MANIFEST_NAME, QUARANTINE_PREFIX, TMP_PREFIX, parse_step
 
 from . import manifest as mf
 from . import storage
@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyrecover checkpoint",
         description="List, verify and compare pyrecover checkpoints (DCP and vanilla).",
-        epilog="Exit codes: 0 ok/equal, 1 corrupt/different, 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  pyrecover checkpoint list checkpoints/my-run\n"
+        "  pyrecover checkpoint verify checkpoints/my-run/step-200\n"
+        "  pyrecover checkpoint compare checkpoints/a/step-200 checkpoints/b/step-200\n\n"
+        "Exit codes: 0 ok/equal, 1 corrupt/different, 2 usage error.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,verify,compare}")
     ls = sub.add_parser(
@@ -109,10 +113,14 @@ def _list(run_dir: Path, *, verify: bool) -> int:
         print(f"{c.step:>10}  {m['format']:7}  {size:>10}  {m['world_size']:>5}  {created:25}  {status}")
     steps = {c.path.name for c in committed}
     for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
-        named_like_ckpt = entry.name.startswith(TMP_PREFIX) or parse_step(entry.name) is not None
+        quarantined = entry.name.startswith(QUARANTINE_PREFIX)
+        named_like_ckpt = (
+            quarantined or entry.name.startswith(TMP_PREFIX) or parse_step(entry.name) is not None
+        )
         if entry.is_dir() and entry.name not in steps and named_like_ckpt:
             stamp = _dt.datetime.fromtimestamp(entry.stat().st_mtime, _dt.UTC).isoformat(timespec="seconds")
-            print(f"{'-':>10}  {'-':7}  {'-':>10}  {'-':>5}  {stamp:25}  not committed: {entry.name}")
+            what = "quarantined (failed verification; kept)" if quarantined else "not committed"
+            print(f"{'-':>10}  {'-':7}  {'-':>10}  {'-':>5}  {stamp:25}  {what}: {entry.name}")
     if not committed:
         print(f"(no committed checkpoint in {run_dir})")
     return BAD if corrupt else OK

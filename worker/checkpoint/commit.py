@@ -12,12 +12,11 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.paths import MANIFEST_NAME, TMP_PREFIX, parse_step
+from shared.paths import MANIFEST_NAME, parse_step, quarantine_dir
 
 from . import manifest as mf
 from . import retention
@@ -62,8 +61,9 @@ def commit(
             # Committed meanwhile (e.g. by an earlier attempt): never overwrite, drop ours.
             shutil.rmtree(tmp, ignore_errors=True)
             return CommittedCheckpoint(path=final, step=step, manifest=existing)
-        # A step-<N> without a valid manifest is debris; move it aside so the rename can happen.
-        os.rename(final, final.with_name(f"{TMP_PREFIX}{step}-invalid-{uuid.uuid4().hex[:8]}"))
+        # A step-<N> without a valid manifest is damage or a hand-made copy, never our debris (we
+        # rename only after the manifest is written): quarantine it, never delete it.
+        os.rename(final, quarantine_dir(final, step, "invalid"))
     os.rename(tmp, final)
     mf.fsync_dir(final.parent)
     return CommittedCheckpoint(path=final, step=step, manifest=manifest)

@@ -38,7 +38,15 @@ from . import storage
 from .commit import commit, committed_at, existing_result, retain
 from .restore import choose_checkpoint, load_into
 from .state import TrainState
-from .types import CheckpointConfig, CheckpointError, CommittedCheckpoint, RestoreResult, SaveResult
+from .types import (
+    CheckpointConfig,
+    CheckpointError,
+    CommittedCheckpoint,
+    FreshStartRefused,
+    NonFiniteState,
+    RestoreResult,
+    SaveResult,
+)
 
 log = logging.getLogger("pyrecover.worker.checkpoint")
 
@@ -82,8 +90,8 @@ class CheckpointManager:
         self._save_pg: dist.ProcessGroup | None = None
         self._async_writer: storage.DcpAsyncWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
-        if rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The run directory is created by the first save, not here: a resume that fails must leave
+        # no new directory behind (an empty one would look like a run that lost its checkpoints).
 
     # ------------------------------------------------------------------ queries
 
@@ -106,6 +114,7 @@ class CheckpointManager:
         if use_async and self.config.format != "dcp":
             raise CheckpointError("async saves need format='dcp'")
         started = time.perf_counter()
+        self._refuse_non_finite(step, state)
         # One save at a time; a final save waits here. A failure of the previous async save is
         # reported by completed()/wait() (not collective), never raised here: an exception on
         # rank 0 alone would leave the other ranks waiting in the broadcast below.
@@ -333,14 +342,24 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, state: TrainState, which: str | Path = "latest") -> RestoreResult | None:
-        """Load the newest verified checkpoint (or ``which``) into ``state``; None on a fresh start."""
+    def restore(
+        self, state: TrainState, which: str | Path = "latest", *, allow_fresh: bool = False
+    ) -> RestoreResult | None:
+        """Load the newest verified checkpoint (or ``which``) into ``state``; None on a fresh start.
+
+        With "latest" and nothing that verifies, a run directory that shows a past (quarantined or
+        unverifiable checkpoints, loss rows) raises ``FreshStartRefused`` unless ``allow_fresh``.
+        """
         started = time.perf_counter()
         choice: dict[str, Any] | None = None
         if self.rank == 0:
             try:
                 choice = choose_checkpoint(
-                    self.run_dir, which, run_config=self._run_config, immutable_keys=self._immutable
+                    self.run_dir,
+                    which,
+                    run_config=self._run_config,
+                    immutable_keys=self._immutable,
+                    allow_fresh=allow_fresh,
                 )
             except OSError as e:  # must reach the other ranks, which wait in the broadcast
                 choice = {"error": f"cannot read checkpoints in {self.run_dir}: {e}"}
@@ -348,6 +367,8 @@ class CheckpointManager:
         assert choice is not None
         if choice["error"]:
             raise CheckpointError(choice["error"])
+        if choice.get("refused"):
+            raise FreshStartRefused(choice["refused"])
         if choice["checkpoint"] is None:
             log.info("no committed checkpoint in %s: starting fresh", self.run_dir)
             return None
@@ -369,6 +390,23 @@ class CheckpointManager:
         return result  # the loop logs the resume once, on rank 0
 
     # ------------------------------------------------------------------ helpers
+
+    def _refuse_non_finite(self, step: int, state: TrainState) -> None:
+        """Collective: every rank checks its own tensors (its shards under FSDP), all learn the verdict.
+
+        Before anything is written, so a refused save leaves nothing behind, not even a temporary.
+        """
+        finite = state.is_finite()
+        verdicts: list[Any] = [finite]
+        if self.world_size > 1:
+            verdicts = [None] * self.world_size
+            dist.all_gather_object(verdicts, finite)
+        bad = [rank for rank, ok in enumerate(verdicts) if not ok]
+        if bad:
+            raise NonFiniteState(
+                f"refusing to save step {step}: the weights or optimizer state hold NaN/inf "
+                f"(rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))})"
+            )
 
     def _broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (identity in a single process)."""

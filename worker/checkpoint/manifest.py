@@ -1,7 +1,9 @@
 """Manifest, checksums and fsync: what makes a checkpoint directory "committed" and verifiable.
 
 A ``step-<N>`` directory counts only if its ``manifest.json`` parses and names the step; it is
-*verified* when every file the manifest lists has the recorded size and checksum.
+*verified* when every file the manifest lists has the recorded size and checksum. Reading and
+verifying need no torch and live in ``shared.checkpoint_manifest`` (the controller verifies a
+run's final checkpoint too); writing is here.
 
 Checksum choice: zlib's CRC-32 per file. It detects flipped bytes, truncation and torn writes
 (what we guard against: crashes and bad disks, not attackers), runs at ~2.8 GB/s on one core here
@@ -18,7 +20,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,13 +27,27 @@ from typing import Any
 
 import torch
 
+from shared import checkpoint_manifest as shared_manifest
+from shared.checkpoint_manifest import CHECKSUM_ALGORITHM, MANIFEST_VERSION, file_crc32, verify
 from shared.paths import MANIFEST_NAME, parse_step
 
 from .types import CheckpointError, CommittedCheckpoint
 
-MANIFEST_VERSION = 1
-CHECKSUM_ALGORITHM = "crc32"
-_CHUNK = 8 << 20  # large reads keep zlib in its fast path and outside the GIL
+__all__ = [
+    "CHECKSUM_ALGORITHM",
+    "MANIFEST_VERSION",
+    "build_manifest",
+    "checksum_files",
+    "config_hash",
+    "diff_config",
+    "file_crc32",
+    "fsync_dir",
+    "is_immutable",
+    "list_committed",
+    "read_manifest",
+    "verify",
+    "write_manifest",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -42,21 +57,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_crc32(path: Path, *, fsync: bool = False) -> tuple[int, str]:
-    """(size, checksum) of one file; optionally fsync it in the same pass."""
-    crc = 0
-    size = 0
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-            size += n
-        if fsync:
-            os.fsync(fh.fileno())
-    return size, f"{crc:08x}"
 
 
 def checksum_files(
@@ -133,48 +133,10 @@ def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The parsed manifest, or CheckpointError saying why there is none that counts."""
-    path = directory / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: no {MANIFEST_NAME} (not a committed checkpoint)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{directory}: {MANIFEST_NAME} is unreadable: {e}") from e
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{directory}: {MANIFEST_NAME} is not a JSON object")
-    for key, typ in (("step", int), ("world_size", int), ("format", str), ("files", dict)):
-        if not isinstance(manifest.get(key), typ):
-            raise CheckpointError(f"{directory}: {MANIFEST_NAME} lacks a valid {key!r}")
-    if manifest.get("checksum_algorithm", CHECKSUM_ALGORITHM) != CHECKSUM_ALGORITHM:
-        raise CheckpointError(f"{directory}: unknown checksum algorithm {manifest['checksum_algorithm']!r}")
-    return manifest
-
-
-def verify(directory: Path, manifest: Mapping[str, Any] | None = None, *, threads: int = 4) -> list[str]:
-    """Every problem found (empty when the checkpoint is intact): sizes first, then checksums."""
-    try:
-        manifest = manifest if manifest is not None else read_manifest(directory)
-    except CheckpointError as e:
-        return [str(e)]
-    problems: list[str] = []
-    to_hash: list[tuple[str, dict[str, Any]]] = []
-    for name, entry in sorted(manifest["files"].items()):
-        path = directory / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            problems.append(f"{name}: missing")
-            continue
-        if size != entry.get("size"):
-            problems.append(f"{name}: size {size} != {entry.get('size')} recorded (truncated or overwritten)")
-        else:
-            to_hash.append((name, entry))
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(to_hash)))) as pool:
-        sums = list(pool.map(lambda item: file_crc32(directory / item[0])[1], to_hash))
-    for (name, entry), crc in zip(to_hash, sums, strict=True):
-        if crc != entry.get("checksum"):
-            problems.append(f"{name}: checksum {crc} != {entry.get('checksum')} recorded (corrupt)")
-    return problems
+        return shared_manifest.read_manifest(directory)
+    except shared_manifest.ManifestError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def list_committed(run_dir: Path) -> list[CommittedCheckpoint]:

@@ -9,24 +9,37 @@ warnings as run events, so the user sees them on the run, not only in a log file
 
 * a committed checkpoint whose files do not match its manifest (flipped bytes, truncation, a
   missing file, a manifest whose checksums were forged or that leaves out data files). It is
-  moved aside to a temporary name, so that it no longer counts as committed (a later save of
-  the same step would otherwise keep the corrupt copy as "already committed") and is removed
-  like any abandoned temporary after the next commit;
+  moved aside into quarantine (``shared.paths.quarantine_dir``), so that it no longer counts as
+  committed (a later save of the same step would otherwise keep the corrupt copy as "already
+  committed"). Nothing deletes a quarantined checkpoint: a transient read error on a shared file
+  system makes a good checkpoint look corrupt, and it may be the run's only copy;
 * a ``step-<N>`` directory newer than the checkpoint used that has no valid manifest (deleted,
   unreadable, or naming another step). The commit protocol never leaves one behind (it renames
   only after the manifest is written), so one is a sign of damage or of a hand-made copy.
+
+And when no checkpoint verifies but the directory shows the run has a past (``run_history``:
+quarantined or unverifiable checkpoints, a ``loss.csv`` with rows), "latest" does not quietly
+start from step 0 over that history: it refuses (``FreshStartRefused``) unless the caller allows a
+restart from scratch explicitly.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.paths import MANIFEST_NAME, TMP_PREFIX, parse_step
+from shared import checkpoint_manifest as shared_manifest
+from shared.paths import (
+    LOSS_CSV_NAME,
+    MANIFEST_NAME,
+    QUARANTINE_PREFIX,
+    is_quarantined,
+    parse_step,
+    quarantine_dir,
+)
 
 from . import manifest as mf
 from . import storage
@@ -34,10 +47,6 @@ from .state import TrainState
 from .types import CheckpointError, CommittedCheckpoint
 
 log = logging.getLogger("pyrecover.worker.checkpoint")
-
-# Files a loader reads: one of these that the manifest does not list was never verified.
-_DATA_SUFFIXES = (".distcp", ".pt")
-_DATA_NAMES = frozenset({storage.DCP_METADATA, storage.VANILLA_FILE})
 
 
 def resolve(run_dir: Path, which: str | Path) -> Path:
@@ -54,14 +63,23 @@ def choose_checkpoint(
     *,
     run_config: Mapping[str, Any] | None,
     immutable_keys: Collection[str],
+    allow_fresh: bool = False,
 ) -> dict[str, Any]:
     """Decide on rank 0; the result (plain data) is broadcast so every rank loads the same one.
 
     Keys: ``checkpoint`` (CommittedCheckpoint | None), ``warnings``, ``changed`` (allowed config
-    changes) and ``error`` (a message every rank raises as CheckpointError, or None).
+    changes), ``error`` (a message every rank raises as CheckpointError, or None) and ``refused``
+    (a message every rank raises as FreshStartRefused: nothing verifies but the run has a past and
+    ``allow_fresh`` is False).
     """
     warnings: list[str] = []
-    choice: dict[str, Any] = {"checkpoint": None, "warnings": warnings, "changed": {}, "error": None}
+    choice: dict[str, Any] = {
+        "checkpoint": None,
+        "warnings": warnings,
+        "changed": {},
+        "error": None,
+        "refused": None,
+    }
     chosen: CommittedCheckpoint | None = None
     if str(which) == "latest":
         candidates = mf.list_committed(run_dir)
@@ -81,7 +99,13 @@ def choose_checkpoint(
             warnings.append(msg)
         if chosen is None:
             if candidates:
-                choice["error"] = f"{len(candidates)} committed checkpoint(s) in {run_dir}, none verifies"
+                choice["error"] = (
+                    f"{len(candidates)} committed checkpoint(s) in {run_dir}, none verifies; they are "
+                    f"kept in quarantine ({QUARANTINE_PREFIX}*). Check the file system, restore a good "
+                    "copy as step-<N>/ (or pass --resume-from-checkpoint PATH) and resume"
+                )
+            elif not allow_fresh and (history := run_history(run_dir)):
+                choice["refused"] = refusal_message(run_dir, history)
             return choice
     else:
         path = resolve(run_dir, which)
@@ -110,32 +134,61 @@ def choose_checkpoint(
 
 
 def problems_of(ckpt: CommittedCheckpoint) -> list[str]:
-    """``manifest.verify`` plus what a forged manifest could hide: no files at all, or data files
-    (shards, DCP metadata, the vanilla file) present but not listed, hence never checked."""
-    problems = mf.verify(ckpt.path, ckpt.manifest)
-    if not ckpt.manifest["files"]:
-        problems.append(f"{MANIFEST_NAME} lists no files")
-    listed = set(ckpt.manifest["files"])
-    try:
-        names = sorted(p.relative_to(ckpt.path).as_posix() for p in ckpt.path.rglob("*") if p.is_file())
-    except OSError as e:
-        return [*problems, f"cannot list {ckpt.path}: {e}"]
-    for name in names:
-        base = name.rsplit("/", 1)[-1]
-        if name not in listed and (base in _DATA_NAMES or base.endswith(_DATA_SUFFIXES)):
-            problems.append(f"{name}: not listed in {MANIFEST_NAME} (forged or hand-edited manifest)")
-    return problems
+    """``manifest.verify`` plus what a forged manifest could hide (``shared.checkpoint_manifest``)."""
+    return shared_manifest.problems(ckpt.path, ckpt.manifest)
 
 
 def _quarantine(path: Path, step: int) -> str:
     """Move a corrupt checkpoint out of the committed namespace; returns a note for the message."""
-    hidden = path.with_name(f"{TMP_PREFIX}{step}-corrupt-{uuid.uuid4().hex[:8]}")
+    hidden = quarantine_dir(path, step, "corrupt")
     try:
         os.rename(path, hidden)
     except OSError as e:
         log.warning("could not move the corrupt checkpoint %s aside: %s", path, e)
         return ""
-    return f"; moved it aside to {hidden.name}"
+    return f"; moved it into quarantine as {hidden.name} (kept: nothing deletes it)"
+
+
+def run_history(run_dir: Path) -> list[str]:
+    """What shows that a run has trained before, when no committed checkpoint verifies.
+
+    One line per finding, naming the path: quarantined checkpoints, ``step-<N>`` directories without
+    a valid manifest, a ``loss.csv`` with rows. Empty for a run directory that is new (or missing).
+    """
+    found: list[str] = []
+    try:
+        entries = sorted(os.scandir(run_dir), key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if is_quarantined(entry.name) and entry.is_dir():
+            found.append(f"quarantined checkpoint {entry.path}")
+        elif parse_step(entry.name) is not None and entry.is_dir():
+            found.append(f"unverifiable checkpoint {entry.path} (no valid {MANIFEST_NAME})")
+    rows = _loss_rows(run_dir / LOSS_CSV_NAME)
+    if rows:
+        found.append(f"{run_dir / LOSS_CSV_NAME} with {rows} row(s)")
+    return found
+
+
+def _loss_rows(path: Path) -> int:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 0)  # minus the header
+    except OSError:
+        return 0
+
+
+def refusal_message(run_dir: Path, history: list[str]) -> str:
+    """The one-paragraph error for a refused fresh start: what was found, and the ways on."""
+    shown = "; ".join(history[:8]) + (f"; and {len(history) - 8} more" if len(history) > 8 else "")
+    return (
+        f"refusing to start from scratch over the history of {run_dir}: no committed checkpoint verifies, "
+        f"but it holds {shown}. Nothing was changed. To continue, restore a good checkpoint as "
+        f"{run_dir}/step-<N>/ (a quarantined one, once checked with `pyrecover checkpoint verify`, can be "
+        "renamed back) or pass --resume-from-checkpoint PATH; to train from step 0 over this history, pass "
+        "--resume-from-checkpoint none or --allow-restart-from-scratch"
+    )
 
 
 def _uncommitted_step_dirs(run_dir: Path, *, newer_than: int) -> list[str]:
@@ -175,6 +228,6 @@ def load_into(state: TrainState, ckpt: CommittedCheckpoint, *, world_size: int) 
         payload = storage.vanilla_load(ckpt.path)
         if not same_world:
             payload = {**payload, "rng": {}}
-        state.load_state_dict(payload)
+        state.load_state_dict(payload, whole_tensors=True)
     else:
         raise CheckpointError(f"{ckpt.path}: unknown checkpoint format {fmt!r}")

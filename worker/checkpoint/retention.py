@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from shared.paths import TMP_PREFIX
+from shared.paths import TMP_PREFIX, is_quarantined
 
 from .types import CommittedCheckpoint
 
@@ -86,6 +86,8 @@ def remove_stale_temporaries(
         return removed
     for entry in entries:
         if not entry.name.startswith(TMP_PREFIX) or Path(entry.path).resolve() in busy:
+            continue
+        if is_quarantined(entry.name):  # a checkpoint moved aside by an earlier version: keep it
             continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime > older_than:

@@ -3,7 +3,10 @@
 The state dict has a fixed, wrapper-independent layout shared by both formats:
 
 - ``model``: ``{fqn: tensor}`` from DCP's ``get_state_dict``, so neither DDP's ``module.`` nor
-  ``torch.compile``'s ``_orig_mod.`` prefix ends up in a key;
+  ``torch.compile``'s ``_orig_mod.`` prefix ends up in a key. Under FSDP the values are this rank's
+  shards (``DTensor``), which DCP writes sharded and reshards on load for any world size and for
+  either parallelism; with ``full_state_dict`` (the vanilla format) they are whole tensors gathered
+  on rank 0, and on load every rank cuts its own shards out of the whole tensors;
 - ``optim``: the optimizer state keyed by parameter fqn (flattened). ``get_state_dict`` first
   materialises the state of a fresh optimizer, so a resume has real ``exp_avg``/``exp_avg_sq``
   tensors to load into (upstream's DCP resume silently reset AdamW's moments);
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -26,12 +30,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 log = logging.getLogger("pyrecover.worker.checkpoint")
 
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# Whole tensors on rank 0, in host memory (the other ranks get empty dicts): what torch.save writes.
+_FULL_SAVE = StateDictOptions(flatten_optimizer_state_dict=True, full_state_dict=True, cpu_offload=True)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -70,6 +77,44 @@ def unpack(blob: Any) -> Any:
     raise TypeError(f"expected a bytes blob in the checkpoint, got {type(blob).__name__}")
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP), or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when no floating-point tensor in ``tensors`` holds NaN or inf (this rank's shards only).
+
+    One device sync in all: the per-tensor checks are stacked and reduced on the device.
+    """
+    checks = []
+    for t in tensors:
+        local = _local(t)
+        if local.is_floating_point() and local.numel():
+            checks.append(torch.isfinite(local).all())
+    if not checks:
+        return True
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for c in checks:
+        by_device.setdefault(c.device, []).append(c)
+    return all(bool(torch.stack(group).all()) for group in by_device.values())
+
+
+def _shards_of(whole: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """``whole`` with each tensor whose live counterpart is a DTensor replaced by this rank's shard of
+    it, laid out like the live one (a local slice: ``src_data_rank=None`` communicates nothing)."""
+    out: dict[str, Any] = {}
+    for key, value in whole.items():
+        target = live.get(key)
+        if isinstance(target, DTensor) and isinstance(value, torch.Tensor):
+            value = distribute_tensor(
+                value.to(target.device), target.device_mesh, target.placements, src_data_rank=None
+            )
+        out[key] = value
+    return out
+
+
 class TrainState:
     """Model, optimizer, scheduler, the loop's progress dict and this rank's RNG, as one Stateful.
 
@@ -84,13 +129,24 @@ class TrainState:
         optimizer: Optimizer,
         lr_scheduler: LRScheduler,
         progress: dict[str, Any],
+        full_state_dict: bool = False,
     ) -> None:
         self.model = model
+        self.full_state_dict = full_state_dict
+        """``state_dict()`` gathers whole tensors on rank 0 (vanilla checkpoints of FSDP shards)."""
+        self._sharded = any(isinstance(p, DTensor) for p in model.parameters())
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.progress = progress
         self.notes: list[str] = []
         """What the last load_state_dict decided that the caller should hear about (e.g. RNG kept)."""
+
+    def is_finite(self) -> bool:
+        """No NaN/inf in this rank's weights or optimizer state (its shards, under FSDP)."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        for per_param in self.optimizer.state.values():
+            tensors.extend(v for v in per_param.values() if isinstance(v, torch.Tensor))
+        return all_finite(tensors)
 
     def meta_blob(self) -> bytes:
         _, world = _rank_world()
@@ -100,7 +156,8 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         rank, _ = _rank_world()
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
+        options = _FULL_SAVE if self.full_state_dict else _OPTIONS
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=options)
         return {
             "model": model_sd,
             "optim": optim_sd,
@@ -117,15 +174,19 @@ class TrainState:
             template["rng"] = {f"rank_{rank}": b""}
         return template
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, whole_tensors: bool = False) -> None:
+        """Load ``state_dict``; ``whole_tensors``: its model/optim values are whole tensors (a vanilla
+        checkpoint), which sharded parameters take their own shard of."""
         rank, world = _rank_world()
         self.notes = []
+        model_sd, optim_sd = state_dict["model"], state_dict["optim"]
+        if whole_tensors and self._sharded:
+            # set_state_dict's own full_state_dict load fails on flattened optimizer state (torch
+            # 2.13: KeyError 'param_groups.0.params.0'), so the shards are cut here instead.
+            live_model, live_optim = get_state_dict(self.model, self.optimizer, options=_OPTIONS)
+            model_sd, optim_sd = _shards_of(model_sd, live_model), _shards_of(optim_sd, live_optim)
         set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state_dict["model"],
-            optim_state_dict=state_dict["optim"],
-            options=_OPTIONS,
+            self.model, self.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=_OPTIONS
         )
         meta = unpack(state_dict["meta"])
         self.lr_scheduler.load_state_dict(meta["lr_scheduler"])

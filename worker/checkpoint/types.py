@@ -1,4 +1,4 @@
-"""The checkpoint manager's config, its result records and its one error type."""
+"""The checkpoint manager's config, its result records and its error types."""
 
 from __future__ import annotations
 
@@ -15,6 +15,22 @@ class CheckpointError(Exception):
 
     DCP raises ``CheckpointException``, which derives from ``BaseException`` (so ``except Exception``
     misses it); the manager wraps it in this class so callers need only one ``except``.
+    """
+
+
+class NonFiniteState(CheckpointError):
+    """A save was refused because the weights or optimizer state hold NaN/inf on some rank.
+
+    Nothing was written: a checkpoint with non-finite weights is never committed (the run would
+    resume from garbage). The training loop reports it as a divergence.
+    """
+
+
+class FreshStartRefused(CheckpointError):
+    """No committed checkpoint verifies, yet the run directory shows the run has a past.
+
+    Quarantined or unverifiable checkpoints, or a ``loss.csv`` with rows: starting from step 0 would
+    train over the run's history. Only an explicit choice starts over (the message says how).
     """
 
 

@@ -110,7 +110,8 @@ class IterableParquetDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]])
             meta = pq.ParquetFile(f).metadata
             self._row_groups.append([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
         if sum(map(sum, self._row_groups)) == 0:
-            raise DataError(f"the dataset ({len(self.files)} file(s)) has no rows")
+            named = str(self.files[0]) + (f" and {len(self.files) - 1} more" if len(self.files) > 1 else "")
+            raise DataError(f"{named}: no rows to train on (the 'text' column is empty)")
         self._cursor = Cursor()
 
     @property

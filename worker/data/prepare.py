@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyrecover data",
         description="Offline data for pyrecover: a sample corpus and a tokenizer made without network, "
         "and token stores (Parquet tokenized once, read by training without tokenizing).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  pyrecover data prepare\n"
+        "  pyrecover data tokenize --dataset 'corpus/*.parquet' --tokenizer-name-or-path tok --out store\n"
+        "  pyrecover data tokenize --dataset corpus --tokenizer-name-or-path tok --out store --check",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     prep = sub.add_parser(

@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyrecover export",
         description="Export a committed pyrecover checkpoint to another ecosystem's format.",
-        epilog="Exit codes: 0 exported, 1 refused or failed (nothing written), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  pyrecover export hf checkpoints/my-run/step-2000 exported/my-run\n"
+        "  pyrecover export hf checkpoints/my-run/step-2000 exported/bf16 --dtype bf16\n\n"
+        "Exit codes: 0 exported, 1 refused or failed (nothing written), 2 usage error.",
     )
     sub = p.add_subparsers(dest="format", required=True, metavar="{hf}")
     hf = sub.add_parser(

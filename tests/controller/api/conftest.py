@@ -49,9 +49,13 @@ class Api:
         """Add an attempt as the reconciler would; return a worker token for the run."""
         with self.factory() as s:
             s.add(Attempt(run_id=run_id, number=number, backend="local", job_name=f"j{number}", state=state))
-            token = issue_worker_token(s, run_id)
+            token = issue_worker_token(s, run_id, attempt=number)
             s.commit()
         return token
+
+    def step_dir(self, name: str, step: int, checkpoint_dir: str = "checkpoints") -> str:
+        """Where run ``name``'s worker commits step ``step``: the only path a report may name."""
+        return str(self.settings.resolve_checkpoint_dir(checkpoint_dir) / name / f"step-{step}")
 
     def token(self, name: str = "other", role: Role | None = None) -> str:
         """A token for user ``name`` (created if missing: role ``user``, or ``role``)."""
@@ -62,7 +66,9 @@ class Api:
 
 
 def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    settings = Settings(data_dir=tmp_path, run_reconciler=False, auth_required=True, **overrides)
+    settings = Settings(
+        **({"data_dir": tmp_path, "run_reconciler": False, "auth_required": True} | overrides)
+    )
     upgrade_database(settings.database_url)
     engine = make_engine(settings)
     factory = make_session_factory(engine)

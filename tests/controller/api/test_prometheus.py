@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from controller.db.models import Attempt
 from controller.db.types import to_datetime
+from controller.services import issue_worker_token
 from shared.states import AttemptState, EndReason
 from tests.controller.api.conftest import Api
 
@@ -25,6 +26,7 @@ def test_prometheus_text(api: Api) -> None:
         a1.start_time, a1.end_time = to_datetime(1000.0), to_datetime(1100.0)
         a1.training_started_at, a1.last_commit_at = to_datetime(1010.0), to_datetime(1060.0)
         s.add(Attempt(run_id=run_id, number=2, backend="local", job_name="j2", state=AttemptState.PENDING))
+        token = issue_worker_token(s, run_id, attempt=2)  # one token per attempt
         s.commit()
     batch = {"attempt": 2, "events": [{"type": "finished", "seq": 0, "time": 1.0, "step": 1}]}
     api.client.post(f"/api/v1/runs/{run_id}/reports", json=batch, headers=api.h(token))

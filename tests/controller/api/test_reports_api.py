@@ -33,13 +33,13 @@ def _progress(seq: int, step: int, t: float) -> dict[str, Any]:
     }
 
 
-def _ckpt(seq: int, step: int, t: float, stall: float = 0.5) -> dict[str, Any]:
+def _ckpt(api: Api, seq: int, step: int, t: float, stall: float = 0.5, run: str = "run-1") -> dict[str, Any]:
     return {
         "type": "checkpoint_committed",
         "seq": seq,
         "time": t,
         "step": step,
-        "path": f"/c/step-{step}",
+        "path": api.step_dir(run, step),
         "format": "dcp",
         "size_bytes": 123,
         "save_seconds": 1.0,
@@ -70,7 +70,7 @@ def _counts(api: Api) -> tuple[int, ...]:
 def test_a_retried_batch_changes_nothing_twice(api: Api) -> None:
     run_id = api.create()["id"]
     token = api.attempt(run_id)
-    batch = {"attempt": 1, "events": [_started(0, T0), _progress(1, 10, T0 + 5), _ckpt(2, 10, T0 + 6)]}
+    batch = {"attempt": 1, "events": [_started(0, T0), _progress(1, 10, T0 + 5), _ckpt(api, 2, 10, T0 + 6)]}
     url = f"/api/v1/runs/{run_id}/reports"
     first = api.client.post(url, json=batch, headers=api.h(token))
     assert first.status_code == 200 and first.json() == {"accepted": 3, "duplicates": 0, "action": "none"}
@@ -107,7 +107,7 @@ def test_events_update_attempt_and_run(api: Api) -> None:
     events = [
         _started(0, T0),
         _progress(1, 10, T0 + 10),
-        _ckpt(2, 10, T0 + 30),
+        _ckpt(api, 2, 10, T0 + 30),
         _progress(3, 20, T0 + 40),
         {
             "type": "warning",
@@ -129,7 +129,7 @@ def test_events_update_attempt_and_run(api: Api) -> None:
     assert job["queue_wait_s"] == 15.0  # submitted T0-20, started T0-5 (T0 minus start-up and load)
     assert job["productive_committed_s"] == 30.0 and job["checkpoint_stall_s"] == 0.5
     [ckpt] = api.client.get(f"/api/v1/runs/{run_id}/checkpoints", headers=api.h()).json()["items"]
-    assert ckpt["step"] == 10 and ckpt["attempt"] == 1 and ckpt["path"] == "/c/step-10"
+    assert ckpt["step"] == 10 and ckpt["attempt"] == 1 and ckpt["path"] == api.step_dir("run-1", 10)
     metrics = api.client.get(f"/api/v1/runs/{run_id}/metrics", headers=api.h()).json()
     assert [m["step"] for m in metrics["items"]] == [10, 20] and metrics["items"][0]["loss"] == 4.9
     kinds = [
@@ -150,8 +150,13 @@ def test_events_update_attempt_and_run(api: Api) -> None:
 
 
 def test_report_for_an_unknown_attempt_is_409_and_stores_nothing(api: Api) -> None:
+    from controller.services import issue_worker_token
+
     run_id = api.create()["id"]
-    token = api.attempt(run_id)
+    api.attempt(run_id)
+    with api.factory() as s:
+        token = issue_worker_token(s, run_id, attempt=7)  # issued for an attempt the run never had
+        s.commit()
     before = _counts(api)
     r = api.client.post(
         f"/api/v1/runs/{run_id}/reports",
@@ -163,7 +168,7 @@ def test_report_for_an_unknown_attempt_is_409_and_stores_nothing(api: Api) -> No
 
 
 def test_metrics_downsampling_keeps_first_and_last(api: Api) -> None:
-    run_id = api.create()["id"]
+    run_id = api.create(training_steps=1000)["id"]
     token = api.attempt(run_id, state=AttemptState.RUNNING)
     events = [_progress(i, i + 1, T0 + i) for i in range(500)]
     api.client.post(
@@ -243,7 +248,7 @@ def test_checkpoints_deleted_by_retention_are_marked_and_the_api_says_which_exis
     run_id = api.create()["id"]
     token = api.attempt(run_id)
     url = f"/api/v1/runs/{run_id}/reports"
-    events = [_ckpt(i, step, T0 + step) for i, step in enumerate((10, 20, 30, 40))]
+    events = [_ckpt(api, i, step, T0 + step) for i, step in enumerate((10, 20, 30, 40))]
     events += [_deleted(4, 30, T0 + 31, [10]), _deleted(5, 40, T0 + 41, [20, 999])]  # 999: no such row
     first = api.client.post(url, json={"attempt": 1, "events": events}, headers=api.h(token))
     assert first.status_code == 200
@@ -258,7 +263,7 @@ def test_checkpoints_deleted_by_retention_are_marked_and_the_api_says_which_exis
     run = api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()
     assert run["latest_checkpoint_step"] == 40
     # A repeated report keeps the first deletion time; a step committed again is on disk again.
-    later = [_deleted(6, 40, T0 + 500, [10]), _ckpt(7, 20, T0 + 600)]
+    later = [_deleted(6, 40, T0 + 500, [10]), _ckpt(api, 7, 20, T0 + 600)]
     assert api.client.post(url, json={"attempt": 1, "events": later}, headers=api.h(token)).status_code == 200
     again = listed()
     assert again[10] == ckpts[10] and again[20] == (True, None)
@@ -280,3 +285,73 @@ def test_a_deletion_report_outside_the_schema_is_refused_whole(api: Api, steps: 
     r = api.client.post(f"/api/v1/runs/{run_id}/reports", json=batch, headers=api.h(token))
     assert r.status_code == 422 and "steps" in r.text
     assert _counts(api) == before
+
+
+def test_hung_and_diverged_events_are_stored_and_readable_in_the_run_log(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    url = f"/api/v1/runs/{run_id}/reports"
+    hung = {
+        "type": "hung",
+        "seq": 1,
+        "time": T0 + 50,
+        "step": 8,
+        "phase": "step",
+        "rank": 0,
+        "host": "node-a",
+        "stalled_seconds": 61.5,
+        "limit_seconds": 60.0,
+        "suspects": [
+            {"rank": 1, "host": "node-b", "phase": "step", "step": 8, "reason": "not running (no heartbeat)"}
+        ],
+        "stacks_path": "/c/run/.watchdog/a0001-abc/stacks-rank0.txt",
+        "stacks_excerpt": 'Thread 0x1 (most recent call first):\n  File "loop.py"\x00',
+    }
+    diverged = {
+        "type": "diverged",
+        "seq": 2,
+        "time": T0 + 60,
+        "step": 14,
+        "reason": "non_finite",
+        "message": "diverged at step 14: 3 updates in a row had a non-finite loss",
+        "skipped_steps": 3,
+        "committed_step": 10,
+        "committed_cursor": {"chunks_consumed": 40, "epoch": 0},
+        "cursor": {"chunks_consumed": 56, "epoch": 0},
+    }
+    reply = api.client.post(
+        url, json={"attempt": 1, "events": [_started(0, T0), hung, diverged]}, headers=api.h(token)
+    )
+    assert reply.status_code == 200 and reply.json()["accepted"] == 3, reply.text
+    items = api.client.get(f"/api/v1/runs/{run_id}/events", headers=api.h()).json()["items"]
+    by_kind = {e["kind"]: e for e in items}
+    assert (
+        "rank 1 on node-b" in by_kind["hung"]["message"] and "stacks-rank0.txt" in by_kind["hung"]["message"]
+    )
+    assert by_kind["hung"]["data"]["suspects"][0]["host"] == "node-b"
+    assert "\x00" not in by_kind["hung"]["data"]["stacks_excerpt"]  # PostgreSQL refuses NUL
+    assert "attempt 1 diverged" in by_kind["diverged"]["message"]
+    assert by_kind["diverged"]["data"]["cursor"]["chunks_consumed"] == 56
+    with api.factory() as s:
+        kinds = sorted(s.scalars(select(WorkerEventRecord.type)).all())
+    assert kinds == ["diverged", "hung", "started"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"host": "node\nb"},
+        {"stalled_seconds": 1e12},  # past ten years
+        {"suspects": [{"rank": -1, "host": "x", "reason": "r"}]},
+        {"phase": "lunch"},
+    ],
+)
+def test_a_malformed_hung_event_is_refused(api: Api, bad: dict[str, Any]) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    event = {"type": "hung", "seq": 0, "time": T0, "step": 1, "phase": "step", "rank": 0, "host": "h",
+             "stalled_seconds": 1.0, "limit_seconds": 1.0, **bad}  # fmt: skip
+    r = api.client.post(
+        f"/api/v1/runs/{run_id}/reports", json={"attempt": 1, "events": [event]}, headers=api.h(token)
+    )
+    assert r.status_code == 422

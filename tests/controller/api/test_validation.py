@@ -40,6 +40,14 @@ CASES = [
     ("resources.extra_sbatch_args", ["--wrap=rm -rf /"], "resources.extra_sbatch_args"),
     ("resources.time_limit", "forever", "resources.time_limit"),
     ("training.surprise", 1, "training.surprise"),
+    ("training.parallelism", "zero3", "training.parallelism"),
+    ("training.gradient_accumulation_steps", 0, "training.gradient_accumulation_steps"),
+    ("training.gradient_accumulation_steps", 3, "training"),  # batch 8 does not split into 3
+    ("resources.gpu_type", "h1000", "resources.gpu_type"),
+    ("resources.gpu_type", "h100-80gb; rm -rf /", "resources.gpu_type"),
+    ("resources.gpu_memory", -1, "resources.gpu_memory"),
+    ("resources.gpu_memory", 1e9, "resources.gpu_memory"),
+    ("resources.gpu_type", "h100-80gb", "resources"),  # a GPU named, but gpus_per_node is 0
 ]
 
 
@@ -135,3 +143,30 @@ def test_a_webhook_aimed_at_the_controllers_own_network_is_a_422_naming_it(api: 
     assert r.json()["detail"][0]["field"] == "policy.notify[1].url"
     assert "loopback" in r.json()["message"]
     assert api.client.get("/api/v1/runs", headers=api.h()).json()["total"] == 0  # nothing stored
+
+
+def _gpu_run(**training: Any) -> dict[str, Any]:
+    body = run_body("big-run", model_preset="llama3-8b", sequence_length=4096, batch_size=32, **training)
+    body["resources"] |= {"scheduler": "slurm", "nodes": 2, "ntasks_per_node": 4, "gpus_per_node": 4}
+    return body
+
+
+def test_a_run_that_cannot_fit_its_gpu_is_422_saying_what_to_change(api: Api) -> None:
+    body = _gpu_run()
+    body["resources"]["gpu_type"] = "h100-80gb"
+    r = api.client.post("/api/v1/runs", json=body, headers=api.h())
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [d["field"] for d in detail] == ["training"]
+    assert "h100-80gb" in detail[0]["msg"] and "training.parallelism: fsdp" in detail[0]["msg"]
+    assert "activation_checkpointing: true" in detail[0]["msg"]
+    with api.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
+    fixed = _gpu_run(parallelism="fsdp", activation_checkpointing=True)
+    fixed["resources"]["gpu_type"] = "h100-80gb"
+    assert api.client.post("/api/v1/runs", json=fixed, headers=api.h()).status_code == 201
+
+
+def test_runs_that_name_no_gpu_are_not_planned(api: Api) -> None:
+    r = api.client.post("/api/v1/runs", json=_gpu_run(), headers=api.h())  # the same run, GPU unnamed
+    assert r.status_code == 201, r.text

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 
 from controller.reconciler.decide import (
+    NO_FINAL_CHECKPOINT,
     AttemptOutcome,
+    FinalCheckpoint,
     Reported,
     Verdict,
     backoff_seconds,
     end_reason,
     failure_message,
+    false_finish,
+    incomplete_reason,
+    is_complete,
     next_step,
 )
 from shared.schemas import PolicySpec
@@ -21,9 +26,11 @@ NOW = 1_000_000.0
 
 
 @pytest.mark.parametrize(
-    ("job", "reported", "reached", "cancel", "expected"),
+    ("job", "reported", "complete", "cancel", "expected"),
     [
-        (J.COMPLETED, Reported(finished=True), False, False, EndReason.FINISHED),
+        # a worker's "finished" the controller cannot confirm is a failure, never the end
+        (J.COMPLETED, Reported(finished=True), False, False, EndReason.FAILED),
+        (J.COMPLETED, Reported(finished=True), True, False, EndReason.FINISHED),
         (J.COMPLETED, Reported(), True, False, EndReason.FINISHED),
         (J.TIMEOUT, Reported(), True, False, EndReason.FINISHED),  # finished just as it was killed
         (J.COMPLETED, Reported(stopping_reason="deadline"), False, False, EndReason.DEADLINE_STOP),
@@ -43,8 +50,38 @@ NOW = 1_000_000.0
         (J.LOST, Reported(), False, False, EndReason.LOST),
     ],
 )
-def test_end_reason(job: J, reported: Reported, reached: bool, cancel: bool, expected: EndReason) -> None:
-    assert end_reason(job, reported, reached_training_steps=reached, cancel_requested=cancel) is expected
+def test_end_reason(job: J, reported: Reported, complete: bool, cancel: bool, expected: EndReason) -> None:
+    assert end_reason(job, reported, complete=complete, cancel_requested=cancel) is expected
+
+
+@pytest.mark.parametrize(
+    ("final", "complete", "why"),
+    [
+        (NO_FINAL_CHECKPOINT, False, "the controller holds no committed checkpoint at step 100"),
+        (FinalCheckpoint(recorded=True, inside=True), True, ""),  # the file system is not visible
+        (FinalCheckpoint(recorded=True, inside=True, verified=True), True, ""),
+        (
+            FinalCheckpoint(recorded=True, inside=True, verified=False, problems=("a.distcp: missing",)),
+            False,
+            "the checkpoint of step 100 failed verification: a.distcp: missing",
+        ),
+        # recorded at a path outside the run's directory (a row older than the path check)
+        (
+            FinalCheckpoint(recorded=True, inside=False, verified=True),
+            False,
+            "the checkpoint of step 100 is recorded outside the run's checkpoint directory",
+        ),
+    ],
+)
+def test_a_run_is_complete_only_on_a_checkpoint_the_controller_holds(
+    final: FinalCheckpoint, complete: bool, why: str
+) -> None:
+    assert is_complete(final) is complete
+    assert incomplete_reason(final, 100) == why
+    assert false_finish(Reported(finished=True), complete=is_complete(final)) is not complete
+    assert not false_finish(Reported(), complete=False)
+    message = failure_message(J.COMPLETED, 0, None, Reported(finished=True), unconfirmed=why)
+    assert message == (f"the worker reported finished, but {why}" if why else "job completed")
 
 
 def test_failure_message_prefers_the_workers_last_line() -> None:
@@ -71,9 +108,10 @@ R = EndReason
 @pytest.mark.parametrize(
     ("committed", "history", "verdict", "not_before", "message"),
     [
-        # all steps committed → COMPLETED, whatever the last ending
+        # all steps committed (and held) → COMPLETED, whatever the last ending
         (100, [o(1, R.DEADLINE_STOP, 0, 100)], Verdict.COMPLETE, None, "trained all 100"),
-        (40, [o(1, R.FINISHED, 0, 40)], Verdict.COMPLETE, None, "trained all"),
+        # an ending called "finished" no longer completes a run by itself
+        (40, [o(1, R.FINISHED, 0, 40)], Verdict.RESUBMIT, None, ""),
         # a walltime stop with progress → resubmit at once
         (40, [o(1, R.DEADLINE_STOP, 0, 40)], Verdict.RESUBMIT, None, ""),
         (40, [o(1, R.TIMEOUT_KILLED, 0, 40)], Verdict.RESUBMIT, None, ""),
@@ -119,7 +157,14 @@ R = EndReason
 def test_next_step(
     committed: int, history: list[AttemptOutcome], verdict: Verdict, not_before: float | None, message: str
 ) -> None:
-    d = next_step(training_steps=100, committed_step=committed, history=history, policy=POLICY, now=NOW)
+    d = next_step(
+        training_steps=100,
+        committed_step=committed,
+        complete=committed >= 100,
+        history=history,
+        policy=POLICY,
+        now=NOW,
+    )
     assert d.verdict is verdict
     assert d.not_before == not_before
     assert d.message.startswith(message)
@@ -134,17 +179,31 @@ def test_backoff_is_capped_and_can_be_disabled() -> None:
 
 def test_the_budget_counts_only_attempts_since_the_user_resumed_the_run() -> None:
     history = [o(1, R.FAILED, 0, 0), o(2, R.FAILED, 0, 0)]  # would exhaust a budget of 2 ...
-    d = next_step(training_steps=100, committed_step=0, history=history, policy=POLICY, now=NOW)
+    d = next_step(
+        training_steps=100, committed_step=0, complete=False, history=history, policy=POLICY, now=NOW
+    )
     assert d.verdict is Verdict.FAIL
     # ... but the run was resumed after attempt 1: one stalled attempt so far, one failure to back off
     d = next_step(
-        training_steps=100, committed_step=0, history=history, policy=POLICY, now=NOW, resumed_after=1
+        training_steps=100,
+        committed_step=0,
+        complete=False,
+        history=history,
+        policy=POLICY,
+        now=NOW,
+        resumed_after=1,
     )
     assert d.verdict is Verdict.RESUBMIT and d.not_before == NOW + 10
     # max_attempts too: five attempts, resumed after the fourth
     many = [o(i, R.DEADLINE_STOP, 10 * (i - 1), 10 * i) for i in range(1, 6)]
     d = next_step(
-        training_steps=100, committed_step=50, history=many, policy=POLICY, now=NOW, resumed_after=4
+        training_steps=100,
+        committed_step=50,
+        complete=False,
+        history=many,
+        policy=POLICY,
+        now=NOW,
+        resumed_after=4,
     )
     assert d.verdict is Verdict.RESUBMIT
 
@@ -154,6 +213,7 @@ def test_a_cancel_ends_the_run_whatever_else_holds() -> None:
         d = next_step(
             training_steps=100,
             committed_step=committed,
+            complete=committed >= 100,
             history=history,
             policy=POLICY,
             now=NOW,

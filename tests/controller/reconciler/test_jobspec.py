@@ -20,9 +20,9 @@ def settings(data_dir: Path, **kw: Any) -> Settings:
 
 def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:
     training = TrainingSpec(dataset="/d/x.parquet", tokenizer_name_or_path="/d/tok", training_steps=50)
-    resources = ResourcesSpec(scheduler="local", time_limit="45s", env={"HF_HOME": "/hf"})
+    resources = ResourcesSpec(scheduler="local", time_limit="45s", env={"HF_HUB_CACHE": "/hf"})
     spec = build_job_spec(
-        settings=settings(tmp_path),
+        settings=settings(tmp_path, data_roots=["/d"]),
         run_id=4,
         run_name="demo",
         attempt=2,
@@ -44,7 +44,8 @@ def test_job_spec_argv_env_token_file_and_logs(tmp_path: Path) -> None:
     assert not any("tok-SECRET" in v for v in [*argv, *spec.env.values()])
     assert spec.env["PYRECOVER_CONTROLLER_URL"] == "http://127.0.0.1:8123"
     assert spec.env["PYRECOVER_RUN_ID"] == "4" and spec.env["PYRECOVER_ATTEMPT"] == "2"
-    assert spec.env["HF_HOME"] == "/hf"
+    assert spec.env["HF_HUB_CACHE"] == "/hf"
+    assert spec.env["PYRECOVER_SIGNAL_LEAD"] == "30"  # the run's signal_lead_seconds (the default)
     assert spec.stdout.name == "attempt-0002.out" and spec.stderr.parent == run_dir(tmp_path, 4) / "logs"
 
 
@@ -182,3 +183,52 @@ def test_relative_init_from_hf_and_trackers_reach_the_worker_resolved(
         token="t",
     )
     assert "--init-from-hf" not in plain.argv and "--trackers" not in plain.argv
+
+
+def test_secret_values_come_from_the_runs_file_never_the_spec(tmp_path: Path) -> None:
+    from controller.services.secrets import write_secrets
+
+    cfg = settings(tmp_path, env_allow=["HF_TOKEN", "OMP_NUM_THREADS", "WANDB_API_KEY"])
+    write_secrets(tmp_path, 3, {"HF_TOKEN": "hf_from_file", "WANDB_API_KEY": "not-declared-any-more"})
+    training = TrainingSpec(dataset="x", tokenizer_name_or_path="t", training_steps=5, lr_warmup_steps=1)
+    # As stored: the secret's name, no value (the spec of a row older than the split may still hold one).
+    res = ResourcesSpec(
+        scheduler="local", time_limit="1m", env={"OMP_NUM_THREADS": "2"}, secret_env=["HF_TOKEN"]
+    )
+    spec = build_job_spec(
+        settings=cfg, run_id=3, run_name="s", attempt=1, training=training, resources=res, token="t"
+    )
+    assert dict(spec.secret_env) == {"HF_TOKEN": "hf_from_file"}  # only names the run declares
+    assert spec.env["OMP_NUM_THREADS"] == "2" and "HF_TOKEN" not in spec.env
+    legacy = ResourcesSpec(scheduler="local", time_limit="1m", env={"WANDB_API_KEY": "in-the-row"})
+    spec = build_job_spec(
+        settings=cfg, run_id=4, run_name="s", attempt=1, training=training, resources=legacy, token="t"
+    )
+    assert dict(spec.secret_env) == {"WANDB_API_KEY": "in-the-row"} and "WANDB_API_KEY" not in spec.env
+    assert "in-the-row" not in repr(spec), "secret values stay out of a JobSpec's repr (logs)"
+
+
+@pytest.mark.parametrize(
+    ("training", "resources", "field"),
+    [
+        ({"dataset": "/etc/shadow"}, {}, "training.dataset"),
+        ({"checkpoint_dir": "/elsewhere"}, {}, "training.checkpoint_dir"),
+        ({}, {"env": {"NOT_ALLOWED": "1"}}, "resources.env"),
+        ({}, {"extra_sbatch_args": ["--comment=x"]}, "resources.extra_sbatch_args"),
+    ],
+)
+def test_a_stored_run_is_checked_again_by_todays_rules(
+    tmp_path: Path, training: dict[str, Any], resources: dict[str, Any], field: str
+) -> None:
+    from shared.run_rules import RuleViolation
+
+    cfg = settings(tmp_path, sbatch_allow=["exclusive"])
+    spec_training = TrainingSpec(**({"dataset": "x", "tokenizer_name_or_path": "t", "training_steps": 5,
+                                     "lr_warmup_steps": 1} | training))  # fmt: skip
+    res = ResourcesSpec(**({"scheduler": "slurm", "time_limit": "1m"} | resources))
+    with pytest.raises(RuleViolation) as err:
+        build_job_spec(
+            settings=cfg, run_id=9, run_name="r", attempt=1, training=spec_training, resources=res, token="t"
+        )
+    assert err.value.field == field
+    assert not (tmp_path / "runs" / "9").exists(), "nothing is written for a run that may not start"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,22 @@ from controller.db.types import to_datetime
 from controller.reconciler import Reconciler
 from controller.services import first_admin
 from controller.settings import Settings
+from shared.checkpoint_manifest import file_crc32
 from shared.schemas import RunCreate
 from shared.states import AttemptState, RunState
 from shared.states import SchedulerJobState as J
 
 
 class World:
-    def __init__(self, tmp_path: Path, scheduler: FakeScheduler) -> None:
-        self.settings = Settings(data_dir=tmp_path, reconcile_interval_s=3600, worker_python="python3")
+    def __init__(self, tmp_path: Path, scheduler: FakeScheduler, *, verify: bool = False) -> None:
+        # The fake scheduler's jobs write no files: the controller verifies checkpoints only where a
+        # test writes them (verify=True).
+        self.settings = Settings(
+            data_dir=tmp_path,
+            reconcile_interval_s=3600,
+            worker_python="python3",
+            verify_checkpoints=[scheduler.name] if verify else [],
+        )
         upgrade_database(self.settings.database_url)
         self.factory: Callable[[], Session] = make_session_factory(make_engine(self.settings.database_url))
         self.clock = FakeClock()
@@ -96,10 +105,27 @@ class World:
                 )
             s.commit()
 
-    def checkpoint(self, run_id: int, attempt: int, step: int) -> None:
+    def step_dir(self, run_id: int, step: int) -> Path:
+        run = self.run(run_id)
+        return self.settings.resolve_checkpoint_dir("checkpoints") / run.name / f"step-{step}"
+
+    def checkpoint(self, run_id: int, attempt: int, step: int, path: str | None = None) -> None:
+        """A checkpoint row as a report records it (at the run's own step directory by default)."""
+        where = path or str(self.step_dir(run_id, step))
         with self.factory() as s:
-            s.add(Checkpoint(run_id=run_id, attempt=attempt, step=step, path=f"/c/step-{step}", format="dcp"))
+            s.add(Checkpoint(run_id=run_id, attempt=attempt, step=step, path=where, format="dcp"))
             s.commit()
+
+    def commit_on_disk(self, run_id: int, step: int, *, corrupt: bool = False) -> Path:
+        """A committed checkpoint directory as the worker writes it: a data file and its manifest."""
+        directory = self.step_dir(run_id, step)
+        directory.mkdir(parents=True)
+        (directory / "checkpoint.pt").write_bytes(b"weights" * 100)
+        size, crc = file_crc32(directory / "checkpoint.pt")
+        files = {"checkpoint.pt": {"size": size, "checksum": "00000000" if corrupt else crc}}
+        manifest = {"step": step, "world_size": 1, "format": "vanilla", "files": files, "size_bytes": size}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        return directory
 
     def cancel(self, run_id: int) -> None:
         with self.factory() as s:
@@ -163,6 +189,82 @@ def test_completes_when_all_steps_are_committed(world: World) -> None:
     assert world.run(run_id).state == RunState.COMPLETED
     world.tick()
     assert len(world.sched.submitted) == 1
+
+
+def test_a_finished_claim_without_a_checkpoint_is_not_believed(world: World) -> None:
+    """The issue's case: 'finished' at step 3 of 100 made the run COMPLETED."""
+    run_id = world.create(steps=100)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    world.report(run_id, 1, {"type": "finished", "step": 3})
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    [a1] = world.attempts(run_id)  # the next one waits out the failure's backoff
+    assert a1.end_reason == "failed"
+    assert "the worker reported finished, but the controller holds no committed checkpoint at step 100" in (
+        a1.error or ""
+    )
+    assert world.run(run_id).state == RunState.QUEUED
+    security = [e for e in world.events(run_id) if e.kind == "security"]
+    assert len(security) == 1 and "not believed" in security[0].message
+
+
+def test_a_checkpoint_recorded_outside_the_run_does_not_complete_it(world: World) -> None:
+    """A row left by the old, unchecked ingest (the issue's '/etc/shadow' at step 100)."""
+    run_id = world.create(steps=100)
+    world.tick()
+    world.checkpoint(run_id, 1, 100, path="/etc/shadow")
+    world.report(run_id, 1, {"type": "finished", "step": 100})
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    assert world.attempts(run_id)[0].end_reason == "failed"
+    assert "outside the run's checkpoint directory" in (world.attempts(run_id)[0].error or "")
+    assert world.run(run_id).state == RunState.QUEUED
+
+
+def test_where_the_controller_sees_the_files_it_verifies_the_final_checkpoint(tmp_path: Path) -> None:
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = world.create(steps=50)
+    world.tick()
+    # Reported, but the files on disk do not match their manifest: not complete, resubmitted.
+    world.checkpoint(run_id, 1, 50)
+    directory = world.commit_on_disk(run_id, 50, corrupt=True)
+    world.report(run_id, 1, {"type": "finished", "step": 50})
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    [a1] = world.attempts(run_id)
+    assert a1.end_reason == "failed" and "failed verification: checkpoint.pt: checksum" in (a1.error or "")
+    assert world.run(run_id).state == RunState.QUEUED
+    world.clock.advance(11)  # the failure's backoff
+    world.tick()
+    a2 = world.attempts(run_id)[1]
+    # The next attempt rewrites the step (the worker quarantines a corrupt checkpoint): complete.
+    (directory / "manifest.json").unlink()
+    (directory / "checkpoint.pt").unlink()
+    directory.rmdir()
+    world.commit_on_disk(run_id, 50)
+    world.report(run_id, 2, {"type": "finished", "step": 50})
+    world.sched.set(str(a2.external_id), J.COMPLETED, exit_code=0)
+    world.tick()
+    assert world.attempts(run_id)[1].end_reason == "finished"
+    assert world.run(run_id).state == RunState.COMPLETED
+
+
+def test_a_verified_checkpoint_found_on_disk_completes_the_run_and_is_recorded(tmp_path: Path) -> None:
+    """Its report was lost with the worker: the controller's own look counts (where it can look)."""
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = world.create(steps=50)
+    world.tick()
+    world.commit_on_disk(run_id, 50)
+    world.report(run_id, 1, {"type": "finished", "step": 50})
+    world.sched.set("job-1", J.COMPLETED, exit_code=0)
+    world.tick()
+    assert world.run(run_id).state == RunState.COMPLETED
+    with world.factory() as s:
+        [row] = s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).all()
+        assert row.step == 50 and row.path == str(world.step_dir(run_id, 50)) and row.attempt == 1
+    assert any(e.kind == "checkpoint_found" for e in world.events(run_id))
 
 
 def test_failures_without_progress_fail_the_run_with_the_last_error_and_backoff(world: World) -> None:
@@ -378,4 +480,40 @@ def test_prequeued_successor_counts_progress_from_the_final_checkpoint(tmp_path:
     # It then crashes without committing anything: no progress, so a budget of 1 is used up.
     world.sched.set("job-2", J.FAILED, exit_code=1)
     world.tick()
+    assert world.run(run_id).state == RunState.FAILED
+
+
+def test_a_stored_run_the_rules_refuse_never_starts(world: World) -> None:
+    """A row written around the API (or before a rule existed) with a variable that loads code."""
+    run_id = world.create()
+    with world.factory() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        spec = dict(run.spec)
+        spec["resources"] = {**spec["resources"], "env": {"PYTHONPATH": "/tmp/evil"}}
+        run.spec = spec
+        s.commit()
+    world.tick()
+    assert world.sched.submitted == [] and world.attempts(run_id) == []
+    run = world.run(run_id)
+    assert run.state == RunState.FAILED and "resources.env" in (run.last_error or "")
+    assert "PYTHONPATH" in (run.last_error or "")
+
+
+def test_a_stored_run_outside_todays_roots_fails_its_attempts_and_starts_no_job(world: World) -> None:
+    """Valid by the model, refused by the admin's rules (here: a dataset root the admin removed)."""
+    run_id = world.create()
+    with world.factory() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        spec = dict(run.spec)
+        spec["training"] = {**spec["training"], "dataset": "/etc/shadow"}
+        run.spec = spec
+        s.commit()
+    for _ in range(4):
+        world.tick()
+        world.clock.advance(60)
+    assert world.sched.submitted == [], "no job reaches the scheduler"
+    attempts = world.attempts(run_id)
+    assert attempts and all("training.dataset" in (a.error or "") for a in attempts)
     assert world.run(run_id).state == RunState.FAILED

@@ -22,7 +22,7 @@ mode, arg = sys.argv[1], float(sys.argv[2])
 out = os.environ.get("FAKE_OUT")
 if out:
     keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PYRECOVER_DEADLINE",
-            "PYRECOVER_RUN_ID", "PYRECOVER_TOKEN"]
+            "PYRECOVER_RUN_ID", "PYRECOVER_TOKEN", "PYRECOVER_SIGNAL_LEAD"]
     with open(f"{out}.{os.environ['RANK']}", "w") as f:
         json.dump({k: os.environ.get(k) for k in keys} | {"pgid": os.getpgid(0), "sid": os.getsid(0)}, f)
 if mode == "exit":
@@ -106,6 +106,7 @@ def test_completed_with_env_per_rank(
     assert os.getpgid(0) not in (seen[0]["pgid"], seen[1]["pgid"])  # own sessions, not ours
     assert seen[0]["PYRECOVER_RUN_ID"] == "7" and seen[0]["PYRECOVER_TOKEN"] is None
     assert abs(float(seen[0]["PYRECOVER_DEADLINE"]) - (status.start_time or 0) - 30) < 0.01
+    assert seen[0]["PYRECOVER_SIGNAL_LEAD"] == "0"  # this backend sends no warning signal
 
 
 def test_nonzero_exit_is_failed_with_code(sched: LocalScheduler, tmp_path: Path, worker_script: Path) -> None:
@@ -140,10 +141,13 @@ def test_walltime_ignored_sigterm_gets_sigkill(
 
 def test_signal_lead_sends_usr1_before_deadline(tmp_path: Path, worker_script: Path) -> None:
     sched = LocalScheduler(tmp_path / "jobs", kill_wait_s=1.0, signal_lead_s=None)  # lead from the spec
-    spec = make_spec(tmp_path, worker_script, "usr1", "60", time_limit="3s", lead=2)
+    # The spec says what the run asked for; the worker must hear the lead this backend really uses.
+    env = {"FAKE_OUT": str(tmp_path / "env"), "PYRECOVER_SIGNAL_LEAD": "30"}
+    spec = make_spec(tmp_path, worker_script, "usr1", "60", time_limit="3s", lead=2, env=env)
     status = wait_done(sched, sched.submit(spec))
     assert status.state is SchedulerJobState.COMPLETED  # stopped on USR1, before the deadline
     assert "got-usr1" in spec.stdout.read_text()
+    assert json.loads((tmp_path / "env.0").read_text())["PYRECOVER_SIGNAL_LEAD"] == "2"
 
 
 def test_cancel(sched: LocalScheduler, tmp_path: Path, worker_script: Path) -> None:

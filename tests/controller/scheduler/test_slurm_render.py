@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from controller.scheduler.base import JobSpec
-from controller.scheduler.slurm_render import render_sbatch, time_limit_minutes
+from controller.scheduler.slurm_render import CONTROLLER_ENV, render_sbatch, time_limit_minutes
+from shared.run_rules import RunPolicy
 from shared.schemas import ResourcesSpec
 
 GOLDEN = Path(__file__).parent / "golden"
+ANY_ENV = RunPolicy(env_allow=("V*",), check_roots=False)
+"""The injection payloads travel in variables V0..V9: allowed here, so the renderer's quoting is tested."""
 UPDATE = os.environ.get("PYRECOVER_UPDATE_GOLDEN") == "1"
 BASH = shutil.which("bash")
 
@@ -45,16 +48,30 @@ def make_spec(
     dependency: str | None = None,
     base: Path = Path("/srv/pyrecover/runs/demo"),
     run_name: str = "demo",
+    trusted: bool = True,
     **resources: Any,
 ) -> JobSpec:
-    res = ResourcesSpec(scheduler="slurm", **{"time_limit": "10", **resources})
+    """A job as ``build_job_spec`` makes it: the run's own variables are in its resources too (the
+    renderer checks them there against the allow-list). ``trusted=False`` builds the resources
+    without validation, as a bypassing caller could."""
+    env = dict(env if env is not None else {"PYRECOVER_RUN_ID": "42", "PYRECOVER_ATTEMPT": "3"})
+    fields = {"time_limit": "10", **resources}
+    fields["env"] = {
+        k: v for k, v in env.items() if k not in CONTROLLER_ENV and not k.startswith("PYRECOVER_")
+    }
+    if trusted:
+        res = ResourcesSpec(scheduler="slurm", **fields)
+    else:
+        res = ResourcesSpec.model_construct(
+            **(ResourcesSpec(scheduler="slurm", time_limit="10").__dict__ | fields)
+        )
     return JobSpec(
         run_id=42,
         run_name=run_name,
         attempt=3,
         job_name="pyrecover-r42-a3",
         argv=list(argv),
-        env=dict(env if env is not None else {"PYRECOVER_RUN_ID": "42", "PYRECOVER_ATTEMPT": "3"}),
+        env=env,
         resources=res,
         workdir=base,
         stdout=base / "logs" / "attempt-0003.out",
@@ -88,11 +105,12 @@ def test_golden_full() -> None:
         qos="high",
         constraint="[a100&ib|h100]",
         signal_lead_seconds=120,
-        extra_sbatch_args=["--exclusive", "--container-image=images/pytorch-24.05.sqsh"],
+        # Spelled as a user may: a prefix, a separate value, a short option. Rendered canonical.
+        extra_sbatch_args=["--exclus", "--gres gpu:4", "-w node[01-02]", "--mail-type=END,FAIL"],
         env={
             "PYRECOVER_RUN_ID": "42",
             "PYRECOVER_CONTROLLER_URL": "https://ctl.example:8000",
-            "HF_HOME": "/scratch/hf",
+            "HF_HUB_CACHE": "/scratch/hf",
         },
         dependency="1234",
         argv=["/opt/venv/bin/python", "-m", "worker", "--dataset", "/data/fineweb.parquet"],
@@ -102,9 +120,12 @@ def test_golden_full() -> None:
         prologue=["module load cuda/12.4", "source /opt/venv/bin/activate"],
         srun_args=["--mpi=none", "--cpu-bind=none"],
         token_file=Path("/srv/pyrecover/tokens/run-42"),
+        env_file=Path("/srv/pyrecover/runs/demo/logs/attempt-0003.env"),
         signal="USR2",
     )
     check_golden("full.sh", text)
+    for line in ("--exclusive", "--gres=gpu:4", "--nodelist=node[01-02]", "--mail-type=END,FAIL"):
+        assert f"#SBATCH {line}\n" in text
 
 
 @pytest.mark.parametrize(
@@ -140,18 +161,52 @@ def test_token_never_in_script_only_its_file() -> None:
         ({"base": Path("/srv/percent%j")}, "workdir"),
         ({"base": Path("/srv/new\nline")}, "workdir"),
         ({"dependency": "1; rm -rf /"}, "dependency"),
-        ({"env": {"BAD NAME": "x"}}, "valid identifier"),
-        ({"env": {"X": "nul\x00byte"}}, "NUL"),
+        ({"dependency": "١٢"}, "dependency"),
+        # Values a bypassing caller could put in the resources: the renderer applies the API's rules.
+        ({"env": {"BAD NAME": "x"}, "trusted": False}, "valid identifier"),
+        ({"env": {"OMP_NUM_THREADS": "nul\x00byte"}, "trusted": False}, "NUL"),
+        ({"env": {"OMP_NUM_THREADS": "1\n2"}, "trusted": False}, "newlines"),
+        ({"env": {"PYTHONPATH": "/x"}, "trusted": False}, "resources.env: environment variable 'PYTHONPATH'"),
+        ({"env": {"NOT_ALLOWED": "1"}, "trusted": False}, "not on this controller's allow-list"),
+        ({"mem": "١٢G", "trusted": False}, "resources.mem"),
+        ({"partition": "a b", "trusted": False}, "resources.partition"),
+        ({"extra_sbatch_args": ["--out=/etc/passwd"], "trusted": False}, "--output is not allowed"),
+        ({"extra_sbatch_args": ["--export=ALL,BASH_ENV=/x"], "trusted": False}, "--export is not allowed"),
+        ({"extra_sbatch_args": ["--job=x"], "trusted": False}, "--job-name is not allowed"),
         ({"argv": []}, "argv"),
     ],
 )
 def test_unsafe_values_are_refused(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         render_sbatch(make_spec(**kwargs))
 
 
+def test_variables_from_neither_the_run_nor_the_controller_are_refused() -> None:
+    spec = make_spec(env={"PYRECOVER_RUN_ID": "1"})
+    import dataclasses
+
+    sneaked = dataclasses.replace(spec, env={**spec.env, "OMP_NUM_THREADS": "1"})
+    with pytest.raises(ValueError, match="neither the run's nor the controller's own"):
+        render_sbatch(sneaked)
+
+
+def test_the_admins_allow_lists_apply() -> None:
+    spec = make_spec(extra_sbatch_args=["--comment=x"], env={"OMP_NUM_THREADS": "2"})
+    assert "#SBATCH --comment=x" in render_sbatch(spec)
+    with pytest.raises(ValueError, match="--comment is not on this controller's allow-list"):
+        render_sbatch(spec, policy=RunPolicy(sbatch_allow=("exclusive",), check_roots=False))
+    with pytest.raises(ValueError, match="'OMP_NUM_THREADS' is not on this controller's allow-list"):
+        render_sbatch(spec, policy=RunPolicy(env_allow=("HF_TOKEN",), check_roots=False))
+
+
+def test_secret_values_are_sourced_from_their_file_never_written_into_the_script() -> None:
+    text = render_sbatch(make_spec(), env_file=Path("/srv/runs/7/logs/attempt-0001.env"))
+    assert "\n. /srv/runs/7/logs/attempt-0001.env\n" in text
+    assert not any(line.startswith(". ") for line in render_sbatch(make_spec()).splitlines())
+
+
 def test_owned_options_and_bad_srun_args_are_refused() -> None:
-    with pytest.raises(ValueError, match="manages itself"):
+    with pytest.raises(ValueError, match="pyrecover sets it from the run's fields"):
         render_sbatch(make_spec(extra_sbatch_args=["--time=999"]))
     with pytest.raises(ValueError, match="srun argument"):
         render_sbatch(make_spec(), srun_args=["--mpi=pmix; touch /tmp/x"])
@@ -165,7 +220,7 @@ def test_owned_options_and_bad_srun_args_are_refused() -> None:
 def test_rendered_script_is_valid_bash(tmp_path: Path) -> None:
     env = {f"V{i}": s.format(canary=tmp_path / "canary") for i, s in enumerate(INJECTIONS)}
     script = tmp_path / "job.sh"
-    script.write_text(render_sbatch(make_spec(env=env, argv=["/bin/echo", *env.values()])))
+    script.write_text(render_sbatch(make_spec(env=env, argv=["/bin/echo", *env.values()]), policy=ANY_ENV))
     subprocess.run([BASH, "-n", str(script)], check=True)
 
 
@@ -180,7 +235,7 @@ def test_injection_attempts_come_through_literally_and_execute_nothing(tmp_path:
     values = [s.format(canary=canary) for s in INJECTIONS]
     env = {f"V{i}": v for i, v in enumerate(values)}
     argv = ["/bin/echo", *values]
-    text = render_sbatch(make_spec(env=env, argv=argv))
+    text = render_sbatch(make_spec(env=env, argv=argv), policy=ANY_ENV)
     # Execute the env exports, then print each variable NUL-separated, plus the srun argv as the
     # shell would pass it (the srun line with srun replaced by printf).
     srun_line = re.search(r"^srun .*\\\n\s+(.*) &$", text, re.MULTILINE)
@@ -199,8 +254,8 @@ def test_injection_attempts_come_through_literally_and_execute_nothing(tmp_path:
     assert not canary.exists(), "an injection attempt executed"
 
 
-def test_extra_env_newline_rejected_by_spec_but_renderer_still_quotes_it() -> None:
-    # ResourcesSpec rejects newlines in user env values; the reconciler's own env may still carry
-    # one (e.g. a multi-line value): shlex.quote keeps it one shell word.
-    text = render_sbatch(make_spec(env={"MULTI": "line1\nline2; touch /tmp/pwned"}))
-    assert "export MULTI='line1\nline2; touch /tmp/pwned'" in text
+def test_a_controller_value_with_a_newline_stays_one_shell_word() -> None:
+    # User values with newlines are refused (above); one of the controller's own (a URL, say)
+    # still goes through shlex.quote, which keeps it one shell word.
+    spec = make_spec(env={"PYRECOVER_CONTROLLER_URL": "line1\nline2; touch /tmp/pwned"})
+    assert "export PYRECOVER_CONTROLLER_URL='line1\nline2; touch /tmp/pwned'" in render_sbatch(spec)

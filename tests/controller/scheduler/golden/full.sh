@@ -20,7 +20,9 @@
 #SBATCH --no-requeue
 #SBATCH --dependency=afterany:1234
 #SBATCH --exclusive
-#SBATCH --container-image=images/pytorch-24.05.sqsh
+#SBATCH --gres=gpu:4
+#SBATCH --nodelist=node[01-02]
+#SBATCH --mail-type=END,FAIL
 
 # --- site prologue (controller setting slurm_prologue) ---
 module load cuda/12.4
@@ -31,10 +33,12 @@ source /opt/venv/bin/activate
 set -uo pipefail
 
 # Worker environment. The run's token is never here: PYRECOVER_TOKEN_FILE names a 0600 file.
-export HF_HOME=/scratch/hf
+export HF_HUB_CACHE=/scratch/hf
 export PYRECOVER_CONTROLLER_URL=https://ctl.example:8000
 export PYRECOVER_RUN_ID=42
 export PYRECOVER_TOKEN_FILE=/srv/pyrecover/tokens/run-42
+# The run's secret variables: a 0600 file, never this script.
+. /srv/pyrecover/runs/demo/logs/attempt-0003.env
 
 # Rendezvous for torch.distributed: the first node of the allocation, and a port derived from
 # the job id so two jobs sharing a node never collide on a fixed port.
