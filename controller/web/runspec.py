@@ -53,6 +53,13 @@ class ConfigRow:
     default: str | None
     """The API's default, shown when the value differs from it (``None``: at its default)."""
     help: str = ""
+    required: bool = False
+    """The field has no default: every run sets it."""
+
+    @property
+    def set_by_run(self) -> bool:
+        """What the run itself chose (a required field, or a value other than the default)."""
+        return self.required or self.default is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +71,15 @@ class ConfigGroup:
     @property
     def changed(self) -> int:
         return sum(1 for r in self.rows if r.default is not None)
+
+    @property
+    def chosen(self) -> tuple[ConfigRow, ...]:
+        """The rows the run set, shown first; the rest are at their default."""
+        return tuple(r for r in self.rows if r.set_by_run)
+
+    @property
+    def defaults(self) -> tuple[ConfigRow, ...]:
+        return tuple(r for r in self.rows if not r.set_by_run)
 
 
 def display(value: Any) -> str:
@@ -105,10 +121,11 @@ def config_groups(spec: dict[str, Any]) -> list[ConfigGroup]:
                     value=display(value),
                     default=display(_comparable(default)) if differs else None,
                     help=" ".join((info.description or "").split()),
+                    required=info.is_required(),
                 )
             )
         extra = [k for k in values if k not in model.model_fields]  # a row older than today's schema
-        rows += [ConfigRow(key=k, value=display(values[k]), default=None) for k in extra]
+        rows += [ConfigRow(key=k, value=display(values[k]), default=None, required=True) for k in extra]
         groups.append(ConfigGroup(key=key, title=title, rows=tuple(rows)))
     return groups
 

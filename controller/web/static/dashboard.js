@@ -91,6 +91,13 @@
     return Number(v.toPrecision(4)).toLocaleString();
   }
 
+  /* Four significant digits in the legend: uPlot's default rounds a learning rate of 4e-5 to 0. */
+  function legendValue(v) {
+    var a = Math.abs(v);
+    if (a !== 0 && (a < 0.01 || a >= 1e6)) return v.toExponential(3);
+    return Number(v.toPrecision(4)).toLocaleString();
+  }
+
   function chartWidth(el) { return Math.max(280, el.clientWidth - 8); }
 
   function drawChart(key, points) {
@@ -116,7 +123,10 @@
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       axes: [{ label: "step" }, { size: 64, values: function (u, vals) { return vals.map(tick); } }],
-      series: [{ label: "step" }, { label: key, stroke: COLORS[key] || "#111", width: 1.25, points: { show: false } }],
+      series: [{ label: "step" }, {
+        label: key, stroke: COLORS[key] || "#111", width: 1.25, points: { show: false },
+        value: function (u, v) { return v == null ? "--" : legendValue(v); },
+      }],
       plugins: [boundaryPlugin()],
       hooks: { setCursor: [lastValueLegend] },
     }, data, plot);

@@ -159,6 +159,7 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             "llama-1b-main",
             "RUNNING",
             current_step=CHART_STEPS - 1,
+            tokens_seen=(CHART_STEPS - 1) * 8 * 128,
             attempts_count=3,
             latest_checkpoint_step=2500,
         ),
