@@ -25,7 +25,7 @@ only a test that starts workers itself can set them."""
 
 PYTHON_UNBUFFERED = "PYTHONUNBUFFERED"  # set to 1: a rank's log lines reach its file as they happen
 
-CONTROLLER_SET = frozenset({CONTROLLER_URL, RUN_ID, ATTEMPT, TOKEN_FILE, PYTHON_UNBUFFERED})
+CONTROLLER_SET = frozenset({CONTROLLER_URL, RUN_ID, ATTEMPT, TOKEN_FILE, SIGNAL_LEAD, PYTHON_UNBUFFERED})
 """What the controller itself sets in a job's environment (``controller/reconciler/jobspec.py``): the
 only variables in a job past the run-field rules (``shared/env_policy.py`` denies them to runs)."""
 

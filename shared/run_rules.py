@@ -227,6 +227,8 @@ def training_paths(training: TrainingSpec, policy: RunPolicy) -> None:
         return
     input_path("training.dataset", training.dataset, policy)
     input_path("training.tokenizer_name_or_path", training.tokenizer_name_or_path, policy)
+    if training.init_from_hf is not None:  # the worker reads its config.json and safetensors
+        input_path("training.init_from_hf", training.init_from_hf, policy)
     base = policy.checkpoint_base
     output_dir("training.checkpoint_dir", training.checkpoint_dir, policy, relative_base=base)
     if training.profile_dir is not None:

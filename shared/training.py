@@ -189,7 +189,11 @@ class TrainingFields(BaseModel):
     weights) to start from. The model's shape then comes from its config.json (model_preset is not
     used); a fresh start loads its weights, a resume continues from the run's own checkpoints. The
     directory must stay readable for the whole run (every attempt reads its config.json)."""
-    trackers: Annotated[tuple[Tracker, ...], BeforeValidator(_comma_list), Field(max_length=2)] = ()
+    trackers: Annotated[
+        tuple[Tracker, ...],
+        BeforeValidator(_comma_list),
+        Field(max_length=2, json_schema_extra={"maxItems": 2, "uniqueItems": True}),
+    ] = ()
     """Experiment trackers rank 0 logs the progress metrics to: tensorboard, wandb (W&B offline unless
     WANDB_MODE=online). Every attempt appends to the same tracker run, kept in
     <checkpoint_dir>/<experiment_name>/trackers/. On the command line: a comma-separated list."""

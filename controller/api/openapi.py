@@ -8,7 +8,7 @@ the document is not refused (``install``):
   as a tagged union: every event's ``type`` is required, as the union's discriminator is;
 * the run fields the admin's policy decides (``shared.run_rules.RunPolicy``): which environment
   variable names are allowed (the allow-list, minus the hard deny-list), which sbatch options,
-  and the roots that dataset, tokenizer and checkpoint paths must lie under;
+  and the roots that dataset, tokenizer, Hugging Face and checkpoint paths must lie under;
 * ``async_checkpoint`` needs ``use_torch_distributed_ckpt``, and ``checkpoint_frequency`` is not 0.
 
 What JSON Schema cannot state (``lr_warmup_steps <= training_steps``, a ``batch_size`` divisible by
@@ -131,6 +131,7 @@ def _training(schema: dict[str, Any], policy: RunPolicy) -> None:
     checkpoint_roots = [str(r) for r in policy.checkpoint_roots]
     _set_pattern(props["dataset"], under_roots_pattern(data_roots, glob=True))
     _set_pattern(props["tokenizer_name_or_path"], under_roots_pattern(data_roots))
+    _set_pattern(props["init_from_hf"], under_roots_pattern(data_roots))
     _set_pattern(props["checkpoint_dir"], under_roots_pattern(checkpoint_roots))
     _set_pattern(props["profile_dir"], under_roots_pattern(checkpoint_roots))
     props["checkpoint_frequency"]["not"] = {"const": 0}

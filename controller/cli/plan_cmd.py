@@ -83,17 +83,26 @@ def _as_json(plan: MemoryPlan, verdict: Verdict | None) -> dict[str, Any]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plan")
+    @app.command(
+        "plan",
+        epilog="Example: pyrecover plan deploy/examples/run-llama3-8b.yaml --gpu-type h100-80gb",
+    )
     def plan(
-        file: Annotated[Path, typer.Argument(help="Run spec as YAML or JSON (as for `pyrecover submit`).")],
+        file: Annotated[
+            Path,
+            typer.Argument(metavar="RUN_FILE", help="Run spec as YAML or JSON (as for `pyrecover submit`)."),
+        ],
         gpu_type: Annotated[
-            str | None, typer.Option(help="Compare against this GPU (overrides resources.gpu_type).")
+            str | None,
+            typer.Option(metavar="GPU", help="Compare against this GPU (overrides resources.gpu_type)."),
         ] = None,
         gpu_memory: Annotated[
-            float | None, typer.Option(help="Compare against a GPU of this many GiB (overrides both).")
+            float | None,
+            typer.Option(metavar="GIB", help="Compare against a GPU of this many GiB (overrides both)."),
         ] = None,
         vocab_size: Annotated[
-            int | None, typer.Option(help="The tokenizer's vocabulary size (default: the preset's).", min=1)
+            int | None,
+            typer.Option(metavar="N", help="The tokenizer's vocabulary size (default: the preset's).", min=1),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.roles import DEFAULT_ROLE, USER_NAME_PATTERN, Role
 
@@ -59,21 +59,22 @@ class UserPublic(BaseModel):
     created_at: datetime
 
 
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+"""Text without control characters (C0, DEL, C1): what a token label may hold."""
+
+
 class TokenCreate(_Body):
     user: UserName = Field(description="Whose token it is (the user must exist).")
     label: str | None = Field(
-        default=None, min_length=1, max_length=128, description="What uses it; default: the user's name."
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=PRINTABLE_PATTERN,
+        description="What uses it; default: the user's name.",
     )
     expires_in_s: int | None = Field(
         default=None, ge=1, le=MAX_TOKEN_TTL_S, description="Lifetime in seconds; default: until revoked."
     )
-
-    @field_validator("label")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        if value is not None and not value.isprintable():
-            raise ValueError("must be printable text")
-        return value
 
 
 class TokenRotate(_Body):

@@ -26,12 +26,18 @@ class NotifyEvent(StrEnum):
 MAX_URL_CHARS = 2048
 
 
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+URL_PATTERN = rf"^https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?(?:[/?#][\x21-\x7e]*)?$"
+"""What the OpenAPI document states of a webhook URL: http(s), a host name or a bracketed IP
+address, a port in range, then printable ASCII; no user information."""
+
+
 class NotifyTarget(BaseModel):
     """One webhook: where to POST, and which events it wants (all of them by default)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: Annotated[str, Field(max_length=MAX_URL_CHARS)]
+    url: Annotated[str, Field(max_length=MAX_URL_CHARS, pattern=URL_PATTERN)]
     """``http(s)://host[:port]/path``; no user name or password in the URL."""
     events: Annotated[list[NotifyEvent], Field(max_length=len(NotifyEvent))] = Field(
         default_factory=lambda: list(NotifyEvent)

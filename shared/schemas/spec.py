@@ -126,6 +126,17 @@ class TrainingSpec(TrainingFields):
         | None
     ) = None
 
+    init_from_hf: (
+        Annotated[
+            str,
+            _path_field(
+                "A Hugging Face Llama checkpoint directory (config.json + safetensors, under the "
+                "controller's data roots) whose weights start a fresh run."
+            ),
+        ]
+        | None
+    ) = None
+
     @field_validator("tokenizer_name_or_path", "checkpoint_dir", "profile_dir", "init_from_hf")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from controller.db import make_engine
 from controller.db.models import Run
+from controller.services import first_admin
 from shared.env_policy import DENIED_ENV
 
 MARK = "import os, pathlib; pathlib.Path({marks!r}, 'ran-%d' % os.getpid()).write_text('ran')\n"
@@ -87,7 +88,14 @@ def _store_around_the_api(database_url: str, name: str, body: dict[str, Any]) ->
     """A run row as a bypassing writer (or an older version) could leave it."""
     engine = make_engine(database_url)
     with Session(engine) as s:
-        run = Run(name=name, spec=body, scheduler=body["resources"]["scheduler"], training_steps=10)
+        owner = first_admin(s)
+        run = Run(
+            name=name,
+            owner_id=owner.id,
+            spec=body,
+            scheduler=body["resources"]["scheduler"],
+            training_steps=10,
+        )
         s.add(run)
         s.commit()
         run_id = int(run.id)

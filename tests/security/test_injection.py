@@ -69,6 +69,7 @@ FIELDS = [
     "training.tokenizer_name_or_path",
     "training.checkpoint_dir",
     "training.profile_dir",
+    "training.init_from_hf",
     "training.model_preset",
     "training.lr_schedule",
     "training.model_dtype",

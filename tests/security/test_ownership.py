@@ -44,7 +44,7 @@ def two(api: Api) -> dict[str, Any]:
     """alice and bob (users), alice's RUNNING run with a secret in its env and a FAILED run."""
     alice, bob = api.token("alice"), api.token("bob")
     body = run_body("alice-run") | {
-        "resources": {"scheduler": "local", "time_limit": "1m", "env": {"OPENAI_API_KEY": SECRET}}
+        "resources": {"scheduler": "local", "time_limit": "1m", "env": {"HF_TOKEN": SECRET}}
     }
     r = api.client.post("/api/v1/runs", json=body, headers=api.h(alice))
     assert r.status_code == 201, r.text

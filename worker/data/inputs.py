@@ -16,9 +16,9 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared.paths import looks_local
 from worker.data.files import DataError, _has_glob, resolve_parquet_files
 from worker.data.store_manifest import is_token_store, read_manifest
-from worker.data.tokenizer import _looks_like_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 """One of these makes a directory loadable by ``AutoTokenizer.from_pretrained`` (fast or slow)."""
@@ -79,7 +79,7 @@ def _dataset_problems(spec: str) -> list[InputProblem]:
 def _tokenizer_problems(spec: str) -> list[InputProblem]:
     path = Path(spec).expanduser()
     if not path.exists():
-        if _looks_like_path(spec):
+        if looks_local(spec):
             return [InputProblem("tokenizer_name_or_path", "missing", f"{spec}: no such tokenizer directory")]
         return []  # a hub name: the compute nodes' cache decides
     if not path.is_dir():

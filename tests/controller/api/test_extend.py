@@ -44,7 +44,7 @@ def test_what_may_not_change_is_refused_naming_the_field_and_nothing_changes(api
         ({"training": {"trainng_steps": 300}}, "training", "did you mean 'training_steps'"),
         ({"training": {"training_steps": 80}}, "training.training_steps", "newest committed step (100)"),
         ({"training": {"training_steps": 0}}, "training.training_steps", "greater than 0"),
-        ({"resources": {"time_limit": "2h"}}, "body", "unknown field 'resources'"),
+        ({"resources": {"time_limit": "2h"}}, "resources", "unknown field 'resources'"),
     ]
     for body, field, message in cases:
         reply = api.client.patch(f"/api/v1/runs/{run_id}", json=body, headers=api.h())

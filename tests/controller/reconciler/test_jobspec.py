@@ -160,7 +160,7 @@ def test_relative_init_from_hf_and_trackers_reach_the_worker_resolved(
         trackers=["tensorboard", "wandb"],
     )
     spec = build_job_spec(
-        settings=settings(tmp_path),
+        settings=settings(tmp_path, data_roots=[Path("/d"), tmp_path]),
         run_id=4,
         run_name="demo",
         attempt=1,
@@ -174,7 +174,7 @@ def test_relative_init_from_hf_and_trackers_reach_the_worker_resolved(
     assert argv[argv.index("--trackers") + 1] == "tensorboard,wandb"
     without = TrainingSpec(dataset="/d/x.parquet", tokenizer_name_or_path="/d/tok", training_steps=50)
     plain = build_job_spec(
-        settings=settings(tmp_path),
+        settings=settings(tmp_path, data_roots=[Path("/d"), tmp_path]),
         run_id=5,
         run_name="plain",
         attempt=1,
