@@ -290,17 +290,18 @@ def test_a_cpu_run_hides_mfu_and_sums_up(server: Server, page: Any) -> None:
 
 
 def test_hostile_values_render_as_text(server: Server, page: Any) -> None:
-    from tests.controller.web.web_seed import HOSTILE_NAME, HOSTILE_VALUE
+    from tests.controller.web.web_seed import HOSTILE_NAME, HOSTILE_VALUE, add_hostile_run
 
+    hostile_run = add_hostile_run(server.factory)
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    for path in ("/", f"/runs/{server.seeded.hostile_run}", f"/runs/new?clone={server.seeded.hostile_run}"):
+    for path in ("/", f"/runs/{hostile_run}", f"/runs/new?clone={hostile_run}"):
         page.goto(server.url + path)
         page.wait_for_load_state("networkidle")
         assert page.evaluate("() => window.__pwned") is None, path
         assert page.locator("img[src='x']").count() == 0, path
     assert not dialogs
-    page.goto(f"{server.url}/runs/{server.seeded.hostile_run}")
+    page.goto(f"{server.url}/runs/{hostile_run}")
     assert page.locator("#run-head h1 span").first.inner_text() == HOSTILE_NAME  # shown, as text
     dataset = page.locator('#run-config tr[data-key="training.dataset"] td.value').inner_text()
     assert dataset == HOSTILE_VALUE

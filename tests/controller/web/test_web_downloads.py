@@ -16,6 +16,7 @@ from controller.web.runspec import load_yaml
 from shared.schemas import RunCreate
 from tests.controller.web.web_seed import (
     HOSTILE_VALUE,
+    add_hostile_run,
     add_run,
     make_app,
     make_token,
@@ -54,7 +55,8 @@ def test_the_yaml_is_the_api_spec_redacted_and_submittable(parts: tuple[TestClie
     bearer = {"Authorization": f"Bearer {make_token(factory, 'ada')}"}
     api = client.get(f"/api/v1/runs/{seeded.chart_run}", headers=bearer).json()["spec"]
     assert spec.model_dump(mode="json") == RunCreate.model_validate(api).model_dump(mode="json")
-    hostile = client.get(f"/runs/{seeded.hostile_run}/config.yaml")
+    hostile_run = add_hostile_run(factory)
+    hostile = client.get(f"/runs/{hostile_run}/config.yaml")
     assert hostile.status_code == 200 and "hf_secret_value_never_shown" not in hostile.text
     assert load_yaml(hostile.text)["training"]["dataset"] == HOSTILE_VALUE  # data, not markup
     disposition = hostile.headers["content-disposition"]

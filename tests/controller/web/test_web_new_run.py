@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from controller.db.models import Run
-from tests.controller.web.web_seed import add_run, make_app, seed_dashboard, sign_in
+from tests.controller.web.web_seed import add_hostile_run, add_run, make_app, seed_dashboard, sign_in
 
 CSRF_RE = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 EVIL = '<script>alert("x")</script>'
@@ -63,7 +63,8 @@ def test_clone_fills_both_editors_under_a_free_name(parts: tuple[TestClient, Any
     assert 'name="name" value="llama-1b-main-2"' in page
     assert 'value="gpu"' in _field(page, "resources.partition")
     assert "name: llama-1b-main-2" in page and "partition: gpu" in page
-    hostile = client.get(f"/runs/new?clone={seeded.hostile_run}").text
+    hostile_run = add_hostile_run(factory)
+    hostile = client.get(f"/runs/new?clone={hostile_run}").text
     assert "hf_secret_value_never_shown" not in hostile and "<img src=x" not in hostile
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in hostile
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from controller.db.models import Run
 from controller.web import queries
-from tests.controller.web.web_seed import DELETED_STEPS, add_run, make_app, seed_dashboard
+from tests.controller.web.web_seed import DELETED_STEPS, add_hostile_run, add_run, make_app, seed_dashboard
 
 NOW = 1_900_000_000.0
 
@@ -30,9 +30,9 @@ def test_run_detail_marks_deleted_checkpoints_and_counts_what_is_on_disk(tmp_pat
 
 def test_the_configuration_of_a_hostile_row_is_shown_redacted(tmp_path: Path) -> None:
     _app, factory, _ = make_app(tmp_path)
-    seeded = seed_dashboard(factory)
+    hostile_run = add_hostile_run(factory)
     with factory() as session:
-        run = session.get(Run, seeded.hostile_run)
+        run = session.get(Run, hostile_run)
         assert run is not None
         detail = queries.run_detail(session, run, now=NOW)
     rows = {(g.key, r.key): r for g in detail.config for r in g.rows}

@@ -74,10 +74,11 @@ def add_run(
             name=name,
             owner_id=owner_id,
             state=RunState(state),
-            spec=stored_spec if stored_spec is not None else spec(name, TOTAL_STEPS),
+            spec=stored_spec
+            if stored_spec is not None
+            else spec(name, fields.get("training_steps", TOTAL_STEPS)),
             scheduler="slurm",
-            training_steps=TOTAL_STEPS,
-            **fields,
+            **({"training_steps": TOTAL_STEPS} | fields),
         )
         session.add(run)
         session.flush()
@@ -134,8 +135,6 @@ class Seeded:
     metric_points: int
     cpu_run: int = 0
     """A COMPLETED run on CPU: metrics without MFU."""
-    hostile_run: int = 0
-    """A row written around the API: HTML and script in its name, its spec, its events."""
 
 
 def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
@@ -270,12 +269,15 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step.in_(DELETED_STEPS))
         ):
             ckpt.deleted_at = T0 + timedelta(minutes=30)
-    cpu_run = add_run(factory, "cpu-tiny", "COMPLETED", current_step=60, attempts_count=1, tokens_seen=61_440)
-    hostile = spec("hostile-run")
-    hostile["name"] = HOSTILE_NAME
-    hostile["training"]["dataset"] = HOSTILE_VALUE
-    hostile["resources"]["env"] = {"NOTE": HOSTILE_VALUE, "HF_TOKEN": "hf_secret_value_never_shown"}
-    hostile_run = add_run(factory, HOSTILE_NAME, "FAILED", stored_spec=hostile, last_error=HOSTILE_VALUE)
+    cpu_run = add_run(
+        factory,
+        "cpu-tiny",
+        "COMPLETED",
+        current_step=60,
+        training_steps=60,
+        attempts_count=1,
+        tokens_seen=61_440,
+    )
     with factory.begin() as session:
         session.add(
             _attempt(
@@ -291,15 +293,26 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             )
         )
         add_metrics(session, cpu_run, 1, range(1, 61), T0 + timedelta(seconds=10), mfu=False)
-        session.add(Event(run_id=hostile_run, kind=HOSTILE_VALUE, message=HOSTILE_NAME))
     return Seeded(
-        run_ids=ids | {"CPU": cpu_run, "HOSTILE": hostile_run},
+        run_ids=ids | {"CPU": cpu_run},
         chart_run=ids["RUNNING"],
         cancel_run=ids["PENDING"],
         metric_points=points,
         cpu_run=cpu_run,
-        hostile_run=hostile_run,
     )
+
+
+def add_hostile_run(factory: sessionmaker[Session]) -> int:
+    """A FAILED run written around the API: HTML and script in its name, its spec, its error and its
+    events, and a secret value in its env (a row from before secrets were split)."""
+    hostile = spec("hostile-run")
+    hostile["name"] = HOSTILE_NAME
+    hostile["training"]["dataset"] = HOSTILE_VALUE
+    hostile["resources"]["env"] = {"NOTE": HOSTILE_VALUE, "HF_TOKEN": "hf_secret_value_never_shown"}
+    run_id = add_run(factory, HOSTILE_NAME, "FAILED", stored_spec=hostile, last_error=HOSTILE_VALUE)
+    with factory.begin() as session:
+        session.add(Event(run_id=run_id, kind=HOSTILE_VALUE, message=HOSTILE_NAME))
+    return run_id
 
 
 def make_token(factory: sessionmaker[Session], name: str, role: Role | None = None) -> str:
