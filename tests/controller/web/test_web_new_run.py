@@ -67,6 +67,9 @@ def test_clone_fills_both_editors_under_a_free_name(parts: tuple[TestClient, Any
     hostile = client.get(f"/runs/new?clone={hostile_run}").text
     assert "hf_secret_value_never_shown" not in hostile and "<img src=x" not in hostile
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in hostile
+    notice = hostile.split('id="clone-secrets"', 1)[1].split("</div>", 1)[0]
+    assert "HF_TOKEN" in notice  # the secret's name is kept, and the user told to enter it again
+    assert 'id="clone-secrets"' not in page  # a run without secrets: nothing to say
 
 
 def test_clone_of_a_run_the_viewer_cannot_read_is_a_404(parts: tuple[TestClient, Any, str]) -> None:
