@@ -267,6 +267,17 @@ def test_run_page_marks_deleted_checkpoints_and_shows_last_values(server: Server
     # attempt markers are the server's collapsed clusters
     labels = page.evaluate("() => window.pyrecover.series.markers.map(m => m.label)")
     assert labels == ["#2", "#3"]
+    # the loss on a log axis: the same points, redrawn on the other scale and back
+    linear = page.evaluate("() => window.pyrecover.charts.loss.data")
+    page.check("#log-loss")
+    page.wait_for_function(
+        "() => window.pyrecover.charts.loss && window.pyrecover.charts.loss.scales.y.distr === 3"
+    )
+    assert page.evaluate("() => window.pyrecover.charts.loss.data") == linear
+    page.uncheck("#log-loss")
+    page.wait_for_function(
+        "() => window.pyrecover.charts.loss && window.pyrecover.charts.loss.scales.y.distr === 1"
+    )
     # MFU is measured on this run: its chart is shown
     assert page.locator("#chart-mfu").is_visible() and page.locator("#mfu-note").count() == 0
     # progress text readable on the bar and on the track (WCAG AA: 4.5:1)

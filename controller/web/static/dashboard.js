@@ -117,9 +117,14 @@
     }
     if (chart) { chart.setData(data); lastValueLegend(chart); return; }
     plot.innerHTML = "";
+    var toggle = box.querySelector("input[data-log-scale]");
+    // A log axis needs every value above zero; otherwise the box is unticked and disabled.
+    var positive = points.y.every(function (v) { return v > 0; });
+    if (toggle && !positive) { toggle.checked = false; toggle.disabled = true; }
+    var log = Boolean(toggle && toggle.checked);
     chart = new uPlot({
       width: chartWidth(box), height: 220,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       axes: [{ label: "step" }, { size: 64, values: function (u, vals) { return vals.map(tick); } }],
@@ -132,6 +137,17 @@
     }, data, plot);
     lastValueLegend(chart);
     state.charts[key] = chart;
+  }
+
+  /* "log scale" boxes: redraw that chart on the other axis with the data it already has. */
+  function bindLogToggles(container) {
+    container.addEventListener("change", function (event) {
+      var key = event.target.dataset ? event.target.dataset.logScale : undefined;
+      if (!key || !state.charts[key] || !state.series) return;
+      state.charts[key].destroy();
+      delete state.charts[key];
+      drawChart(key, state.series.metrics[key]);
+    });
   }
 
   function refreshCharts(container) {
@@ -190,6 +206,7 @@
     var pollMs = Number(runLive.dataset.pollMs);
     every(pollMs, function () { return refreshFragments(runLive.dataset.pollUrl); });
     var charts = document.getElementById("charts");
+    bindLogToggles(charts);
     refreshCharts(charts).catch(function (err) { showMessage("cannot load metrics: " + err, false); });
     every(pollMs, function () { return refreshCharts(charts); });
     window.addEventListener("resize", function () {
