@@ -20,6 +20,8 @@ class EventType(StrEnum):
     """A metric point (loss, learning rate, throughput) every ``logging_frequency`` steps."""
     CHECKPOINT_COMMITTED = "checkpoint_committed"
     """A checkpoint's manifest was written and the directory renamed into place."""
+    CHECKPOINTS_DELETED = "checkpoints_deleted"
+    """Retention deleted these committed checkpoints (their steps) from disk after a commit."""
     STOPPING = "stopping"
     """The worker decided to stop before ``training_steps`` (deadline, signal, request)."""
     FINISHED = "finished"

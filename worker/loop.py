@@ -194,6 +194,10 @@ class TrainingLoop:
             tokens_seen=result.tokens_seen,
             final=result.final,
         )
+        if result.deleted_steps:  # after the commit that made them surplus: the rows exist by then
+            self.reporter.emit(
+                EventType.CHECKPOINTS_DELETED, step=result.step, steps=list(result.deleted_steps)
+            )
 
     def _drain_completed(self) -> None:
         with self.watch.during(HangPhase.SAVE):  # rank 0 may be committing a background save
@@ -206,9 +210,11 @@ class TrainingLoop:
             self._save_cursors[self.step] = copy.deepcopy(self.state.progress["data_cursor"])
             result = self.manager.save(self.step, self.state, final=final)
             self.last_saved_step = self.step
+            # A background save that finished meanwhile committed first: report it first, so the
+            # controller sees commits (and the deletions each one caused) in the order they happened.
+            self._drain_completed()
             if result is not None:
                 self._report_save(result)
-            self._drain_completed()
             return result
 
     def _note_committed(self, step: int) -> None:

@@ -169,6 +169,13 @@ class Checkpoint(Base):
     tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     final: Mapped[bool] = mapped_column(Boolean, default=False)
     committed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    """When the worker reported that retention deleted it from disk (``checkpoints_deleted``); the row
+    stays, as the run's history, but the checkpoint can no longer be resumed from or exported."""
+
+    @property
+    def on_disk(self) -> bool:
+        return self.deleted_at is None
 
 
 class Metric(Base):

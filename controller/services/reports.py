@@ -8,6 +8,7 @@ late-spooled batch changes nothing twice. Applying an event:
   attempt PENDING → RUNNING and run QUEUED → RUNNING;
 * ``progress``: a metric point; run progress (monotone);
 * ``checkpoint_committed``: a checkpoint row (once per step), the run's latest checkpoint;
+* ``checkpoints_deleted``: those rows marked deleted (``controller.services.checkpoint_retention``);
 * ``stopping``: attempt → STOPPING; ``finished`` / ``failed``: logged (error text kept);
 * ``warning``: an event in the run's log;
 * ``hung`` / ``diverged``: a readable event in the run's log, the facts in its data (suspect ranks
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, WorkerEventRecord
 from controller.db.types import to_datetime, utcnow
+from controller.services import checkpoint_retention
 from controller.services.claims import Scope, check_events, scope
 from controller.services.errors import AttemptNotFound, RunNotFound
 from controller.services.report_checks import check_batch, finite_or_none
@@ -45,6 +47,7 @@ from controller.state_machine import record_run_event, transition_attempt, trans
 from shared.events import ENDING_EVENT_TYPES, WorkerAction
 from shared.schemas import (
     CheckpointCommittedEvent,
+    CheckpointsDeletedEvent,
     DivergedEvent,
     FailedEvent,
     FinishedEvent,
@@ -174,6 +177,7 @@ def _apply(
     event: StartedEvent
     | ProgressEvent
     | CheckpointCommittedEvent
+    | CheckpointsDeletedEvent
     | StoppingEvent
     | FinishedEvent
     | FailedEvent
@@ -188,6 +192,9 @@ def _apply(
     late = "" if allowed.live else f" (late report: attempt {attempt.number} has ended)"
     if isinstance(event, CheckpointCommittedEvent):
         _checkpoint(session, run, attempt, event, at, known_steps, allowed)
+    elif isinstance(event, CheckpointsDeletedEvent):
+        # A fact about the file system even when late: the files are gone whoever reports it.
+        checkpoint_retention.mark_deleted(session, run, event.steps, at, move_latest=allowed.progress)
     elif isinstance(event, StartedEvent):
         _started(session, run, attempt, event, at, allowed)
     elif isinstance(event, StoppingEvent):
@@ -356,6 +363,8 @@ def _checkpoint(
                 committed_at=at,
             )
         )
+    else:
+        checkpoint_retention.mark_on_disk(session, run.id, event.step)
     attempt.checkpoint_stall_s = (attempt.checkpoint_stall_s or 0.0) + event.stall_seconds
     if attempt.last_commit_at is None or at > attempt.last_commit_at:
         attempt.last_commit_at = at

@@ -73,3 +73,14 @@ def filesize(n: int | None) -> str:
         size /= 1024
         unit = units.pop(0)
     return f"{size:.1f} {unit}"
+
+
+def tokens(n: int | None) -> str:
+    """A token count at a glance: ``950``, ``12.3K``, ``4.50M``, ``1.20B``; ``–`` when unknown."""
+    if n is None:
+        return "–"
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.2f}{unit}" if value < 10 else f"{value:.1f}{unit}"
+    return str(n)

@@ -9,7 +9,7 @@ Nothing here loads a whole table. Which runs a page may show is decided by the c
 
 from __future__ import annotations
 
-import json
+import re
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.db.types import to_datetime
 from controller.services import goodput
-from controller.services.secrets import redacted_spec
 from controller.web.formatting import to_unix
+from controller.web.runspec import config_groups, shown_spec
 from controller.web.views import (
     AttemptTimes,
     CheckpointRow,
@@ -214,6 +214,7 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
             async_save=bool(c.async_save),
             final=bool(c.final),
             attempt=c.attempt,
+            deleted_at=c.deleted_at,
         )
         for c in session.scalars(
             select(Checkpoint)
@@ -222,6 +223,11 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
             .limit(CHECKPOINTS_SHOWN)
         )
     ]
+    counts = session.execute(
+        select(func.count(), func.count(Checkpoint.id).filter(Checkpoint.deleted_at.is_(None))).where(
+            Checkpoint.run_id == run_id
+        )
+    ).one()
     events = [
         EventRow(time=e.time, kind=e.kind, message=e.message or "")
         for e in session.scalars(
@@ -241,9 +247,9 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         ledger=ledger_parts(goodput.ledgers(session, [run.id], now=_at(now))[run.id]),
         updated_at=run.updated_at,
         last_loss=last_loss,
-        latest_checkpoint_step=checkpoints[0].step if checkpoints else None,
+        latest_checkpoint_step=run.latest_checkpoint_step,  # never a deleted one (checkpoint_retention)
         message=run.last_error,
-        config_json=json.dumps(redacted_spec(run.spec), indent=2, sort_keys=False),
+        config=config_groups(shown_spec(run.spec)),
         timeline=timeline(attempts, now),
         checkpoints=checkpoints,
         events=events,
@@ -251,4 +257,28 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         pending_action=str(run.pending_action or "none"),
         owner=session.scalar(select(User.name).where(User.id == run.owner_id)) or "",
         can_act=can_act,
+        tokens_seen=int(run.tokens_seen or 0),
+        checkpoints_total=int(counts[0]),
+        checkpoints_on_disk=int(counts[1]),
     )
+
+
+_COPY_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<n>\d{1,4})$")
+
+
+def free_name(session: Session, name: str) -> str:
+    """A name for a copy of the run ``name`` that no run has yet: ``name-2`` (``x-2`` → ``x-3``), in
+    one query over the next candidates; the names stay valid run names (at most 63 characters)."""
+    match = _COPY_SUFFIX.fullmatch(name)
+    base, first = (match["base"], int(match["n"]) + 1) if match else (name, 2)
+    candidates = [f"{base[: 62 - len(str(n))]}-{n}" for n in range(first, first + 50)]
+    taken = set(session.scalars(select(Run.name).where(Run.name.in_(candidates))))
+    return next((c for c in candidates if c not in taken), candidates[-1])
+
+
+def mfu_measured(session: Session, run_id: int) -> bool:
+    """Whether any metric point of the run carries an MFU. The worker reports one only where it knows
+    the device's peak FLOP/s (never on CPU); elsewhere the run page hides the MFU chart and says why,
+    instead of a chart that waits for data for ever."""
+    stmt = select(Metric.id).where(Metric.run_id == run_id, Metric.mfu.is_not(None)).limit(1)
+    return session.scalar(stmt) is not None

@@ -37,6 +37,7 @@ def environment() -> jinja2.Environment:
         isotime=formatting.isotime,
         pct=formatting.pct,
         filesize=formatting.filesize,
+        tokens=formatting.tokens,
     )
     env.globals["bad_reasons"] = frozenset(str(r) for r in BAD_REASONS)
     return env

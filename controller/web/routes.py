@@ -17,26 +17,33 @@ from __future__ import annotations
 import logging
 import time
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from controller import access, services
 from controller.api.deps import MAX_ID
 from controller.api.limits import RateLimited, retry_after_header
 from controller.auth import AuthError, Principal
-from controller.db.models import User
-from controller.services.errors import Conflict, DomainError, InvalidField, QuotaExceeded, RunNotFound
+from controller.services.errors import DomainError, QuotaExceeded, RunNotFound
 from controller.services.sessions import close_session, open_session, redeem_login_code
 from controller.services.tokens import user_of_token
-from controller.web import forms, queries
-from controller.web.access import WebContext, resolve_viewer, web_context
+from controller.web import downloads, new_run, queries
+from controller.web.access import WebContext, resolve_viewer
 from controller.web.rendering import STATIC_DIR, render
+from controller.web.replies import (
+    ContextDep,
+    RunIdPath,
+    csrf_refusal,
+    login_redirect,
+    not_found,
+    read_form,
+    refused,
+    viewer_of,
+)
 from controller.web.security import (
-    CSRF_FIELD,
     CsrfError,
     check_csrf,
     clear_session,
@@ -47,51 +54,19 @@ from controller.web.security import (
 from controller.web.series import SeriesCache
 from controller.web.views import Viewer
 from shared.events import WorkerAction
-from shared.schemas import RunCreate
 from shared.states import RunState
-from shared.unknown_fields import error_loc
 
 router = APIRouter(include_in_schema=False)
+router.include_router(new_run.router)  # before /runs/{run_id}, which would take "new" for an id
+router.include_router(downloads.router)
 
 RUNS_PER_PAGE = 50
-MAX_FORM_BYTES = 64 * 1024
 RUNS_POLL_MS = 5000
 RUN_POLL_MS = 3000
 CHART_POINTS = 1000
 CHARTS = (("loss", "Loss"), ("lr", "Learning rate"), ("tokens_per_s", "Tokens / s"), ("mfu", "MFU"))
 
-ContextDep = Annotated[WebContext, Depends(web_context)]
-RunIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 log = logging.getLogger("pyrecover.auth")
-
-
-def _viewer(request: Request, ctx: WebContext) -> Viewer:
-    with ctx.session_factory() as session:
-        return resolve_viewer(request, ctx.settings, session)
-
-
-def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    url = request.app.url_path_for("web_login_form")
-    return RedirectResponse(f"{url}?{urlencode({'next': target})}", status_code=303)
-
-
-async def _read_form(request: Request) -> dict[str, str]:
-    """An urlencoded form body (the dashboard's forms post nothing else), size-capped."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise HTTPException(413, "form too large")
-    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
-
-
-def _csrf_refusal(request: Request, form: dict[str, str], viewer: Viewer | None) -> Response | None:
-    """None when the form's CSRF token is good, else the 403 page to answer with."""
-    try:
-        check_csrf(request, form.get(CSRF_FIELD))
-    except CsrfError as exc:
-        context = {"title": "Request refused", "message": f"{exc}."}
-        return render(request, "error.html", context, viewer=viewer or Viewer.anonymous(), status_code=403)
-    return None
 
 
 # ---- runs list ---------------------------------------------------------------------------------
@@ -109,7 +84,7 @@ def runs_page(
     with ctx.session_factory() as session:
         viewer = resolve_viewer(request, ctx.settings, session)
         if not viewer.can_view or viewer.principal is None:
-            return _login_redirect(request)
+            return login_redirect(request)
         page = queries.runs_page(
             session,
             state=state,
@@ -130,91 +105,6 @@ def runs_page(
     return render(request, "_runs_body.html" if fragment else "runs.html", context, viewer=viewer)
 
 
-# ---- new run (declared before /runs/{run_id}) ----------------------------------------------------
-
-
-def _form_context(values: dict[str, Any], errors: forms.FormErrors) -> dict[str, Any]:
-    return {
-        "nav": "new",
-        "sections": forms.SECTIONS,
-        "values": values,
-        "field_errors": errors.fields,
-        "section_errors": errors.sections,
-        "form_errors": errors.form,
-    }
-
-
-def _refused(request: Request, viewer: Viewer, message: str, status_code: int = 403) -> Response:
-    context = {"title": "Not allowed" if status_code == 403 else "Too many", "message": message}
-    return render(request, "error.html", context, viewer=viewer, status_code=status_code)
-
-
-def _not_found(request: Request, viewer: Viewer, run_id: int) -> Response:
-    missing = {"title": "Not found", "message": f"There is no run {run_id}."}
-    return render(request, "error.html", missing, viewer=viewer, status_code=404)
-
-
-@router.get("/runs/new", name="web_new_run")
-def new_run_page(request: Request, ctx: ContextDep) -> Response:
-    viewer = _viewer(request, ctx)
-    if viewer.principal is None or viewer.principal.read_only:
-        return _login_redirect(request)
-    if not viewer.can_act:
-        return _refused(request, viewer, f"{viewer.name} is a viewer: viewers cannot create runs.")
-    return render(request, "new_run.html", _form_context({}, forms.FormErrors()), viewer=viewer)
-
-
-@router.post("/runs/new", name="web_create_run")
-async def create_run(request: Request, ctx: ContextDep) -> Response:
-    viewer = await run_in_threadpool(_viewer, request, ctx)
-    form = await _read_form(request)
-    if (refused := _csrf_refusal(request, form, viewer)) is not None:
-        return refused
-    if viewer.principal is None or viewer.principal.read_only:
-        return _login_redirect(request)
-    if not viewer.can_act:
-        return _refused(request, viewer, f"{viewer.name} is a viewer: viewers cannot create runs.")
-    values: dict[str, Any] = {f.name: form.get(f.name, "") for f in forms.FIELDS.values()}
-    for f in forms.FIELDS.values():
-        if f.kind == "bool":  # an unchecked box is absent from the form: show it unchecked again
-            values[f.name] = form.get(f.name) in ("true", "on", "1")
-    try:
-        body = RunCreate.model_validate(forms.form_to_body(form))
-    except ValidationError as exc:
-        # Exactly the API's 422: FastAPI reports body errors with "body" in front of the location.
-        detail = [{"loc": ["body", *error_loc(e)], "msg": e["msg"]} for e in exc.errors()]
-        errors = forms.place_errors(422, detail)
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
-    try:
-        run_id = await run_in_threadpool(_create, ctx, body, viewer.principal)
-    except QuotaExceeded as exc:
-        errors = forms.FormErrors(form=[str(exc)])
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=429)
-    except InvalidField as exc:  # the controller's own rules (allow-lists, path roots): as the API's 422
-        errors = forms.place_errors(422, [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}])
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=422)
-    except Conflict as exc:
-        errors = forms.FormErrors()
-        if exc.field is not None and exc.field in forms.FIELDS:
-            errors.fields[exc.field] = [str(exc)]
-        else:
-            errors.form.append(str(exc))
-        code = 409 if isinstance(exc, Conflict) else 422
-        return render(request, "new_run.html", _form_context(values, errors), viewer=viewer, status_code=code)
-    return RedirectResponse(request.app.url_path_for("web_run", run_id=run_id), status_code=303)
-
-
-def _owner(session: Any, principal: Principal) -> User:
-    user = session.get(User, principal.user_id) if principal.user_id is not None else None
-    return user if user is not None else services.first_admin(session)
-
-
-def _create(ctx: WebContext, body: RunCreate, principal: Principal) -> int:
-    with ctx.session_factory() as session, session.begin():
-        owner = _owner(session, principal)
-        return services.create_run(session, body, owner=owner, by=principal.actor, settings=ctx.settings).id
-
-
 # ---- one run -----------------------------------------------------------------------------------
 
 
@@ -231,14 +121,16 @@ def run_page(request: Request, ctx: ContextDep, run_id: RunIdPath, fragment: boo
     with ctx.session_factory() as session:
         viewer = resolve_viewer(request, ctx.settings, session)
         if not viewer.can_view or viewer.principal is None:
-            return _login_redirect(request)
+            return login_redirect(request)
         try:
             row = access.readable_run(session, viewer.principal, run_id)
         except RunNotFound:
-            return _not_found(request, viewer, run_id)
+            return not_found(request, viewer, run_id)
         run = queries.run_detail(
             session, row, now=time.time(), can_act=_may_act(session, viewer.principal, run_id)
         )
+        # Only the full page draws the charts; the polled fragment skips the query.
+        mfu_measured = fragment or queries.mfu_measured(session, run_id)
     context: dict[str, Any] = {
         "run": run,
         "nav": "runs",
@@ -246,6 +138,8 @@ def run_page(request: Request, ctx: ContextDep, run_id: RunIdPath, fragment: boo
         "fragment_url": f"{request.app.url_path_for('web_run', run_id=run_id)}?fragment=1",
         "series_url": _series_url(request, run_id),
         "chart_titles": CHARTS,
+        "mfu_measured": mfu_measured,
+        "can_create": viewer.can_act and viewer.principal is not None and not viewer.principal.read_only,
     }
     return render(request, "_run_fragment.html" if fragment else "run.html", context, viewer=viewer)
 
@@ -309,7 +203,7 @@ async def run_action(
     """Cancel / resume / checkpoint now / stop gracefully, answered as ``{"ok", "message"}``."""
     if action not in _ACTION_DONE:
         return JSONResponse({"ok": False, "message": f"unknown action {action!r}"}, status_code=404)
-    viewer = await run_in_threadpool(_viewer, request, ctx)
+    viewer = await run_in_threadpool(viewer_of, request, ctx)
     try:
         check_csrf(request, None)
     except CsrfError as exc:
@@ -336,7 +230,7 @@ async def run_action(
 def login_page(
     request: Request, ctx: ContextDep, next: Annotated[str, Query(max_length=2048)] = "/"
 ) -> Response:
-    viewer = _viewer(request, ctx)
+    viewer = viewer_of(request, ctx)
     return render(request, "login.html", {"next": safe_next(next), "error": None}, viewer=viewer)
 
 
@@ -370,12 +264,12 @@ def _failed(request: Request, why: str) -> None:
 @router.post("/login", name="web_login")
 async def login(request: Request, ctx: ContextDep) -> Response:
     """Sign in with an API token: a new server-side session, whose id alone goes in the cookie."""
-    form = await _read_form(request)
-    if (refused := _csrf_refusal(request, form, None)) is not None:
+    form = await read_form(request)
+    if (refused := csrf_refusal(request, form, None)) is not None:
         return refused
     token = form.get("token", "").strip()
     target = safe_next(form.get("next"))
-    viewer = await run_in_threadpool(_viewer, request, ctx)
+    viewer = await run_in_threadpool(viewer_of, request, ctx)
     if (throttled := _throttled(request, viewer, target)) is not None:
         return throttled
     secret = await run_in_threadpool(_session_for_token, ctx, token)
@@ -408,11 +302,11 @@ def login_link(
 
     A link followed from another site (``Sec-Fetch-Site: cross-site``) is refused: nobody may sign
     a browser in to an account of their choosing."""
-    viewer = _viewer(request, ctx)
+    viewer = viewer_of(request, ctx)
     target = safe_next(next)
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("none", "same-origin"):
-        return _refused(request, viewer, "Open the sign-in link directly (paste it in the address bar).")
+        return refused(request, viewer, "Open the sign-in link directly (paste it in the address bar).")
     if (throttled := _throttled(request, viewer, target)) is not None:
         return throttled
     with ctx.session_factory() as session, session.begin():
@@ -428,8 +322,8 @@ def login_link(
 @router.post("/logout", name="web_logout")
 async def logout(request: Request, ctx: ContextDep) -> Response:
     """Delete the session (a copy of the cookie is dead from now on) and the cookie."""
-    form = await _read_form(request)
-    if (refused := _csrf_refusal(request, form, None)) is not None:
+    form = await read_form(request)
+    if (refused := csrf_refusal(request, form, None)) is not None:
         return refused
     await run_in_threadpool(_close, ctx, session_secret(request))
     response = RedirectResponse(request.app.url_path_for("web_runs"), status_code=303)

@@ -117,4 +117,36 @@ def chart_payload(table: npt.NDArray[np.float64], run_id: int, max_points: int) 
         attempts = [
             {"number": int(n), "start_step": int(table[i, STEP])} for n, i in zip(numbers, first, strict=True)
         ]
-    return {"run_id": run_id, "points": int(table.shape[0]), "metrics": metrics, "attempts": attempts}
+    span = float(table[-1, STEP] - table[0, STEP]) if table.shape[0] else 0.0
+    markers = collapse_markers([(a["number"], a["start_step"]) for a in attempts[1:]], span)
+    return {
+        "run_id": run_id,
+        "points": int(table.shape[0]),
+        "metrics": metrics,
+        "attempts": attempts,
+        "markers": markers,
+    }
+
+
+MARKER_GAP = 0.03
+"""Resumes closer than this fraction of the charts' step span share one marker (at 600 px, ~18 px)."""
+
+
+def collapse_markers(
+    starts: list[tuple[int, int]], span: float, gap: float = MARKER_GAP
+) -> list[dict[str, Any]]:
+    """One marker per cluster of attempt starts: ``(number, start_step)`` pairs in step order, merged
+    while each is within ``gap * span`` steps of the cluster's first. A marker sits at that first step
+    and reads ``#4`` or ``#9–#13``; ``attempts`` lists every number it stands for."""
+    markers: list[dict[str, Any]] = []
+    width = gap * span
+    for number, step in sorted(starts, key=lambda a: (a[1], a[0])):
+        last = markers[-1] if markers else None
+        if last is not None and step - last["step"] <= width:
+            last["attempts"].append(number)
+        else:
+            markers.append({"step": step, "attempts": [number]})
+    for marker in markers:
+        numbers = marker["attempts"]
+        marker["label"] = f"#{numbers[0]}" if len(numbers) == 1 else f"#{min(numbers)}–#{max(numbers)}"
+    return markers

@@ -16,6 +16,7 @@ from shared.states import EndReason, RunState
 
 if TYPE_CHECKING:
     from controller.auth import Principal
+    from controller.web.runspec import ConfigGroup
 
 # End reasons that mean something went wrong (shown in red); the rest are planned stops.
 BAD_REASONS = frozenset(
@@ -45,9 +46,15 @@ def allowed_actions(state: str) -> tuple[Action, ...]:
             return ()
 
 
+NOT_RESTARTS = frozenset({EndReason.FINISHED, EndReason.CANCELLED})
+"""End reasons that are no restart: the run was done, or a user stopped it (a cancel ends the run;
+resuming it later is the user's choice, not a recovery)."""
+
+
 def restarts_by_cause(end_reasons: Iterable[str | None]) -> list[tuple[str, int]]:
-    """Ended attempts that did not finish the run, counted by end reason, most frequent first."""
-    counts = Counter(r for r in end_reasons if r and r != EndReason.FINISHED)
+    """Ended attempts the controller had to follow with another one, counted by end reason, most
+    frequent first: every end but a finish or a cancel."""
+    counts = Counter(r for r in end_reasons if r and r not in NOT_RESTARTS)
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
@@ -220,6 +227,12 @@ class CheckpointRow:
     async_save: bool
     final: bool
     attempt: int | None
+    deleted_at: Any = None
+    """When the worker's retention deleted it (``None``: on disk)."""
+
+    @property
+    def on_disk(self) -> bool:
+        return self.deleted_at is None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,7 +273,8 @@ class RunDetail:
     last_loss: float | None
     latest_checkpoint_step: int | None
     message: str | None
-    config_json: str
+    config: list[ConfigGroup]
+    """The spec, grouped (``controller/web/runspec.py``); the YAML download is its raw form."""
     timeline: list[TimelineRow]
     checkpoints: list[CheckpointRow]
     events: list[EventRow]
@@ -272,6 +286,19 @@ class RunDetail:
     owner: str = ""
     can_act: bool = True
     """Whether the viewer may act on this run (a viewer, or a reader of all runs, may not)."""
+    tokens_seen: int = 0
+    checkpoints_on_disk: int = 0
+    checkpoints_total: int = 0
+    """Every checkpoint row of the run (the table shows the newest ``CHECKPOINTS_SHOWN``)."""
+
+    @property
+    def wall_seconds(self) -> float:
+        """Created → finished (or now): the ledger's total."""
+        return sum(part.seconds for part in self.ledger)
+
+    @property
+    def loss_label(self) -> str:
+        return "final loss" if self.state == RunState.COMPLETED else "last loss"
 
     @property
     def allowed_actions(self) -> tuple[Action, ...]:

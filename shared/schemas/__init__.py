@@ -24,6 +24,7 @@ from shared.schemas.public import (
 )
 from shared.schemas.reports import (
     CheckpointCommittedEvent,
+    CheckpointsDeletedEvent,
     DataCursor,
     DivergedEvent,
     FailedEvent,
@@ -45,6 +46,7 @@ __all__ = [
     "AttemptPublic",
     "CheckpointCommittedEvent",
     "CheckpointPublic",
+    "CheckpointsDeletedEvent",
     "DataCursor",
     "DivergedEvent",
     "EventPublic",

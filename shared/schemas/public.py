@@ -114,6 +114,11 @@ class CheckpointPublic(_Public):
     tokens_seen: int
     final: bool
     committed_at: datetime
+    on_disk: bool = Field(
+        default=True,
+        description="False once the worker's retention deleted it: it cannot be resumed from or exported.",
+    )
+    deleted_at: datetime | None = Field(default=None, description="When retention deleted it (reported).")
 
 
 class MetricPoint(_Public):

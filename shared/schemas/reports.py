@@ -40,6 +40,7 @@ _Path = Annotated[str, Field(max_length=MAX_PATH_CHARS, pattern=REPORTED_PATH_PA
 
 __all__ = [
     "CheckpointCommittedEvent",
+    "CheckpointsDeletedEvent",
     "DataCursor",
     "DivergedEvent",
     "FailedEvent",
@@ -113,6 +114,18 @@ class CheckpointCommittedEvent(_Event):
     async_save: bool = False
     tokens_seen: _Count64 = 0
     final: bool = False
+
+
+MAX_STEP = 2**31 - 1
+"""Steps are ``INTEGER`` columns (32-bit on PostgreSQL)."""
+
+
+class CheckpointsDeletedEvent(_Event):
+    """Retention removed these committed checkpoints from disk (``step``: the commit that made them
+    surplus). Rank 0 reports each deletion once; the controller marks the rows, never removes them."""
+
+    type: Literal[EventType.CHECKPOINTS_DELETED] = EventType.CHECKPOINTS_DELETED
+    steps: Annotated[list[Annotated[int, Field(ge=0, le=MAX_STEP)]], Field(min_length=1, max_length=10_000)]
 
 
 class StoppingEvent(_Event):
@@ -219,6 +232,7 @@ WorkerEvent = Annotated[
     StartedEvent
     | ProgressEvent
     | CheckpointCommittedEvent
+    | CheckpointsDeletedEvent
     | StoppingEvent
     | FinishedEvent
     | FailedEvent

@@ -173,6 +173,8 @@ ROWS: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/runs/{run_id}"): Row((200, 404, 200, 200, 303, 303, 303)),
     ("GET", "/runs/{run_id}/series"): Row((200, 404, 200, 200, 401, 401, 401)),
+    ("GET", "/runs/{run_id}/metrics.csv"): Row((200, 404, 200, 200, 303, 303, 303)),
+    ("GET", "/runs/{run_id}/config.yaml"): Row((200, 404, 200, 200, 303, 303, 303)),
     ("POST", "/runs/{run_id}/actions/{action}"): Row(
         (200, 404, 403, 200, 401, 401, 401), build=_at(lambda c: f"/runs/{c.run_id}/actions/cancel")
     ),

@@ -91,3 +91,26 @@ def test_a_failure_is_reported_with_its_error(
     assert rc == ExitCode.CONFIG_ERROR
     (failed,) = rep.of("failed")
     assert "tokenizer" in failed["error"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rank_zero_reports_what_retention_deleted_after_the_commit_that_made_it_surplus(
+    sample_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    args = tiny_args(sample_data, tmp_path, f"keep-{mode}", steps=8, fmt="dcp")
+    args += ["--checkpoint-frequency", "2", "--keep-last-k", "2"]
+    if mode == "async":
+        args.append("--async-checkpoint")
+    rc, rep = run(monkeypatch, args, {})
+    assert rc == ExitCode.OK
+    assert [c["step"] for c in rep.of("checkpoint_committed")] == [2, 4, 6, 8]
+    deleted = rep.of("checkpoints_deleted")
+    assert [(d["step"], d["steps"]) for d in deleted] == [(6, [2]), (8, [4])]
+    on_disk = sorted(p.name for p in (tmp_path / f"keep-{mode}").glob("step-*"))
+    assert on_disk == ["step-6", "step-8"]  # what was reported deleted is gone, the rest is there
+    # each deletion follows the commit of its step, so the controller has the rows it marks
+    kinds = [(e["type"], e["step"]) for e in rep.events if e["type"].startswith("checkpoint")]
+    assert kinds.index(("checkpoints_deleted", 6)) == kinds.index(("checkpoint_committed", 6)) + 1
+    ReportBatch.model_validate(
+        {"attempt": 1, "events": [{**e, "seq": i, "time": 1.0} for i, e in enumerate(rep.events)]}
+    )

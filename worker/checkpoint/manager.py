@@ -160,6 +160,7 @@ class CheckpointManager:
         final: bool,
     ) -> SaveResult:
         outcome: tuple[str, Any] | None = None
+        deleted: list[int] = []
         try:
             sd = state.state_dict()
             known: dict[str, dict[str, Any]] | None
@@ -168,7 +169,7 @@ class CheckpointManager:
             else:
                 known = self._save_vanilla(sd, tmp)
             if self.rank == 0:
-                committed = self._commit(step, tmp, known, progress)
+                committed, deleted = self._commit(step, tmp, known, progress)
                 outcome = ("ok", committed.manifest["size_bytes"])
         except _DCP_ERRORS as e:
             if self.world_size == 1:
@@ -190,6 +191,7 @@ class CheckpointManager:
             async_save=False,
             tokens_seen=int(progress.get("tokens_seen", 0)),
             final=final,
+            deleted_steps=tuple(deleted),
         )
         self._log_saved(result)
         return result
@@ -254,11 +256,10 @@ class CheckpointManager:
         self._inflight = None
         try:
             files = inflight.future.result()
-            size = 0
+            size, deleted = 0, list[int]()
             if self.rank == 0:
-                size = self._commit(inflight.step, inflight.tmp, files, inflight.progress).manifest[
-                    "size_bytes"
-                ]
+                committed, deleted = self._commit(inflight.step, inflight.tmp, files, inflight.progress)
+                size = committed.manifest["size_bytes"]
         except _DCP_ERRORS as e:
             msg = f"async save of step {inflight.step} into {inflight.tmp} failed: {e}"
             log.error(msg)
@@ -273,6 +274,7 @@ class CheckpointManager:
             async_save=True,
             tokens_seen=int(inflight.progress.get("tokens_seen", 0)),
             final=False,
+            deleted_steps=tuple(deleted),
         )
         self._log_saved(result)
         return [result]
@@ -323,7 +325,8 @@ class CheckpointManager:
 
     def _commit(
         self, step: int, tmp: Path, known: dict[str, dict[str, Any]] | None, progress: dict[str, Any]
-    ) -> CommittedCheckpoint:
+    ) -> tuple[CommittedCheckpoint, list[int]]:
+        """Commit ``tmp`` as ``step``, then apply retention: (the commit, the steps retention deleted)."""
         committed = commit(
             tmp,
             step_dir(self.config.root, self.config.run_name, step),
@@ -334,8 +337,8 @@ class CheckpointManager:
             progress=progress,
         )
         busy = [self._inflight.tmp] if self._inflight is not None else []
-        retain(self.config, restored_step=self._restored_step, busy=busy)
-        return committed
+        deleted = retain(self.config, restored_step=self._restored_step, busy=busy)
+        return committed, deleted
 
     # ------------------------------------------------------------------ restore
 

@@ -99,6 +99,8 @@ class SaveResult:
     async_save: bool
     tokens_seen: int
     final: bool
+    deleted_steps: tuple[int, ...] = ()
+    """Committed checkpoints retention deleted after this commit (rank 0 only; others: empty)."""
 
 
 @dataclass(frozen=True)

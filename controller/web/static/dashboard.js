@@ -45,29 +45,31 @@
 
   var COLORS = { loss: "#dc2626", lr: "#059669", tokens_per_s: "#2563eb", mfu: "#7c3aed" };
 
-  /* Attempt boundaries: a dashed vertical line and "#n" where each attempt after the first resumed. */
+  /* Attempt boundaries: a dashed vertical line and its label ("#4", or "#9–#13" for resumes too close
+   * to tell apart, merged by the server) where attempts resumed; labels alternate between two rows
+   * so that neighbours do not overprint each other. */
   function boundaryPlugin() {
     return {
       hooks: {
         draw: [function (u) {
           var series = state.series;
-          if (!series || !series.attempts) return;
+          if (!series || !series.markers) return;
           var ctx = u.ctx;
+          var px = devicePixelRatio;
           ctx.save();
-          ctx.strokeStyle = "rgba(55, 65, 81, 0.55)";
-          ctx.fillStyle = "rgba(55, 65, 81, 0.9)";
+          ctx.strokeStyle = "rgba(55, 65, 81, 0.6)";
+          ctx.fillStyle = "#1f2937";
           ctx.setLineDash([4, 4]);
           ctx.lineWidth = 1;
-          ctx.font = 11 * devicePixelRatio + "px sans-serif";
-          series.attempts.forEach(function (a) {
-            if (a.number <= 1 || a.start_step === null) return;
-            var x = Math.round(u.valToPos(a.start_step, "x", true));
+          ctx.font = 11 * px + "px sans-serif";
+          series.markers.forEach(function (m, i) {
+            var x = Math.round(u.valToPos(m.step, "x", true));
             if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
             ctx.beginPath();
             ctx.moveTo(x, u.bbox.top);
             ctx.lineTo(x, u.bbox.top + u.bbox.height);
             ctx.stroke();
-            ctx.fillText("#" + a.number, x + 3 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+            ctx.fillText(m.label, x + 3 * px, u.bbox.top + (i % 2 ? 24 : 12) * px);
           });
           ctx.restore();
         }],
@@ -75,11 +77,24 @@
     };
   }
 
+  /* The legend shows the last point whenever the cursor is not over the chart (uPlot's own legend
+   * would read "--" until the first hover). */
+  function lastValueLegend(u) {
+    if (u.cursor.idx == null && u.data[0].length) u.setLegend({ idx: u.data[0].length - 1 });
+  }
+
   /* Axis labels that stay readable for a learning rate (3e-4) as well as for tokens/s (41,000). */
   function tick(v) {
     var a = Math.abs(v);
     if (a === 0) return "0";
     if (a < 0.01 || a >= 1e6) return v.toExponential(1);
+    return Number(v.toPrecision(4)).toLocaleString();
+  }
+
+  /* Four significant digits in the legend: uPlot's default rounds a learning rate of 4e-5 to 0. */
+  function legendValue(v) {
+    var a = Math.abs(v);
+    if (a !== 0 && (a < 0.01 || a >= 1e6)) return v.toExponential(3);
     return Number(v.toPrecision(4)).toLocaleString();
   }
 
@@ -95,18 +110,44 @@
       if (!chart) plot.innerHTML = '<div class="empty">no data yet</div>';
       return;
     }
-    if (chart) { chart.setData(data); return; }
+    if (box.hidden) {  // MFU hidden as "not measured" until a point carries one
+      box.hidden = false;
+      var note = document.getElementById("mfu-note");
+      if (note) note.remove();
+    }
+    if (chart) { chart.setData(data); lastValueLegend(chart); return; }
     plot.innerHTML = "";
+    var toggle = box.querySelector("input[data-log-scale]");
+    // A log axis needs every value above zero; otherwise the box is unticked and disabled.
+    var positive = points.y.every(function (v) { return v > 0; });
+    if (toggle && !positive) { toggle.checked = false; toggle.disabled = true; }
+    var log = Boolean(toggle && toggle.checked);
     chart = new uPlot({
       width: chartWidth(box), height: 220,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       axes: [{ label: "step" }, { size: 64, values: function (u, vals) { return vals.map(tick); } }],
-      series: [{ label: "step" }, { label: key, stroke: COLORS[key] || "#111", width: 1.25, points: { show: false } }],
+      series: [{ label: "step" }, {
+        label: key, stroke: COLORS[key] || "#111", width: 1.25, points: { show: false },
+        value: function (u, v) { return v == null ? "--" : legendValue(v); },
+      }],
       plugins: [boundaryPlugin()],
+      hooks: { setCursor: [lastValueLegend] },
     }, data, plot);
+    lastValueLegend(chart);
     state.charts[key] = chart;
+  }
+
+  /* "log scale" boxes: redraw that chart on the other axis with the data it already has. */
+  function bindLogToggles(container) {
+    container.addEventListener("change", function (event) {
+      var key = event.target.dataset ? event.target.dataset.logScale : undefined;
+      if (!key || !state.charts[key] || !state.series) return;
+      state.charts[key].destroy();
+      delete state.charts[key];
+      drawChart(key, state.series.metrics[key]);
+    });
   }
 
   function refreshCharts(container) {
@@ -165,6 +206,7 @@
     var pollMs = Number(runLive.dataset.pollMs);
     every(pollMs, function () { return refreshFragments(runLive.dataset.pollUrl); });
     var charts = document.getElementById("charts");
+    bindLogToggles(charts);
     refreshCharts(charts).catch(function (err) { showMessage("cannot load metrics: " + err, false); });
     every(pollMs, function () { return refreshCharts(charts); });
     window.addEventListener("resize", function () {

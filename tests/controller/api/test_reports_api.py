@@ -240,6 +240,53 @@ def test_concurrent_reports_on_sqlite_are_written_one_at_a_time_and_all_land(
         assert s.scalar(select(func.count()).select_from(Metric)) == len(workers) * batches * 8
 
 
+def _deleted(seq: int, step: int, t: float, steps: list[int]) -> dict[str, Any]:
+    return {"type": "checkpoints_deleted", "seq": seq, "time": t, "step": step, "steps": steps}
+
+
+def test_checkpoints_deleted_by_retention_are_marked_and_the_api_says_which_exist(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    url = f"/api/v1/runs/{run_id}/reports"
+    events = [_ckpt(api, i, step, T0 + step) for i, step in enumerate((10, 20, 30, 40))]
+    events += [_deleted(4, 30, T0 + 31, [10]), _deleted(5, 40, T0 + 41, [20, 999])]  # 999: no such row
+    first = api.client.post(url, json={"attempt": 1, "events": events}, headers=api.h(token))
+    assert first.status_code == 200
+
+    def listed() -> dict[int, tuple[bool, Any]]:
+        items = api.client.get(f"/api/v1/runs/{run_id}/checkpoints", headers=api.h()).json()["items"]
+        return {c["step"]: (c["on_disk"], c["deleted_at"]) for c in items}
+
+    ckpts = listed()
+    assert {s: on for s, (on, _) in ckpts.items()} == {10: False, 20: False, 30: True, 40: True}
+    assert ckpts[10][1].startswith("2027-01-15") and ckpts[30][1] is None
+    run = api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()
+    assert run["latest_checkpoint_step"] == 40
+    # A repeated report keeps the first deletion time; a step committed again is on disk again.
+    later = [_deleted(6, 40, T0 + 500, [10]), _ckpt(api, 7, 20, T0 + 600)]
+    assert api.client.post(url, json={"attempt": 1, "events": later}, headers=api.h(token)).status_code == 200
+    again = listed()
+    assert again[10] == ckpts[10] and again[20] == (True, None)
+    # Retention never deletes the newest: a report that says so leaves the latest on the newest
+    # checkpoint still on disk, never on a deleted one.
+    lie = [_deleted(8, 40, T0 + 700, [40, 30])]
+    assert api.client.post(url, json={"attempt": 1, "events": lie}, headers=api.h(token)).status_code == 200
+    assert api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()["latest_checkpoint_step"] == 20
+
+
+@pytest.mark.parametrize(
+    "steps", [[], [-1], [2**31], list(range(10_001))], ids=["empty", "negative", "int32", "too-many"]
+)
+def test_a_deletion_report_outside_the_schema_is_refused_whole(api: Api, steps: list[int]) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id)
+    before = _counts(api)
+    batch = {"attempt": 1, "events": [_deleted(0, 5, T0, steps)]}
+    r = api.client.post(f"/api/v1/runs/{run_id}/reports", json=batch, headers=api.h(token))
+    assert r.status_code == 422 and "steps" in r.text
+    assert _counts(api) == before
+
+
 def test_hung_and_diverged_events_are_stored_and_readable_in_the_run_log(api: Api) -> None:
     run_id = api.create()["id"]
     token = api.attempt(run_id)

@@ -167,7 +167,7 @@ def test_api_dashboard_and_metrics_agree_after_a_batch_of_only_progress_events(t
     assert api["goodput"] == pytest.approx(expected) and listed["goodput"] == api["goodput"]
     assert api["goodput_detail"]["allocated_s"] == pytest.approx(400.0)
     assert pct(api["goodput"]) == "50.0%"
-    assert '<div class="k">goodput</div><div class="v">50.0%</div>' in page
+    assert '<div class="k">goodput</div><div class="v" id="summary-goodput">50.0%</div>' in page
     assert '<td class="num">50.0%</td>' in runs_page
     ratio = next(line for line in metrics.splitlines() if line.startswith("pyrecover_goodput_ratio "))
     assert float(ratio.split()[1]) == pytest.approx(api["goodput"])

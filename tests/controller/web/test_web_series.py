@@ -6,10 +6,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import delete
 
 from controller.db.models import Metric
-from controller.web.series import SeriesCache, chart_payload
+from controller.web.series import SeriesCache, chart_payload, collapse_markers
 from tests.controller.web.web_seed import add_metrics, add_run, make_app
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,3 +71,24 @@ def test_payload_json_is_reused_until_new_points_arrive(tmp_path: Path) -> None:
     with factory() as session:
         fresh = cache.payload_json(session, run_id, 100)
     assert json.loads(fresh)["points"] == 40 and json.loads(first)["points"] == 30
+
+
+def test_close_resumes_share_one_marker_and_far_ones_keep_their_own() -> None:
+    starts = [(2, 1000), (3, 1000), (4, 1010), (5, 1090), (6, 1030), (7, 2000), (8, 2100)]
+    markers = collapse_markers(starts, span=3000.0, gap=0.03)  # 90 steps merge
+    assert [(m["step"], m["label"], m["attempts"]) for m in markers] == [
+        (1000, "#2–#6", [2, 3, 4, 6, 5]),
+        (2000, "#7", [7]),
+        (2100, "#8", [8]),
+    ]
+    assert collapse_markers([], span=0.0) == []
+    assert [m["label"] for m in collapse_markers([(2, 5), (3, 5)], span=0.0)] == ["#2–#3"]  # one step
+
+
+def test_the_payload_marks_every_resume_but_the_first_attempt() -> None:
+    table = np.array([[i + 1, step, attempt, 1.0, 1.0, 1.0, np.nan] for i, (step, attempt) in enumerate(
+        [(0, 1), (1, 1), (2, 2), (2, 3), (3, 3), (100, 4)]
+    )])  # fmt: skip
+    payload = chart_payload(table, 1, 1000)
+    assert [m["label"] for m in payload["markers"]] == ["#2–#3", "#4"]
+    assert payload["metrics"]["mfu"] == {"x": [], "y": []}  # never measured: nothing to draw

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from controller.web import forms
+import controller.api  # noqa: F401  (the app's import order: controller.api mounts the web routes)
+from controller.web import forms, new_run
 from controller.web.rendering import environment
+from controller.web.runspec import config_groups
 from controller.web.views import (
     AttemptTimes,
     CheckpointRow,
@@ -117,7 +118,13 @@ def test_run_page_shows_timeline_checkpoints_events_and_actions() -> None:
         last_loss=2.345678,
         latest_checkpoint_step=300,
         message=None,
-        config_json=json.dumps({"name": EVIL}),
+        config=config_groups(
+            {
+                "name": EVIL,
+                "training": {"dataset": EVIL, "training_steps": 1000},
+                "resources": {"env": {"A": EVIL}},
+            }
+        ),
         timeline=timeline(attempts, NOW),
         checkpoints=[
             CheckpointRow(
@@ -128,11 +135,31 @@ def test_run_page_shows_timeline_checkpoints_events_and_actions() -> None:
                 async_save=True,
                 final=True,
                 attempt=1,
-            )
+            ),
+            CheckpointRow(
+                step=200,
+                path="/c/step-200",
+                size_bytes=3 * 2**20,
+                save_seconds=1.0,
+                async_save=False,
+                final=False,
+                attempt=1,
+                deleted_at=NOW - 40,
+            ),
         ],
         events=[EventRow(time=NOW - 20, kind="attempt_ended", message=EVIL)],
+        tokens_seen=4_500_000,
+        checkpoints_on_disk=1,
+        checkpoints_total=2,
     )
-    html = _render("run.html", run=run, series_url="/s", chart_titles=(("loss", "Loss"),))
+    html = _render(
+        "run.html",
+        run=run,
+        series_url="/s",
+        chart_titles=(("loss", "Loss"), ("mfu", "MFU")),
+        mfu_measured=False,
+        can_create=True,
+    )
     assert 'id="run-state" data-state="RUNNING"' in html
     for action in ("checkpoint", "stop", "cancel"):
         assert f'data-action="{action}"' in html
@@ -142,23 +169,76 @@ def test_run_page_shows_timeline_checkpoints_events_and_actions() -> None:
     assert "2.3457" in html and "step 300" in html
     assert EVIL not in html
     assert 'id="chart-loss"' in html and 'data-series-url="/s"' in html
+    # retention: the deleted row says so, the summary counts what is on disk
+    assert 'data-step="200" data-on-disk="false"' in html and 'data-step="300" data-on-disk="true"' in html
+    assert "1 of 2 on disk" in html and "4.50M" in html and "last loss" in html
+    # MFU not measured: the chart is hidden and the page says why
+    assert 'id="chart-mfu" data-metric="mfu" hidden' in html and 'id="mfu-note"' in html
+    # readable configuration: one row per field, the default beside a changed value
+    steps_row = html.split('data-key="training.training_steps"', 1)[1].split("</tr>", 1)[0]
+    assert ">1000<" in steps_row and 'class="changed"' not in steps_row
+    assert 'data-key="training.dataset"' in html and "&lt;script&gt;" in html
+    assert "/web_run_metrics_csv/7" in html and "/web_run_config/7" in html and "?clone=7" in html
+
+
+def test_a_viewer_gets_no_clone_link_and_a_completed_run_says_final_loss() -> None:
+    from dataclasses import replace
+
+    run = RunDetail(
+        id=3, name="done", state="COMPLETED", step=10, total_steps=10, eta_seconds=None, attempts=1,
+        restarts=[], goodput=1.0, updated_at=NOW, last_loss=1.5, latest_checkpoint_step=10, message=None,
+        config=[], timeline=[], checkpoints=[], events=[],
+    )  # fmt: skip
+    html = _render(
+        "run.html", run=replace(run), series_url="/s", chart_titles=(), mfu_measured=True, can_create=False
+    )
+    assert "final loss" in html and "?clone=" not in html and 'id="mfu-note"' not in html
+
+
+def _page(**changes: Any) -> dict[str, Any]:
+    page = new_run.Page(values=forms.default_values(), errors=forms.FormErrors(), yaml_text="name: x\n")
+    for key, value in changes.items():
+        setattr(page, key, value)
+    return page.context()
 
 
 def test_new_run_form_puts_messages_next_to_fields() -> None:
-    html = _render(
-        "new_run.html",
-        sections=forms.SECTIONS,
-        values={"name": EVIL, "training.async_checkpoint": True},
-        field_errors={"training.training_steps": ["Input should be greater than 0"]},
-        section_errors={"training": ["lr_warmup_steps must not exceed training_steps"]},
-        form_errors=["HTTP 409: taken"],
-        nav="new",
+    values = forms.default_values() | {"name": EVIL, "training.async_checkpoint": True}
+    errors = forms.FormErrors(
+        fields={"training.training_steps": ["Input should be greater than 0"]},
+        sections={"training": ["lr_warmup_steps must not exceed training_steps"]},
+        form=["HTTP 409: taken"],
     )
+    html = _render("new_run.html", **_page(values=values, errors=errors))
     assert 'data-field="training.training_steps"' in html
     field = html.split('data-field="training.training_steps"', 1)[1].split('data-field="', 1)[0]
     assert "invalid" in html.split('data-field="training.training_steps"', 1)[0][-40:]
-    assert "Input should be greater than 0" in field
+    assert "Input should be greater than 0" in field and 'aria-invalid="true"' in field
+    assert 'aria-describedby="help-training.training_steps err-training.training_steps"' in field
     assert "lr_warmup_steps must not exceed training_steps" in html and "HTTP 409: taken" in html
     assert EVIL not in html and 'name="csrf_token" value="CSRF"' in html
     async_box = html.split('name="training.async_checkpoint"', 1)[1][:40]
     assert "checked" in async_box
+
+
+def test_new_run_form_shows_every_kind_of_field_at_its_default() -> None:
+    html = _render("new_run.html", **_page())
+    dtype = html.split('name="training.model_dtype"', 1)[1].split("</select>", 1)[0]
+    assert '<option value="bf16" selected>' in dtype
+    assert 'name="training.trackers[tensorboard]"' in html and 'name="training.trackers[wandb]"' in html
+    assert '<textarea id="f-resources.env" name="resources.env"' in html
+    for name in ("compile", "fused_optimizer", "grad_max_norm", "log_loss_to_csv", "profile"):
+        assert f'name="training.{name}"' in html, name
+    assert '<details class="more" id="more-training" >' in html  # all at the default: closed
+    assert 'name="mode" value="yaml"' in html and "policy.notify" in html
+
+
+def test_yaml_errors_name_their_line_and_the_text_stays_escaped() -> None:
+    context = _page(
+        mode="yaml",
+        yaml_text=f"name: {EVIL}\n",
+        yaml_errors=[new_run.YamlError(line=1, field="name", message="String should match pattern")],
+    )
+    html = _render("new_run.html", **context)
+    assert 'id="yaml-editor" open' in html and 'data-line="1"' in html and "line 1: " in html
+    assert EVIL not in html and "name: &lt;script&gt;" in html

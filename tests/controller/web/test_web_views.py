@@ -18,8 +18,9 @@ def test_allowed_actions_follow_the_state() -> None:
         allowed_actions("BOGUS")
 
 
-def test_restarts_by_cause_counts_every_end_but_finished() -> None:
+def test_restarts_by_cause_counts_every_end_but_a_finish_or_a_cancel() -> None:
     reasons = ["deadline_stop", "preempted", "deadline_stop", None, "finished", "node_fail", "deadline_stop"]
+    reasons += ["cancelled"]  # the user ended the run: nothing was restarted
     assert restarts_by_cause(reasons) == [("deadline_stop", 3), ("node_fail", 1), ("preempted", 1)]
     assert restarts_by_cause([]) == []
 
@@ -90,7 +91,7 @@ def test_a_run_being_cancelled_offers_no_more_actions() -> None:
         last_loss=None,
         latest_checkpoint_step=None,
         message=None,
-        config_json="{}",
+        config=[],
         timeline=[],
         checkpoints=[],
         events=[],

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine, make_session_factory, upgrade_database
@@ -57,19 +58,27 @@ def spec(name: str, steps: int = TOTAL_STEPS) -> dict[str, Any]:
 
 
 def add_run(
-    factory: sessionmaker[Session], name: str, state: str, *, owner: str | None = None, **fields: Any
+    factory: sessionmaker[Session],
+    name: str,
+    state: str,
+    *,
+    owner: str | None = None,
+    stored_spec: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> int:
-    """A run row as the reconciler leaves it, owned by ``owner`` (default: the first admin)."""
+    """A run row as the reconciler leaves it, owned by ``owner`` (default: the first admin);
+    ``stored_spec`` replaces the validated spec (a row written around the API)."""
     with factory.begin() as session:
         owner_id = (ensure_user(session, owner).user if owner else first_admin(session)).id
         run = Run(
             name=name,
             owner_id=owner_id,
             state=RunState(state),
-            spec=spec(name, TOTAL_STEPS),
+            spec=stored_spec
+            if stored_spec is not None
+            else spec(name, fields.get("training_steps", TOTAL_STEPS)),
             scheduler="slurm",
-            training_steps=TOTAL_STEPS,
-            **fields,
+            **({"training_steps": TOTAL_STEPS} | fields),
         )
         session.add(run)
         session.flush()
@@ -89,7 +98,9 @@ def _attempt(run_id: int, number: int, state: AttemptState, start: datetime, **f
     )
 
 
-def add_metrics(session: Session, run_id: int, attempt: int, steps: range, start: datetime) -> int:
+def add_metrics(
+    session: Session, run_id: int, attempt: int, steps: range, start: datetime, *, mfu: bool = True
+) -> int:
     rows = [
         {
             "run_id": run_id,
@@ -101,7 +112,7 @@ def add_metrics(session: Session, run_id: int, attempt: int, steps: range, start
             "lr": 3e-4 * min(1.0, s / 100) * (0.5 * (1 + math.cos(math.pi * s / TOTAL_STEPS))),
             "tokens_per_s": 41_000 + 900 * math.sin(s / 50),
             "step_time": 0.5,
-            "mfu": 0.41 + 0.01 * math.sin(s / 80),
+            "mfu": 0.41 + 0.01 * math.sin(s / 80) if mfu else None,  # none without a known peak (CPU)
             "tokens_seen": s * 8 * 128,
         }
         for s in steps
@@ -110,12 +121,20 @@ def add_metrics(session: Session, run_id: int, attempt: int, steps: range, start
     return len(rows)
 
 
+HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">'
+HOSTILE_VALUE = "</td><script>window.__pwned=2</script>"
+DELETED_STEPS = (500, 1100, 1600)
+"""Checkpoints of the running run that retention deleted (2200 and 2500 stay on disk)."""
+
+
 @dataclass
 class Seeded:
     run_ids: dict[str, int]
     chart_run: int
     cancel_run: int
     metric_points: int
+    cpu_run: int = 0
+    """A COMPLETED run on CPU: metrics without MFU."""
 
 
 def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
@@ -139,6 +158,7 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             "llama-1b-main",
             "RUNNING",
             current_step=CHART_STEPS - 1,
+            tokens_seen=(CHART_STEPS - 1) * 8 * 128,
             attempts_count=3,
             latest_checkpoint_step=2500,
         ),
@@ -244,7 +264,55 @@ def seed_dashboard(factory: sessionmaker[Session]) -> Seeded:
             ("state", "QUEUED → RUNNING: attempt 3 started, resumed from step-2200"),
         ):
             session.add(Event(run_id=run_id, kind=kind, message=message))
-    return Seeded(run_ids=ids, chart_run=ids["RUNNING"], cancel_run=ids["PENDING"], metric_points=points)
+        session.flush()
+        for ckpt in session.scalars(
+            select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step.in_(DELETED_STEPS))
+        ):
+            ckpt.deleted_at = T0 + timedelta(minutes=30)
+    cpu_run = add_run(
+        factory,
+        "cpu-tiny",
+        "COMPLETED",
+        current_step=60,
+        training_steps=60,
+        attempts_count=1,
+        tokens_seen=61_440,
+    )
+    with factory.begin() as session:
+        session.add(
+            _attempt(
+                cpu_run,
+                1,
+                AttemptState.ENDED,
+                T0,
+                start_time=T0 + timedelta(seconds=5),
+                training_started_at=T0 + timedelta(seconds=10),
+                last_commit_at=T0 + timedelta(seconds=40),
+                end_time=T0 + timedelta(seconds=45),
+                end_reason=EndReason.FINISHED,
+            )
+        )
+        add_metrics(session, cpu_run, 1, range(1, 61), T0 + timedelta(seconds=10), mfu=False)
+    return Seeded(
+        run_ids=ids | {"CPU": cpu_run},
+        chart_run=ids["RUNNING"],
+        cancel_run=ids["PENDING"],
+        metric_points=points,
+        cpu_run=cpu_run,
+    )
+
+
+def add_hostile_run(factory: sessionmaker[Session]) -> int:
+    """A FAILED run written around the API: HTML and script in its name, its spec, its error and its
+    events, and a secret value in its env (a row from before secrets were split)."""
+    hostile = spec("hostile-run")
+    hostile["name"] = HOSTILE_NAME
+    hostile["training"]["dataset"] = HOSTILE_VALUE
+    hostile["resources"]["env"] = {"NOTE": HOSTILE_VALUE, "HF_TOKEN": "hf_secret_value_never_shown"}
+    run_id = add_run(factory, HOSTILE_NAME, "FAILED", stored_spec=hostile, last_error=HOSTILE_VALUE)
+    with factory.begin() as session:
+        session.add(Event(run_id=run_id, kind=HOSTILE_VALUE, message=HOSTILE_NAME))
+    return run_id
 
 
 def make_token(factory: sessionmaker[Session], name: str, role: Role | None = None) -> str:
