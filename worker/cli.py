@@ -8,6 +8,7 @@ import sys
 
 from shared.exit_codes import ExitCode
 from worker.config import ConfigError, build_parser, config_from_args
+from worker.seed_flags import apply_seed_flags
 
 
 def _init_logging() -> None:
@@ -36,12 +37,16 @@ def main(argv: list[str] | None = None, *, fast_exit: bool = False) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed why
         return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    seed_notes = apply_seed_flags(args)
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG_ERROR)
     _init_logging()
+    for note in seed_notes:  # once per process, rank 0's log is enough
+        if os.environ.get("RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0":
+            logging.getLogger("pyrecover.worker").info("seed flag %s", note)
     from worker.train import run_training  # torch is imported only when training really starts
 
     code = run_training(config)

@@ -19,6 +19,7 @@ from pydantic import ValidationError, field_validator, model_validator
 
 from shared.names import validate_run_name
 from shared.training import IMMUTABLE_FIELDS, PER_ATTEMPT_FIELDS, TrainingFields
+from worker.seed_flags import add_seed_flags, apply_seed_flags
 
 IMMUTABLE_KEYS = IMMUTABLE_FIELDS
 """Fields a resume may not change (``shared.training.IMMUTABLE_FIELDS``); the checkpoint manager checks."""
@@ -221,6 +222,7 @@ def build_parser(prog: str = "pyrecover train") -> argparse.ArgumentParser:
             metavar=_METAVARS.get(name),
             help=help_text,
         )
+    add_seed_flags(parser)
     return parser
 
 
@@ -231,4 +233,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def parse_config(argv: list[str]) -> TrainConfig:
     """Parse and validate a command line (argparse exits with code 2 on unknown flags)."""
-    return config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    apply_seed_flags(args)
+    return config_from_args(args)
