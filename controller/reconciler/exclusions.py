@@ -259,6 +259,7 @@ WAIT_RECHECK_SECONDS = 60.0
 
 WAITING_EVENT = "waiting_for_nodes"
 EXCLUDED_EVENT = "nodes_excluded"
+SHRUNK_EVENT = "nodes_shrunk"
 
 
 def inventory(scheduler: Scheduler, partition: str | None) -> dict[str, str] | None:

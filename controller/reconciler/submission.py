@@ -182,6 +182,7 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         assert run is not None
         backend = attempt.backend
         error: str | None = None
+        shrunk = ""
         job = None
         try:
             spec = store.run_spec(run)
@@ -204,12 +205,9 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
                 nodes=plan.nodes,  # None (wait) cannot reach here but by a race: ask for them all
             )
             if job.resources.nodes != spec.resources.nodes:
-                store.record_event(
-                    session,
-                    run,
-                    "nodes_shrunk",
+                shrunk = (
                     f"attempt {attempt.number} runs on {job.resources.nodes} of {spec.resources.nodes} "
-                    f"nodes: the others are excluded ({', '.join(excluded)}) or unusable",
+                    f"nodes: the others are excluded ({', '.join(excluded)}) or unusable"
                 )
         except RuleViolation as exc:
             # The stored run breaks the controller's rules as they are now (an allow-list narrowed,
@@ -232,6 +230,8 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         assert attempt is not None and run is not None
         if external_id is not None:
             store.record_submitted(session, run, attempt, external_id)
+            if shrunk:
+                store.record_event(session, run, exclusions.SHRUNK_EVENT, shrunk)
         else:
             _submission_failed(ctx, session, run, attempt, error or "submission failed")
         session.commit()

@@ -91,3 +91,25 @@ def test_a_failure_is_reported_with_its_error(
     assert rc == ExitCode.CONFIG_ERROR
     (failed,) = rep.of("failed")
     assert "tokenizer" in failed["error"]
+
+
+@pytest.mark.parametrize(
+    ("error", "pinned"),
+    [("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error", True), ("shapes differ", False)],
+)
+def test_a_device_fault_names_the_host_and_a_program_error_does_not(
+    sample_data: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: str,
+    pinned: bool,
+) -> None:
+    def broken(self: object, **kwargs: object) -> int:
+        raise RuntimeError(error)
+
+    monkeypatch.setenv("SLURMD_NODENAME", "vm-2")
+    monkeypatch.setattr(worker.train.TrainingLoop, "run", broken)
+    rc, rep = run(monkeypatch, tiny_args(sample_data, tmp_path, "pin", steps=4, fmt="dcp"), {})
+    [failed] = rep.of("failed")
+    assert rc == ExitCode.FAILURE and error in failed["error"]
+    assert failed.get("host") == ("vm-2" if pinned else None)
