@@ -27,12 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Event, NodeExclusion, Run, WorkerEventRecord
 from controller.reconciler import store
 from controller.scheduler.base import JobStatus, NodeInventory, Scheduler, SchedulerError
+from controller.services.exclusions import active_exclusions
 from shared.events import EventType
 from shared.exclusions import ExclusionReason
 from shared.schemas import PolicySpec, ResourcesSpec, RunCreate, TrainingSpec
@@ -196,19 +197,12 @@ def record(
 
 
 def active(session: Session, run_id: int, now: float) -> Sequence[NodeExclusion]:
-    """The run's entries that have not expired at ``now``, by host."""
-    query = select(NodeExclusion).where(NodeExclusion.run_id == run_id, NodeExclusion.expires_at > _at(now))
-    return session.scalars(query.order_by(NodeExclusion.host)).all()
+    """The run's entries that have not expired at ``now`` (unix seconds), by host."""
+    return active_exclusions(session, run_id, now=_at(now))
 
 
 def active_hosts(session: Session, run_id: int, now: float) -> list[str]:
     return [row.host for row in active(session, run_id, now)]
-
-
-def clear(session: Session, run_id: int) -> int:
-    """Remove every entry of the run (expired or not); returns how many there were."""
-    result = session.execute(delete(NodeExclusion).where(NodeExclusion.run_id == run_id))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 @dataclass(frozen=True)

@@ -333,17 +333,20 @@ class PolicySpec(_Spec):
             ),
         ),
     ] = 6 * 3600
-    min_nodes: Annotated[
-        int,
-        Field(
-            ge=1,
-            le=4096,
-            description=(
-                "Fewest nodes an attempt may shrink to when exclusions leave fewer than resources.nodes "
-                "(unset: wait for the nodes instead)."
+    min_nodes: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=4096,
+                description=(
+                    "Fewest nodes an attempt may shrink to when exclusions leave fewer than resources.nodes "
+                    "(unset: wait for the nodes instead)."
+                ),
             ),
-        ),
-    ] | None = None
+        ]
+        | None
+    ) = None
 
 
 class RunCreate(_Spec):

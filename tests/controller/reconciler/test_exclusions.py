@@ -16,6 +16,7 @@ from controller.db.models import NodeExclusion, Run
 from controller.reconciler import exclusions
 from controller.scheduler.base import JobStatus, NodeInventory
 from controller.services import first_admin
+from controller.services.exclusions import clear_exclusions
 from shared.schemas import RunCreate
 from shared.states import RunState
 from shared.states import SchedulerJobState as J
@@ -274,8 +275,11 @@ def test_the_run_is_excluded_from_nothing_after_clear(cw: ClusterWorld) -> None:
     cw.tick()
     assert list(sched.submitted[-1].exclude) == ["vm-2"]
     with cw.factory() as s:
-        assert exclusions.clear(s, run_id) == 1
+        run = s.get(Run, run_id)
+        assert run is not None
+        assert clear_exclusions(s, run, by="admin") == 1
         s.commit()
+    assert any(e.kind == "exclusions_cleared" and "by admin: vm-2" in e.message for e in cw.events(run_id))
     sched.end("job-2", J.FAILED, "vm-[1,3]")
     cw.tick()
     cw.resubmit()
