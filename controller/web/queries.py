@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.db.types import to_datetime
 from controller.services import goodput
+from controller.services.exclusions import active_exclusions
 from controller.services.secrets import redacted_spec
 from controller.web.formatting import to_unix
 from controller.web.views import (
     AttemptTimes,
     CheckpointRow,
     EventRow,
+    ExclusionRow,
     RunDetail,
     RunRow,
     RunsPage,
@@ -251,4 +253,8 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         pending_action=str(run.pending_action or "none"),
         owner=session.scalar(select(User.name).where(User.id == run.owner_id)) or "",
         can_act=can_act,
+        exclusions=[
+            ExclusionRow(host=e.host, reason=e.reason, attempt=e.attempt, expires_at=e.expires_at)
+            for e in active_exclusions(session, run_id, now=_at(now))
+        ],
     )
