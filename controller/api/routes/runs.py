@@ -94,8 +94,9 @@ def post_run(
     """Create a run owned by the caller; the reconciler submits its first attempt. Beyond the schema,
     the cross-field rules (``lr_warmup_steps <= training_steps``, ``batch_size`` divisible by nodes ×
     ntasks_per_node, ``async_checkpoint`` needs ``use_torch_distributed_ckpt``, ``profile_step_start
-    <= profile_step_end``, ``checkpoint_frequency`` not 0) and this controller's rules (allow-lists,
-    path roots, webhook targets, the memory plan) are 422s naming the field."""
+    <= profile_step_end``, ``checkpoint_frequency`` not 0, ``policy.min_nodes <= resources.nodes``)
+    and this controller's rules (allow-lists, path roots, webhook targets, the memory plan) are 422s
+    naming the field."""
     run = create_run(
         session, body, owner=owner_of_new_run(session, principal), by=principal.actor, settings=settings
     )
