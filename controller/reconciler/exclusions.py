@@ -4,10 +4,9 @@ A host joins the list (``NodeExclusion`` rows, one per run and host) when an att
 
 * ``node_fail``: the job's nodes (the scheduler's ``NodeList``) that the scheduler now reports
   unusable; every node of the job where it cannot say which;
-* ``hung``: the hosts of the suspects the ``hung`` event names (none for a deadlock, where every
-  rank waits on every other);
-* ``failed`` with a ``failed`` event that carries ``host`` (a CUDA/NCCL fault the worker pins on
-  its machine, ``shared.exclusions``).
+* ``hung`` or ``failed``: the hosts of the suspects a ``hung`` event names (none for a deadlock,
+  where every rank waits on every other), and the ``host`` a ``failed`` event carries (a CUDA/NCCL
+  fault the worker pins on its machine, ``shared.exclusions``).
 
 A host a worker names is believed only if it is one of the job's own nodes where the scheduler
 says which those were: a worker cannot keep its run off machines it never ran on. Every host must
@@ -154,10 +153,11 @@ def hosts_to_exclude(
         ]
         found += [(ExclusionReason.NODE_FAIL, h) for h in (down or job_nodes)]
     if reason in (EndReason.HUNG, EndReason.FAILED):
-        wanted = ExclusionReason.HUNG if reason is EndReason.HUNG else ExclusionReason.WORKER_PINNED
+        # Either reason: a watchdog's ``hung`` is followed by ``failed``, so an attempt ends one or
+        # the other depending on what the controller made of the exit.
         for why, host in _worker_claims(session, attempt.run_id, attempt.number):
             # A worker's word about a host counts only for the job's own nodes, when those are known.
-            if why is wanted and HOST_RE.fullmatch(host) and (not job_nodes or host in job_nodes):
+            if HOST_RE.fullmatch(host) and (not job_nodes or host in job_nodes):
                 found.append((why, host))
     unique: dict[str, ExclusionReason] = {}
     for why, host in found:

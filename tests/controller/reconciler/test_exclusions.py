@@ -140,6 +140,19 @@ def test_a_hang_excludes_the_suspects_hosts_of_the_job_only(cw: ClusterWorld) ->
     assert found == [(exclusions.ExclusionReason.HUNG, "vm-2")]
 
 
+def test_a_hang_that_ended_the_attempt_failed_excludes_the_suspect_through_the_pass(cw: ClusterWorld) -> None:
+    sched = _cluster(cw)
+    run_id = cw.make()
+    cw.tick()
+    suspects = [{"rank": 1, "host": "vm-2", "reason": "not running"}]
+    cw.report(run_id, 1, {"type": "hung", "step": 5, "phase": "step", "rank": 0, "host": "vm-1",
+                          "stalled_seconds": 90, "limit_seconds": 60, "suspects": suspects},
+              {"type": "failed", "step": 5, "error": "hung: rank 1 on vm-2 (not running)"})  # fmt: skip
+    sched.end("job-1", J.FAILED, "vm-[1-2]", exit_code=5)
+    cw.tick()
+    assert cw.excluded(run_id) == {"vm-2": ("hung", 1)}
+
+
 def test_a_failure_pinned_on_a_host_excludes_it_and_a_plain_failure_does_not(cw: ClusterWorld) -> None:
     sched = _cluster(cw)
     run_id = cw.make()
