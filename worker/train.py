@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.events import EventType, HangPhase
+from shared.exclusions import pins_host
 from shared.exit_codes import ExitCode
 from shared.paths import LOSS_CSV_NAME
 from worker import testhooks
@@ -27,6 +28,7 @@ from worker.data.files import DataError
 from worker.deadline import Clock
 from worker.distributed import DistInfo, init_distributed
 from worker.divergence import DataSkipError, skip_data_window
+from worker.heartbeats import this_host
 from worker.loop import TrainingLoop
 from worker.lr import apply_peak_lr
 from worker.reporting import Reporter, make_reporter
@@ -174,7 +176,9 @@ def _close_watchdog(watch: Watchdog, code: int, *, trained: bool, run_dir: Path)
 def _fail(code: ExitCode, message: str, reporter: Reporter | None, step: int) -> int:
     print(f"pyrecover train: error: {message}", file=sys.stderr, flush=True)
     if reporter is not None:
-        reporter.emit(EventType.FAILED, step=step, error=message[:8000])
+        # A device or interconnect fault names this machine, so the controller keeps the run off it.
+        pinned = {"host": this_host()} if code == ExitCode.FAILURE and pins_host(message) else {}
+        reporter.emit(EventType.FAILED, step=step, error=message[:8000], **pinned)
     return int(code)
 
 

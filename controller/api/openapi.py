@@ -12,7 +12,8 @@ the document is not refused (``install``):
 * ``async_checkpoint`` needs ``use_torch_distributed_ckpt``, and ``checkpoint_frequency`` is not 0.
 
 What JSON Schema cannot state (``lr_warmup_steps <= training_steps``, a ``batch_size`` divisible by
-the number of ranks, ``profile_step_start <= profile_step_end``) is in ``POST /runs``' description.
+the number of ranks, ``profile_step_start <= profile_step_end``, ``policy.min_nodes <=
+resources.nodes``) is in ``POST /runs``' description.
 """
 
 from __future__ import annotations

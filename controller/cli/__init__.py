@@ -10,7 +10,16 @@ from __future__ import annotations
 import typer
 import typer.core
 
-from controller.cli import account_cmds, action_cmds, admin_cmds, log_cmds, plan_cmd, run_cmds, worker_cmds
+from controller.cli import (
+    account_cmds,
+    action_cmds,
+    admin_cmds,
+    exclusion_cmds,
+    log_cmds,
+    plan_cmd,
+    run_cmds,
+    worker_cmds,
+)
 from controller.permissions import set_private_umask
 
 
@@ -61,6 +70,7 @@ run_cmds.register(app)
 plan_cmd.register(app)
 action_cmds.register(app)
 log_cmds.register(app)
+exclusion_cmds.register(app)
 worker_cmds.register(app)
 
 

@@ -1,5 +1,6 @@
 """SQLAlchemy 2 models: users, runs and their shares, attempts, checkpoints, metrics, worker events,
-the event log, tokens, dashboard sessions and one-time login codes.
+the event log, tokens, dashboard sessions, one-time login codes, webhook notifications and the
+nodes a run keeps off.
 
 The schema only changes through a migration in ``migrations/versions``. Invariants the database
 itself guards (on SQLite and PostgreSQL alike):
@@ -330,3 +331,24 @@ class NotificationDelivery(Base):
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class NodeExclusion(Base):
+    """A host the run's next attempts keep off (``sbatch --exclude``) until ``expires_at``.
+
+    Written when an attempt ends ``node_fail`` (the job's nodes), ``hung`` naming suspects' hosts,
+    or ``failed`` with a fault the worker pins on a host (``controller.reconciler.exclusions``).
+    One row per host and run: a later fault on the same host moves its expiry and reason."""
+
+    __tablename__ = "node_exclusions"
+    __table_args__ = (UniqueConstraint("run_id", "host", name="uq_node_exclusions_run_host"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(32))
+    """``shared.exclusions.ExclusionReason``: ``node_fail``, ``hung`` or ``worker_pinned``."""
+    attempt: Mapped[int] = mapped_column(Integer)
+    """The attempt number whose end put the host here."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
 from controller.notify import outbox
-from controller.reconciler import store
+from controller.reconciler import exclusions, store
 from controller.reconciler.decide import (
     ERROR_REASONS,
     NO_FINAL_CHECKPOINT,
@@ -86,6 +86,7 @@ def end_attempt(
         )
     committed = store.committed_step(session, run.id)  # a checkpoint found on disk counts
     store.record_end(session, attempt, reason, status, committed, error, now)
+    exclusions.note_end(session, run, attempt, reason, status, spec, ctx.scheduler(attempt.backend), now)
     if (event := outbox.event_for_end_reason(reason)) is not None:
         outbox.record(session, run, event, f"attempt {attempt.number} ended {reason.value}: {error or ''}")
     if reason is EndReason.TIMEOUT_KILLED:

@@ -14,6 +14,7 @@ taken against the controller's working directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller.scheduler.base import JobSpec, job_name_for
@@ -109,8 +110,13 @@ def build_job_spec(
     resources: ResourcesSpec,
     token: str,
     dependency: str | None = None,
+    exclude: Sequence[str] = (),
+    nodes: int | None = None,
 ) -> JobSpec:
     """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect.
+
+    ``exclude``: the run's exclusion list (``controller.reconciler.exclusions``). ``nodes``: the
+    node count the exclusions leave it (``exclusions.plan_nodes``), when fewer than asked.
 
     The run's fields pass the controller's rules again first (``shared.run_rules``: a stored run
     meets today's allow-lists and roots, or it does not start; ``RuleViolation`` names the field).
@@ -128,7 +134,10 @@ def build_job_spec(
     secret = {k: v for k, v in resources.env.items() if k not in public}
     secret |= read_secrets(settings.data_dir, run_id, declared)
     # The backend sees the names only: no value of a secret travels in the spec it renders or logs.
-    resources = resources.model_copy(update={"env": public, "secret_env": sorted({*declared, *secret})})
+    update: dict[str, object] = {"env": public, "secret_env": sorted({*declared, *secret})}
+    if nodes is not None and nodes != resources.nodes:
+        update["nodes"] = int(nodes)  # a shrink: the worker sees the world size it gets
+    resources = resources.model_copy(update=update)
     env = {
         **public,
         envvars.PYTHON_UNBUFFERED: "1",
@@ -153,4 +162,5 @@ def build_job_spec(
         stdout=stdout,
         stderr=stderr,
         dependency=dependency,
+        exclude=tuple(exclude),
     )

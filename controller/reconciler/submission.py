@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
-from controller.reconciler import store
+from controller.reconciler import exclusions, store
 from controller.reconciler.ending import TickContext, end_attempt
 from controller.reconciler.jobspec import build_job_spec
 from controller.reconciler.runlock import run_claim
@@ -142,6 +142,14 @@ def _record_intent(
             )
             session.commit()
             return None
+        if only_if_due:
+            _, plan = exclusions.next_attempt_nodes(
+                session, run, spec, ctx.scheduler(spec.resources.scheduler), ctx.now()
+            )
+            if plan.nodes is None:
+                exclusions.wait_for_nodes(session, run, plan, ctx.now())
+                session.commit()
+                return None
         number = store.last_attempt_number(session, run_id) + 1
         try:
             # add_attempt flushes: a conflict surfaces there, before the commit.
@@ -174,12 +182,16 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         assert run is not None
         backend = attempt.backend
         error: str | None = None
+        shrunk = ""
         job = None
         try:
             spec = store.run_spec(run)
             # One token per attempt: a report is believed only for this attempt (or an earlier one).
             token = store.issue_token(session, run.id, attempt.number)
             session.commit()  # the token must exist before a worker can use it
+            excluded, plan = exclusions.next_attempt_nodes(
+                session, run, spec, ctx.scheduler(backend), ctx.now()
+            )
             job = build_job_spec(
                 settings=ctx.settings,
                 run_id=run.id,
@@ -189,7 +201,14 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
                 resources=spec.resources,
                 token=token,
                 dependency=dependency,
+                exclude=excluded,
+                nodes=plan.nodes,  # None (wait) cannot reach here but by a race: ask for them all
             )
+            if job.resources.nodes != spec.resources.nodes:
+                shrunk = (
+                    f"attempt {attempt.number} runs on {job.resources.nodes} of {spec.resources.nodes} "
+                    f"nodes: the others are excluded ({', '.join(excluded)}) or unusable"
+                )
         except RuleViolation as exc:
             # The stored run breaks the controller's rules as they are now (an allow-list narrowed,
             # a root removed): it does not start, and the user is told which field.
@@ -211,6 +230,8 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         assert attempt is not None and run is not None
         if external_id is not None:
             store.record_submitted(session, run, attempt, external_id)
+            if shrunk:
+                store.record_event(session, run, exclusions.SHRUNK_EVENT, shrunk)
         else:
             _submission_failed(ctx, session, run, attempt, error or "submission failed")
         session.commit()

@@ -45,6 +45,9 @@ class JobSpec:
     stderr: Path
     dependency: str | None = None
     """External id of a job this one must wait for (``--dependency=afterany:<id>``)."""
+    exclude: Sequence[str] = ()
+    """Hosts the job must not run on (the run's exclusion list, ``--exclude``); backends without
+    hosts (``local``) ignore it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,4 +86,17 @@ class Scheduler(Protocol):
 
     def find_by_name(self, job_name: str) -> str | None:
         """External id of a live or recently ended job with this name, if any (crash recovery)."""
+        ...
+
+
+@runtime_checkable
+class NodeInventory(Protocol):
+    """A backend that can list the nodes a job may land on (``slurm``): optional.
+
+    The reconciler narrows a node failure to the nodes that went down, and decides whether a run
+    with excluded hosts still fits, only where the backend implements this."""
+
+    def node_states(self, partition: str | None) -> dict[str, str]:
+        """Every node of ``partition`` (``None``: the default one) and its state as sinfo's ``%T``
+        prints it (``idle``, ``mixed``, ``down*``). Raise ``SchedulerError`` when it cannot tell."""
         ...

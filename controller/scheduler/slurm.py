@@ -190,6 +190,19 @@ class SlurmScheduler:
                 )
         return out
 
+    def node_states(self, partition: str | None) -> dict[str, str]:
+        """Every node of ``partition`` (the default partition when ``None``) and its sinfo state."""
+        argv = ["sinfo", "-h", "-N", "-o", sp.SINFO_FORMAT]
+        if partition is not None:
+            if not sp.SINFO_PARTITION_RE.fullmatch(partition):
+                raise SchedulerError(f"not a partition name: {partition!r}")
+            argv += ["-p", partition]
+        proc = self._run(argv)
+        try:
+            return sp.parse_sinfo_nodes(proc.stdout, default_only=partition is None)
+        except ValueError as exc:
+            raise SchedulerError(str(exc)) from exc
+
     def cancel(self, job_id: str) -> None:
         if not str(job_id).isdigit():
             raise SchedulerError(f"not a SLURM job id: {job_id!r}")

@@ -24,6 +24,10 @@ SACCT_FIELDS = ("JobID", "State", "ExitCode", "Submit", "Start", "End", "Reason"
 SACCT_FORMAT = ",".join(SACCT_FIELDS)
 """``sacct -X -n -P -o``: pipe-separated, allocation lines only, the name last for the same reason."""
 
+SINFO_FORMAT = "%N|%T|%P"
+"""``sinfo -h -N -o``: one line per node and partition: name, state, partition (``*``: the default)."""
+SINFO_PARTITION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$", re.ASCII)
+
 _STATES: dict[str, S] = {
     "PENDING": S.PENDING,
     "CONFIGURING": S.PENDING,  # nodes are being allocated/booted; nothing of ours runs yet
@@ -225,6 +229,23 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobRecord]:
             signal=sig,
             extra=extra,
         )
+    return out
+
+
+def parse_sinfo_nodes(text: str, *, default_only: bool = False) -> dict[str, str]:
+    """``sinfo -h -N -o SINFO_FORMAT`` as node name -> state; ``default_only``: the nodes of the
+    partition marked ``*`` (sbatch's default) only."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.strip().split(SEP)
+        if len(parts) != 3:
+            raise ValueError(f"unexpected sinfo line: {line!r}")
+        node, state, partition = parts
+        if default_only and not partition.endswith("*"):
+            continue
+        out[node] = state
     return out
 
 

@@ -11,7 +11,8 @@ are applied again with the controller's current policy, and then:
   ASCII alphabet without whitespace, quotes or ``%`` (sbatch expands ``%j`` and friends in file
   names), otherwise ``ValueError`` names the field; a constraint may also use SLURM's ``& | ( ) [ ] *``;
 * extra sbatch options are written in the canonical form sbatch resolves them to
-  (``--out=x`` would be ``--output=x``, and is refused), never as the user spelled them;
+  (``--out=x`` would be ``--output=x``, and is refused), never as the user spelled them; a user's
+  ``--exclude`` is merged with the run's exclusion list (``JobSpec.exclude``) into one line;
 * the user's environment passes the deny-list and the allow-list again; every exported value,
   path and worker argument goes through ``shlex.quote``; secret values are not in the script at
   all: it sources a 0600 file the backend writes next to it (``env_file``).
@@ -95,7 +96,13 @@ def _sbatch_lines(spec: JobSpec, signal: str, policy: RunPolicy) -> list[str]:
         if not dep.isascii() or not dep.isdigit():
             raise ValueError(f"dependency must be a numeric SLURM job id, got {dep!r}")
         lines.append(f"--dependency=afterany:{dep}")
-    lines += [option.render() for option in extra]
+    lines += [option.render() for option in extra if option.name != "exclude"]
+    # One --exclude: the user's own hosts (extra_sbatch_args) and the run's exclusion list together
+    # (sbatch would keep only the last of two).
+    excluded = [str(o.value) for o in extra if o.name == "exclude" and o.value]
+    excluded += [_sbatch_value("excluded host", host) for host in spec.exclude]
+    if excluded:
+        lines.append(f"--exclude={','.join(dict.fromkeys(excluded))}")
     return lines
 
 

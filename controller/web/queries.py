@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.db.types import to_datetime
 from controller.services import goodput
+from controller.services.exclusions import active_exclusions
 from controller.web.formatting import to_unix
 from controller.web.runspec import config_groups, shown_spec
 from controller.web.views import (
     AttemptTimes,
     CheckpointRow,
     EventRow,
+    ExclusionRow,
     RunDetail,
     RunRow,
     RunsPage,
@@ -260,6 +262,10 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         tokens_seen=int(run.tokens_seen or 0),
         checkpoints_total=int(counts[0]),
         checkpoints_on_disk=int(counts[1]),
+        exclusions=[
+            ExclusionRow(host=e.host, reason=e.reason, attempt=e.attempt, expires_at=e.expires_at)
+            for e in active_exclusions(session, run_id, now=_at(now))
+        ],
     )
 
 

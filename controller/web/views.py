@@ -243,6 +243,16 @@ class EventRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExclusionRow:
+    """A host the run's next attempts keep off, and until when."""
+
+    host: str
+    reason: str
+    attempt: int
+    expires_at: Any
+
+
+@dataclass(frozen=True, kw_only=True)
 class LedgerPart:
     category: str
     seconds: float
@@ -285,6 +295,7 @@ class RunDetail:
     """Where the run's wall time went (``controller.services.goodput.run_ledger``), non-empty parts."""
     owner: str = ""
     can_act: bool = True
+    exclusions: list[ExclusionRow] = field(default_factory=list)
     """Whether the viewer may act on this run (a viewer, or a reader of all runs, may not)."""
     tokens_seen: int = 0
     checkpoints_on_disk: int = 0

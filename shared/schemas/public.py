@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import WorkerAction
+from shared.exclusions import ExclusionReason
 from shared.schemas.spec import RunCreate
 from shared.states import AttemptState, EndReason, RunState
 
@@ -69,6 +70,16 @@ class RunPublic(_Public):
     goodput: float | None = Field(default=None, description="Productive committed time / allocated time.")
     goodput_detail: GoodputPublic = Field(default_factory=GoodputPublic)
     spec: RunCreate
+
+
+class ExclusionPublic(_Public):
+    """A host the run's next attempts keep off (``sbatch --exclude``) until ``expires_at``."""
+
+    host: str
+    reason: ExclusionReason
+    attempt: int = Field(description="The attempt whose end put the host on the list.")
+    created_at: datetime
+    expires_at: datetime
 
 
 class AttemptPublic(_Public):

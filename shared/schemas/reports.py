@@ -141,6 +141,9 @@ class FinishedEvent(_Event):
 class FailedEvent(_Event):
     type: Literal[EventType.FAILED] = EventType.FAILED
     error: Annotated[str, Field(max_length=8000)]
+    host: _Text | None = None
+    """The host the failure is pinned on (a CUDA/NCCL fault, ``shared.exclusions.pins_host``):
+    the controller keeps the run's next attempts off it."""
 
 
 class WarningEvent(_Event):

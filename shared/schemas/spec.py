@@ -323,6 +323,31 @@ class PolicySpec(_Spec):
         default_factory=list,
         description="Webhooks told about this run: [{url, events}] (events default to all of them).",
     )
+    exclude_node_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=30 * 24 * 3600,
+            description=(
+                "How long a host stays on the run's exclusion list after a node failure, a hang naming it "
+                "or a device fault (0: never exclude)."
+            ),
+        ),
+    ] = 6 * 3600
+    min_nodes: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=4096,
+                description=(
+                    "Fewest nodes an attempt may shrink to when exclusions leave fewer than resources.nodes "
+                    "(unset: wait for the nodes instead)."
+                ),
+            ),
+        ]
+        | None
+    ) = None
 
 
 class RunCreate(_Spec):
@@ -339,6 +364,15 @@ class RunCreate(_Spec):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_run_name(v)
+
+    @model_validator(mode="after")
+    def _min_nodes_fit(self) -> RunCreate:
+        if self.policy.min_nodes is not None and self.policy.min_nodes > self.resources.nodes:
+            raise ValueError(
+                f"policy.min_nodes ({self.policy.min_nodes}) must not exceed resources.nodes "
+                f"({self.resources.nodes})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunCreate:

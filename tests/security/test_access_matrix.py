@@ -127,6 +127,9 @@ ROWS: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): Row(READ),
     ("GET", "/api/v1/runs/{run_id}/metrics"): Row(READ),
     ("GET", "/api/v1/runs/{run_id}/events"): Row(READ),
+    ("GET", "/api/v1/runs/{run_id}/exclusions"): Row(READ),
+    # Clearing is an admin's call: the run's owner may read the list but not empty it.
+    ("DELETE", "/api/v1/runs/{run_id}/exclusions"): Row((403, 404, 403, 200, 403, 403, 401)),
     ("GET", "/api/v1/runs/{run_id}/shares"): Row(ACT),
     ("POST", "/api/v1/runs/{run_id}/shares"): Row(
         (201, 404, 403, 201, 403, 403, 401), build=_json(lambda c: {"user": "otto"})

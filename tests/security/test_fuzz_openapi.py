@@ -13,8 +13,8 @@ bound and allow-list the server applies), and a request without credentials is r
 What JSON Schema cannot state is folded into the generated bodies before they are sent, and only
 that (the document's prose states it): for runs, ``lr_warmup_steps <= training_steps``, a
 ``batch_size`` divisible by the number of ranks × ``gradient_accumulation_steps``,
-``profile_step_start <= profile_step_end``, and no webhook target nor GPU (where a host
-resolves and whether the memory plan fits);
+``profile_step_start <= profile_step_end``, ``policy.min_nodes <= resources.nodes``, and no
+webhook target nor GPU (where a host resolves and whether the memory plan fits);
 for reports to the seeded run, its attempt, steps within its ``training_steps`` and checkpoint
 paths in its own directory. ``tests/controller/api/test_validation.py`` and
 ``tests/security/test_claims.py`` pin those rules.
@@ -184,6 +184,8 @@ def _cross_field(case: Case) -> Case:
     if _number(start) and _number(end) and start > end:
         training["profile_step_start"], training["profile_step_end"] = end, start
     nodes, per_node = resources.get("nodes", 1), resources.get("ntasks_per_node", 1)
+    if isinstance(policy, dict) and _number(policy.get("min_nodes")) and _number(nodes):
+        policy["min_nodes"] = min(int(policy["min_nodes"]), int(nodes))
     batch = training.get("batch_size", _DEFAULT["batch_size"])
     if _number(nodes) and _number(per_node) and _number(batch):
         world = int(nodes) * int(per_node)

@@ -114,3 +114,25 @@ def test_rank_zero_reports_what_retention_deleted_after_the_commit_that_made_it_
     ReportBatch.model_validate(
         {"attempt": 1, "events": [{**e, "seq": i, "time": 1.0} for i, e in enumerate(rep.events)]}
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "pinned"),
+    [("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error", True), ("shapes differ", False)],
+)
+def test_a_device_fault_names_the_host_and_a_program_error_does_not(
+    sample_data: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: str,
+    pinned: bool,
+) -> None:
+    def broken(self: object, **kwargs: object) -> int:
+        raise RuntimeError(error)
+
+    monkeypatch.setenv("SLURMD_NODENAME", "vm-2")
+    monkeypatch.setattr(worker.train.TrainingLoop, "run", broken)
+    rc, rep = run(monkeypatch, tiny_args(sample_data, tmp_path, "pin", steps=4, fmt="dcp"), {})
+    [failed] = rep.of("failed")
+    assert rc == ExitCode.FAILURE and error in failed["error"]
+    assert failed.get("host") == ("vm-2" if pinned else None)

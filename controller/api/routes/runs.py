@@ -8,7 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 
 from controller import access
-from controller.api.deps import ActionableRun, CreatorDep, ReadableRun, SessionDep, SettingsDep, UserDep
+from controller.api.deps import (
+    ActionableRun,
+    AdminDep,
+    CreatorDep,
+    ReadableRun,
+    SessionDep,
+    SettingsDep,
+    UserDep,
+)
 from controller.api.presenters import attempt_public, downsample_indices, runs_public
 from controller.auth import Principal
 from controller.db.models import Run, User
@@ -26,10 +34,12 @@ from controller.services import (
     resume_run,
     update_run,
 )
+from controller.services.exclusions import active_exclusions, clear_exclusions
 from shared.schemas import (
     AttemptPublic,
     CheckpointPublic,
     EventPublic,
+    ExclusionPublic,
     MetricPoint,
     Page,
     RunAction,
@@ -84,8 +94,9 @@ def post_run(
     """Create a run owned by the caller; the reconciler submits its first attempt. Beyond the schema,
     the cross-field rules (``lr_warmup_steps <= training_steps``, ``batch_size`` divisible by nodes ×
     ntasks_per_node, ``async_checkpoint`` needs ``use_torch_distributed_ckpt``, ``profile_step_start
-    <= profile_step_end``, ``checkpoint_frequency`` not 0) and this controller's rules (allow-lists,
-    path roots, webhook targets, the memory plan) are 422s naming the field."""
+    <= profile_step_end``, ``checkpoint_frequency`` not 0, ``policy.min_nodes <= resources.nodes``)
+    and this controller's rules (allow-lists, path roots, webhook targets, the memory plan) are 422s
+    naming the field."""
     run = create_run(
         session, body, owner=owner_of_new_run(session, principal), by=principal.actor, settings=settings
     )
@@ -212,3 +223,18 @@ def get_events(
     rows, total = list_events(session, run.id, limit=limit, offset=offset)
     items = [EventPublic.model_validate(e) for e in rows]
     return Page[EventPublic](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{run_id}/exclusions", responses=RUN_ERRORS)
+def get_exclusions(run: ReadableRun, session: SessionDep) -> list[ExclusionPublic]:
+    """The hosts the run's next attempts exclude (after a node failure, a hang naming the host or a
+    device fault), with when each entry expires; expired entries are not listed."""
+    return [ExclusionPublic.model_validate(e) for e in active_exclusions(session, run.id, now=utcnow())]
+
+
+@router.delete("/{run_id}/exclusions", responses=RUN_ERRORS)
+def delete_exclusions(run: ReadableRun, session: SessionDep, principal: AdminDep) -> list[ExclusionPublic]:
+    """Admins only: clear the run's exclusion list (the hosts were repaired); returns the empty list."""
+    clear_exclusions(session, run, by=principal.actor)
+    session.commit()
+    return []

@@ -324,3 +324,19 @@ def test_relative_paths_become_absolute_in_the_script(
     assert f"#SBATCH --chdir={tmp_path / 'run'}\n" in text
     assert f"#SBATCH --output={tmp_path / 'run' / 'logs' / 'attempt-0001.out'}\n" in text
     assert f"export PYRECOVER_TOKEN_FILE={token}\n" in text
+
+
+def test_node_states_asks_sinfo_for_the_partition_and_refuses_a_hostile_name() -> None:
+    from controller.scheduler.base import NodeInventory
+
+    cli = FakeCLI(sinfo=lambda argv: ok("vm-1|idle|debug*\nvm-2|down*|debug*\n"))
+    sched = SlurmScheduler(runner=cli)
+    assert isinstance(sched, NodeInventory)
+    assert sched.node_states("debug") == {"vm-1": "idle", "vm-2": "down*"}
+    assert cli.calls[-1][-2:] == ["-p", "debug"]
+    assert sched.node_states(None) == {"vm-1": "idle", "vm-2": "down*"}
+    with pytest.raises(SchedulerError, match="not a partition name"):
+        sched.node_states("debug --uid=0")
+    failing = SlurmScheduler(runner=FakeCLI(sinfo=lambda argv: ok(stderr="sinfo: error", rc=1)))
+    with pytest.raises(SchedulerError, match="sinfo failed"):
+        failing.node_states("debug")

@@ -224,3 +224,11 @@ def test_squeue_backend_jobs_by_name() -> None:
         "pyrecover-r1-a2": S.FAILED,
         "pyrecover-r1-a3": S.CANCELLED,
     }
+
+
+def test_sinfo_nodes_per_partition_and_the_default_one() -> None:
+    text = "vm-1|idle|debug*\nvm-1|idle|high\nvm-2|down*|debug*\nvm-3|mixed|high\n"
+    assert sp.parse_sinfo_nodes(text) == {"vm-1": "idle", "vm-2": "down*", "vm-3": "mixed"}
+    assert sp.parse_sinfo_nodes(text, default_only=True) == {"vm-1": "idle", "vm-2": "down*"}
+    with pytest.raises(ValueError, match="unexpected sinfo line"):
+        sp.parse_sinfo_nodes("vm-1 idle\n")

@@ -259,3 +259,29 @@ def test_a_controller_value_with_a_newline_stays_one_shell_word() -> None:
     # still goes through shlex.quote, which keeps it one shell word.
     spec = make_spec(env={"PYRECOVER_CONTROLLER_URL": "line1\nline2; touch /tmp/pwned"})
     assert "export PYRECOVER_CONTROLLER_URL='line1\nline2; touch /tmp/pwned'" in render_sbatch(spec)
+
+
+def _sbatch_header(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#SBATCH ")]
+
+
+def test_the_runs_exclusions_render_as_one_exclude_merged_with_the_users() -> None:
+    import dataclasses
+
+    own = dataclasses.replace(make_spec(), exclude=("vm-2", "vm-3"))
+    assert "#SBATCH --exclude=vm-2,vm-3" in _sbatch_header(render_sbatch(own))
+    both = dataclasses.replace(
+        make_spec(extra_sbatch_args=["--exclude=gpu[01-02]", "-x vm-3"]), exclude=("vm-3",)
+    )
+    excludes = [line for line in _sbatch_header(render_sbatch(both)) if "--exclude" in line]
+    # sbatch keeps only the last --exclude: one line holds the user's hosts and the run's.
+    assert excludes == ["#SBATCH --exclude=gpu[01-02],vm-3"]
+    assert not any("--exclude" in line for line in _sbatch_header(render_sbatch(make_spec())))
+
+
+@pytest.mark.parametrize("host", ["vm-1 --uid=0", "vm%j", "a\nb", "$(id)", "vm'1"])
+def test_a_hostile_excluded_host_is_refused(host: str) -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="excluded host"):
+        render_sbatch(dataclasses.replace(make_spec(), exclude=(host,)))

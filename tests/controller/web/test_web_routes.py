@@ -175,3 +175,29 @@ def test_open_read_only_shows_pages_but_refuses_actions(tmp_path: Path) -> None:
         resp = client.post(f"/runs/{seeded.cancel_run}/actions/cancel", headers={"X-CSRF-Token": token})
         assert resp.status_code == 401
         assert client.get("/runs/new", follow_redirects=False).status_code == 303
+
+
+def test_the_run_page_shows_the_exclusion_list_and_escapes_it(client: TestClient, app_parts: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from controller.db.models import NodeExclusion
+
+    _app, factory, _ = app_parts
+    run_id = seed_dashboard(factory).chart_run
+    assert "exclusions-table" not in client.get(f"/runs/{run_id}").text
+    now = datetime.now(UTC)
+    with factory() as s:
+        for host, expires in (
+            ("vm-2", timedelta(hours=6)),
+            ("<b>x</b>", timedelta(hours=1)),
+            ("vm-9", -timedelta(1)),
+        ):
+            s.add(NodeExclusion(run_id=run_id, host=host, reason="node_fail", attempt=2, created_at=now,
+                                expires_at=now + expires))  # fmt: skip
+        s.commit()
+    html = client.get(f"/runs/{run_id}").text
+    table = html[html.index('id="exclusions-table"') :]
+    table = table[: table.index("</table>")]
+    assert "vm-2" in table and "node_fail" in table and "vm-9" not in table  # expired: not shown
+    assert "<b>x</b>" not in table and "&lt;b&gt;x&lt;/b&gt;" in table
+    assert "exclusions-table" in client.get(f"/runs/{run_id}?fragment=1").text

@@ -1,7 +1,7 @@
 """checkpoints.deleted_at: which checkpoints the worker's retention removed from disk
 
-Revision ID: 0010
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-03 12:00:00.000000
 
 A checkpoint row used to stay "committed" for ever although the worker keeps only the newest
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
