@@ -43,6 +43,7 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "model_preset",
     "sequence_length",
     "dataset",
+    "dataset_mode",
     "tokenizer_name_or_path",
     "seed",
     "model_dtype",
@@ -87,6 +88,11 @@ class TrainingFields(BaseModel):
 
     dataset: Annotated[str, Field(min_length=1)]
     """Parquet file, directory or glob of Parquet files with a 'text' column, or a token store directory."""
+    dataset_mode: Literal["packed", "padded"] = "packed"
+    """'packed': documents are concatenated and cut into sequences, no token is padding (Parquet or
+    a token store). 'padded': the seed's map-style ParquetDataset, one document per sample padded or
+    truncated to sequence_length + 1 tokens, wrapping around after training_steps × batch_size
+    samples, batched by CollatorForCLM (padding is never a target); one Parquet file."""
     tokenizer_name_or_path: Annotated[str, Field(min_length=1)]
     """Local Hugging Face tokenizer directory (or a hub name on a networked cluster)."""
     training_steps: TrainingSteps = 1000

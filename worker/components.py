@@ -78,6 +78,8 @@ def _build_data(config: TrainConfig, info: DistInfo) -> tuple[Any, int]:
             world_size=info.world_size,
             local_batch_size=config.batch_size // info.world_size,
             bos_token_id=bos,
+            mode=config.dataset_mode,
+            training_samples=config.training_steps * config.batch_size,  # the seed's training_samples
         )
     except DataError as exc:  # e.g. files without rows, a store built with another tokenizer
         raise ConfigError(f"dataset: {exc}") from exc

@@ -66,6 +66,7 @@ PAYLOADS = [
 FIELDS = [
     "name",
     "training.dataset",
+    "training.dataset_mode",
     "training.tokenizer_name_or_path",
     "training.checkpoint_dir",
     "training.profile_dir",

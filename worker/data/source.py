@@ -94,12 +94,31 @@ def open_training_dataset(
     world_size: int,
     local_batch_size: int | None,
     bos_token_id: int,
+    mode: str = "packed",
+    training_samples: int = 0,
 ) -> Any:
     """This rank's dataset over ``source`` (what :func:`resolve_dataset` returned); DataError if unusable.
 
     A ``TokenStoreDataset`` for a store (checked against the tokenizer and its sources first),
-    else an ``IterableParquetDataset``.
+    else an ``IterableParquetDataset``; with ``mode="padded"``, the seed's map-style samples
+    (``worker.data.padded.PaddedParquetStream``, ``training_samples`` long before it wraps).
     """
+    if mode == "padded":
+        if not isinstance(source, list):
+            raise DataError(
+                "dataset_mode padded reads a Parquet file, not a token store: use dataset_mode packed"
+            )
+        from worker.data.padded import PaddedParquetStream
+
+        return PaddedParquetStream(
+            source,
+            tokenizer,
+            sequence_length=sequence_length,
+            rank=rank,
+            world_size=world_size,
+            local_batch_size=local_batch_size,
+            training_samples=training_samples,
+        )
     if not isinstance(source, list):
         from worker.data.store_dataset import TokenStoreDataset
 
