@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from controller.reconciler.decide import Rollback
 from controller.scheduler.base import JobSpec, job_name_for
 from controller.services.secrets import read_secrets
 from controller.settings import Settings
 from shared import envvars, run_rules
 from shared.env_policy import is_secret
-from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir
+from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir, step_dir_name
 from shared.schemas import ResourcesSpec, TrainingSpec
 
 __all__ = [
@@ -81,22 +82,33 @@ def write_token_file(directory: Path, token: str) -> Path:
     return path
 
 
-def worker_argv(settings: Settings, run_name: str, training: TrainingSpec) -> list[str]:
+def worker_argv(
+    settings: Settings,
+    run_name: str,
+    training: TrainingSpec,
+    *,
+    rollback: Rollback | None = None,
+    allow_restart_from_scratch: bool = False,
+) -> list[str]:
+    """The attempt's command. Per attempt: ``--resume-from-checkpoint latest``, or after a
+    divergence under ``on_divergence: rollback`` the diverged attempt's last committed checkpoint
+    with ``--data-skip-to`` past the bad window; ``--allow-restart-from-scratch`` from the policy."""
     resolved = resolve_checkpoint_dir(settings, training.checkpoint_dir)
     # model_copy skips validation on purpose: the resolved paths are trusted, controller-made ones.
     updates = {"checkpoint_dir": str(resolved), **absolute_inputs(training)}
     args = training.model_copy(update=updates).to_worker_args()
     python = settings.worker_python or "python3"
-    return [
-        python,
-        "-m",
-        "worker",
-        *args,
-        "--experiment-name",
-        run_name,
-        "--resume-from-checkpoint",
-        "latest",
-    ]
+    resume = ["--resume-from-checkpoint", "latest"]
+    if rollback is not None:
+        resume = [
+            "--resume-from-checkpoint",
+            step_dir_name(rollback.from_step),
+            "--data-skip-to",
+            str(rollback.skip_to),
+        ]
+    if allow_restart_from_scratch:
+        resume.append("--allow-restart-from-scratch")
+    return [python, "-m", "worker", *args, "--experiment-name", run_name, *resume]
 
 
 def build_job_spec(
@@ -109,6 +121,8 @@ def build_job_spec(
     resources: ResourcesSpec,
     token: str,
     dependency: str | None = None,
+    rollback: Rollback | None = None,
+    allow_restart_from_scratch: bool = False,
 ) -> JobSpec:
     """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect.
 
@@ -145,7 +159,13 @@ def build_job_spec(
         run_name=run_name,
         attempt=attempt,
         job_name=job_name_for(run_id, attempt),
-        argv=worker_argv(settings, run_name, training),
+        argv=worker_argv(
+            settings,
+            run_name,
+            training,
+            rollback=rollback,
+            allow_restart_from_scratch=allow_restart_from_scratch,
+        ),
         env=env,
         secret_env=secret,
         resources=resources,
