@@ -22,7 +22,7 @@ from controller.services.secrets import read_secrets
 from controller.settings import Settings
 from shared import envvars, run_rules
 from shared.env_policy import is_secret
-from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir, step_dir_name
+from shared.paths import TOKEN_FILE_NAME, absolute_local, attempt_log_paths, run_dir, step_dir_name
 from shared.schemas import ResourcesSpec, TrainingSpec
 
 __all__ = [
@@ -60,9 +60,8 @@ def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
         value = getattr(training, key)
         if value is None:
             continue
-        value = str(value)
-        if not Path(value).is_absolute() and looks_local(value) and not value.startswith("~"):
-            updates[key] = str(Path(value).absolute())
+        if (absolute := absolute_local(str(value))) is not None:
+            updates[key] = absolute
     return updates
 
 

@@ -12,9 +12,9 @@ is refused for every backend.
 
 from __future__ import annotations
 
-from controller.reconciler.jobspec import absolute_inputs
 from controller.services.errors import InvalidField
 from controller.settings import Settings
+from shared.paths import absolute_local
 from shared.schemas import RunCreate
 
 
@@ -23,14 +23,11 @@ def check_inputs(body: RunCreate, settings: Settings) -> None:
     for the first problem found; nothing is read beyond file metadata."""
     from worker.data.inputs import check_training_inputs  # pyarrow: loaded only when runs are created
 
-    training = body.training
-    paths = {
-        "dataset": str(training.dataset),
-        "tokenizer_name_or_path": str(training.tokenizer_name_or_path),
-        **absolute_inputs(training),  # relative paths as the worker will see them
-    }
+    # Relative paths as the worker will see them (controller/reconciler/jobspec.py:absolute_inputs).
+    dataset, tokenizer = str(body.training.dataset), str(body.training.tokenizer_name_or_path)
+    dataset, tokenizer = absolute_local(dataset) or dataset, absolute_local(tokenizer) or tokenizer
     visible = body.resources.scheduler in settings.inputs_visible
-    for problem in check_training_inputs(paths["dataset"], paths["tokenizer_name_or_path"]):
+    for problem in check_training_inputs(dataset, tokenizer):
         if problem.kind == "missing" and not visible:
             continue
         where = (
