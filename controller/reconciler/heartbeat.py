@@ -3,7 +3,9 @@
 The worker's watchdog (``worker.watchdog``) is the first layer; this one catches what it cannot
 report: a frozen or SIGSTOPped reporting rank, a watchdog that itself hangs, a node that stopped
 answering without the scheduler noticing. Each pass, every RUNNING attempt whose last sign of life
-(its newest report, else the time it started) is older than ``decide.heartbeat_timeout`` gets its
+(its newest report, else the time it started; and where the controller sees the checkpoint file
+system, ``Settings.verify_checkpoints``, the last write of the run's ``loss.csv``, so a report
+outage alone never looks like a hang) is older than ``decide.heartbeat_timeout`` gets its
 job cancelled, then a ``heartbeat_timeout`` run event for it. When the scheduler reports the job
 ended, ``store.reported`` finds that event and ``decide.end_reason`` ends the attempt ``hung``:
 retried like a crash, counted against the failure budget. The attempt ends only once the scheduler
@@ -12,7 +14,9 @@ says the job is gone, so the next attempt never overlaps a job still holding the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from pathlib import Path
 
 from controller.db.models import Attempt
 from controller.reconciler import store
@@ -20,6 +24,7 @@ from controller.reconciler.decide import heartbeat_timeout
 from controller.reconciler.ending import TickContext
 from controller.reconciler.runlock import lock_run_for_transaction
 from controller.scheduler.base import SchedulerError
+from shared.paths import LOSS_CSV_NAME
 from shared.states import AttemptState
 
 log = logging.getLogger(__name__)
@@ -36,10 +41,20 @@ def check_heartbeats(ctx: TickContext) -> None:
             log.exception("the heartbeat check of attempt %s failed", attempt_id)
 
 
-def last_sign_of_life(attempt: Attempt) -> float | None:
-    """Unix time of the attempt's newest report, or of its start when it has not reported yet."""
-    times = [t for t in (attempt.last_report_at, attempt.training_started_at, attempt.start_time) if t]
-    return max(t.timestamp() for t in times) if times else None
+def last_sign_of_life(attempt: Attempt, loss_csv: Path | None = None) -> float | None:
+    """Unix time of the attempt's newest report, or of its start when it has not reported yet; or
+    of the last write of ``loss.csv`` (rank 0 appends a row every ``logging_frequency`` steps) when
+    that is newer and the attempt has started."""
+    times = [
+        t.timestamp() for t in (attempt.last_report_at, attempt.training_started_at, attempt.start_time) if t
+    ]
+    if not times:
+        return None
+    if loss_csv is not None:
+        # None yet (a fresh start), or not readable here: the reports decide.
+        with contextlib.suppress(OSError):
+            times.append(loss_csv.stat().st_mtime)
+    return max(times)
 
 
 def _check(ctx: TickContext, attempt_id: int) -> None:
@@ -52,11 +67,17 @@ def _check(ctx: TickContext, attempt_id: int) -> None:
             return
         if store.heartbeat_timeout_message(session, attempt) is not None:
             return  # already cancelled: waiting for the scheduler to say the job is gone
-        last = last_sign_of_life(attempt)
         run = store.find_run(session, attempt.run_id)
-        if last is None or run is None:
+        if run is None:
             return
         spec = store.run_spec(run)
+        loss_csv = None
+        if spec.resources.scheduler in ctx.settings.verify_checkpoints:
+            root = ctx.settings.resolve_checkpoint_dir(spec.training.checkpoint_dir)
+            loss_csv = root / run.name / LOSS_CSV_NAME
+        last = last_sign_of_life(attempt, loss_csv)
+        if last is None:
+            return
         limit = heartbeat_timeout(
             spec.policy,
             spec.training,

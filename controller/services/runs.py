@@ -22,7 +22,7 @@ from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.notify.targets import UnsafeTarget, check_run_targets
 from controller.services import secrets
 from controller.services.errors import Conflict, InvalidField, InvalidTransition, RunNotFound
-from controller.services.inputs import check_inputs
+from controller.services.input_checks import check_inputs
 from controller.services.users import check_quota
 from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run

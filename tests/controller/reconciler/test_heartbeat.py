@@ -159,3 +159,23 @@ def test_a_failed_cancel_is_tried_again_and_an_attempt_is_cancelled_once(world: 
     world.sched.set("job-1", J.CANCELLED)
     world.tick()
     assert world.attempts(run_id)[0].end_reason == EndReason.HUNG
+
+
+def test_a_loss_csv_written_on_a_visible_file_system_keeps_an_attempt_alive(tmp_path: Path) -> None:
+    """Reports lost (a partition, a controller outage) while the worker trains: where the controller
+    sees the checkpoint file system, the rows rank 0 appends are a sign of life too."""
+    import os
+
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = running(world, heartbeat_timeout_seconds=60)
+    loss_csv = world.step_dir(run_id, 1).parent / "loss.csv"
+    loss_csv.parent.mkdir(parents=True)
+    loss_csv.write_text("step,loss\n1,2.0\n")
+    for _ in range(5):
+        world.clock.advance(50)
+        os.utime(loss_csv, (world.clock.now, world.clock.now))
+        world.tick()
+    assert world.sched.cancelled == []
+    world.clock.advance(61)  # the rows stop too: now it is hung
+    world.tick()
+    assert world.sched.cancelled == ["job-1"]

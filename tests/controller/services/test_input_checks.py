@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from controller.services.errors import InvalidField
-from controller.services.inputs import check_inputs
+from controller.services.input_checks import check_inputs
 from controller.settings import Settings
 from shared.schemas import RunCreate
 
