@@ -159,6 +159,14 @@ class Settings(BaseSettings):
             "COMPLETED the controller verifies the final checkpoint's manifest and files itself."
         ),
     )
+    inputs_visible: list[Literal["local", "slurm", "pyslurm"]] = Field(
+        default_factory=_verify_default,
+        description=(
+            "Backends whose compute nodes see the controller's file system for datasets and tokenizers: "
+            "a dataset or tokenizer path missing here is refused at submit (422). A path that exists here "
+            "but cannot train (no text column, no rows, no tokenizer files) is refused for every backend."
+        ),
+    )
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     report_rate_per_s: Annotated[float, Field(gt=0, le=1e9)] = Field(
         default=REPORT_RATE_PER_S,

@@ -2,12 +2,16 @@
 
 The controller never decides from the exit code alone: a clean exit with steps left means the
 worker stopped gracefully (deadline, signal, ``--stop-after-steps``) after a committed checkpoint.
-The distinct non-zero codes only make logs and failure messages clearer.
+The distinct non-zero codes tell the failure classes apart (``END_REASON_OF_EXIT``): a config
+error, an integrity error or a refused fresh start fails the run at once; a hang or a divergence is
+handled by its own policy.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from shared.states import EndReason
 
 
 class ExitCode(IntEnum):
@@ -20,3 +24,14 @@ class ExitCode(IntEnum):
     DIVERGED = 6  # non-finite loss/gradients/weights or a loss spike; the bad state was not committed
     FRESH_START_REFUSED = 7  # the run has a past (quarantine, loss.csv rows) but no checkpoint verifies
     INTERRUPTED = 130  # stopped by a signal before anything could be committed
+
+
+END_REASON_OF_EXIT: dict[int, EndReason] = {
+    ExitCode.CONFIG_ERROR: EndReason.CONFIG_ERROR,
+    ExitCode.CHECKPOINT_ERROR: EndReason.INTEGRITY_ERROR,
+    ExitCode.HUNG: EndReason.HUNG,
+    ExitCode.DIVERGED: EndReason.DIVERGED,
+    ExitCode.FRESH_START_REFUSED: EndReason.RESTART_REFUSED,
+}
+"""The end reason a failed job's exit code names (the scheduler's view; the worker's ``hung`` and
+``diverged`` events say the same when the ranks' codes were mixed)."""

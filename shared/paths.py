@@ -113,3 +113,12 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     if os.path.normpath(a) == os.path.normpath(b):
         return True
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def absolute_local(value: str) -> str | None:
+    """``value`` made absolute against the current directory when it is a relative local path
+    (``looks_local``); None when it is absolute already, starts with ``~`` or is not a local path
+    (a hub name). How the controller hands relative inputs to workers, which run elsewhere."""
+    if Path(value).is_absolute() or not looks_local(value) or value.startswith("~"):
+        return None
+    return str(Path(value).absolute())

@@ -108,6 +108,12 @@ class EndReason(StrEnum):
     """Stopped making progress (the worker's watchdog, or no report for the heartbeat timeout)."""
     DIVERGED = "diverged"
     """The loss or gradients went non-finite or spiked; the worker stopped without committing them."""
+    CONFIG_ERROR = "config_error"
+    """The worker rejected the run's configuration (exit 3): retrying cannot help."""
+    INTEGRITY_ERROR = "integrity_error"
+    """No loadable checkpoint where one was required (exit 4): every committed one failed verification."""
+    RESTART_REFUSED = "restart_refused"
+    """The worker refused to start from step 0 over the run's past (exit 7)."""
 
 
 CLEAN_END_REASONS = frozenset(
@@ -115,6 +121,9 @@ CLEAN_END_REASONS = frozenset(
 )
 """Endings after a committed final checkpoint (or a user's cancel): nothing after the last commit
 was lost. Every other ending lost the work since the attempt's last commit."""
+FATAL_END_REASONS = frozenset({EndReason.CONFIG_ERROR, EndReason.INTEGRITY_ERROR, EndReason.RESTART_REFUSED})
+"""Endings that fail the run at once: the same run would end the same way again, whatever is retried,
+until a person changes something (the run's fields, its checkpoints, or allows a fresh start)."""
 
 
 class SchedulerJobState(StrEnum):

@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 
 STRICT = os.environ.get("PYRECOVER_STRICT_INTEGRATION") == "1"
+# Most tests' runs name datasets that exist nowhere (the fake schedulers read none): the submit-time
+# input check (controller/services/input_checks.py) is off for them and tested where it is the subject,
+# with the setting passed explicitly. Set before any Settings is built, and inherited by the
+# controller processes tests start.
+os.environ.setdefault("PYRECOVER_INPUTS_VISIBLE", "[]")
 
 
 @pytest.hookimpl(hookwrapper=True)

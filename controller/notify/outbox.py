@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Notification, Run
 from shared.schemas.notify import NotifyEvent
-from shared.states import EndReason, RunState
+from shared.states import FATAL_END_REASONS, EndReason, RunState
 
 _RUN_END = {
     RunState.COMPLETED: NotifyEvent.COMPLETED,
@@ -25,6 +25,9 @@ _ATTEMPT_END = {
     EndReason.LOST: NotifyEvent.ATTEMPT_FAILED,
     EndReason.NODE_FAIL: NotifyEvent.ATTEMPT_FAILED,
     EndReason.TIMEOUT_KILLED: NotifyEvent.ATTEMPT_FAILED,
+    EndReason.HUNG: NotifyEvent.ATTEMPT_FAILED,
+    EndReason.DIVERGED: NotifyEvent.ATTEMPT_FAILED,
+    **dict.fromkeys(FATAL_END_REASONS, NotifyEvent.ATTEMPT_FAILED),
 }
 
 

@@ -70,7 +70,9 @@ def end_attempt(
         final = final_checkpoint(ctx, session, run, attempt, spec, now)
     complete = is_complete(final)
     cancel = store.is_cancel_requested(run)
-    reason = end_reason(status.state, reported, complete=complete, cancel_requested=cancel)
+    reason = end_reason(
+        status.state, reported, complete=complete, cancel_requested=cancel, exit_code=status.exit_code
+    )
     error = None
     unconfirmed = incomplete_reason(final, steps) if false_finish(reported, complete=complete) else ""
     if unconfirmed:
@@ -112,7 +114,22 @@ def end_attempt(
         now=now,
         resumed_after=run.resumed_after_attempt or 0,
         cancel_requested=store.is_cancel_requested(run),
+        divergence=reported.diverged if reason is EndReason.DIVERGED else None,
     )
+    if decision.rollback is not None:
+        rollback = decision.rollback
+        store.record_event(
+            session,
+            run,
+            "rollback",
+            decision.message,
+            data={
+                "attempt": attempt.number,
+                "from_step": rollback.from_step,
+                "skip_from": rollback.window_start,
+                "skip_to": rollback.skip_to,
+            },
+        )
     if decision.verdict is Verdict.RESUBMIT:
         # With a pre-queued successor the run just waits for it; otherwise the next pass submits.
         message = f"attempt {attempt.number} ended ({reason.value})"

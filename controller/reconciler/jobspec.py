@@ -17,12 +17,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from controller.reconciler.decide import Rollback
 from controller.scheduler.base import JobSpec, job_name_for
 from controller.services.secrets import read_secrets
 from controller.settings import Settings
 from shared import envvars, run_rules
 from shared.env_policy import is_secret
-from shared.paths import TOKEN_FILE_NAME, attempt_log_paths, looks_local, run_dir
+from shared.paths import TOKEN_FILE_NAME, absolute_local, attempt_log_paths, run_dir, step_dir_name
 from shared.schemas import ResourcesSpec, TrainingSpec
 
 __all__ = [
@@ -60,9 +61,8 @@ def absolute_inputs(training: TrainingSpec) -> dict[str, str]:
         value = getattr(training, key)
         if value is None:
             continue
-        value = str(value)
-        if not Path(value).is_absolute() and looks_local(value) and not value.startswith("~"):
-            updates[key] = str(Path(value).absolute())
+        if (absolute := absolute_local(str(value))) is not None:
+            updates[key] = absolute
     return updates
 
 
@@ -82,22 +82,33 @@ def write_token_file(directory: Path, token: str) -> Path:
     return path
 
 
-def worker_argv(settings: Settings, run_name: str, training: TrainingSpec) -> list[str]:
+def worker_argv(
+    settings: Settings,
+    run_name: str,
+    training: TrainingSpec,
+    *,
+    rollback: Rollback | None = None,
+    allow_restart_from_scratch: bool = False,
+) -> list[str]:
+    """The attempt's command. Per attempt: ``--resume-from-checkpoint latest``, or after a
+    divergence under ``on_divergence: rollback`` the diverged attempt's last committed checkpoint
+    with ``--data-skip-to`` past the bad window; ``--allow-restart-from-scratch`` from the policy."""
     resolved = resolve_checkpoint_dir(settings, training.checkpoint_dir)
     # model_copy skips validation on purpose: the resolved paths are trusted, controller-made ones.
     updates = {"checkpoint_dir": str(resolved), **absolute_inputs(training)}
     args = training.model_copy(update=updates).to_worker_args()
     python = settings.worker_python or "python3"
-    return [
-        python,
-        "-m",
-        "worker",
-        *args,
-        "--experiment-name",
-        run_name,
-        "--resume-from-checkpoint",
-        "latest",
-    ]
+    resume = ["--resume-from-checkpoint", "latest"]
+    if rollback is not None:
+        resume = [
+            "--resume-from-checkpoint",
+            step_dir_name(rollback.from_step),
+            "--data-skip-to",
+            str(rollback.skip_to),
+        ]
+    if allow_restart_from_scratch:
+        resume.append("--allow-restart-from-scratch")
+    return [python, "-m", "worker", *args, "--experiment-name", run_name, *resume]
 
 
 def build_job_spec(
@@ -112,6 +123,8 @@ def build_job_spec(
     dependency: str | None = None,
     exclude: Sequence[str] = (),
     nodes: int | None = None,
+    rollback: Rollback | None = None,
+    allow_restart_from_scratch: bool = False,
 ) -> JobSpec:
     """The JobSpec for attempt ``attempt`` of a run; writes the run's token file as a side effect.
 
@@ -154,7 +167,13 @@ def build_job_spec(
         run_name=run_name,
         attempt=attempt,
         job_name=job_name_for(run_id, attempt),
-        argv=worker_argv(settings, run_name, training),
+        argv=worker_argv(
+            settings,
+            run_name,
+            training,
+            rollback=rollback,
+            allow_restart_from_scratch=allow_restart_from_scratch,
+        ),
         env=env,
         secret_env=secret,
         resources=resources,

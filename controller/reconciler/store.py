@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Attempt, Checkpoint, Run, WorkerEventRecord
-from controller.reconciler.decide import AttemptOutcome, Reported
+from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, WorkerEventRecord
+from controller.reconciler.decide import AttemptOutcome, Divergence, Reported
 from controller.scheduler.base import JobStatus
 from controller.services import issue_worker_token
 from controller.state_machine import record_run_event, transition_attempt, transition_run
@@ -152,20 +152,103 @@ def stop_announced(session: Session, attempt: Attempt) -> bool:
     return bool(_events(session, attempt, [EventType.STOPPING]))
 
 
+_FAULT_EVENT_TYPES = sorted({*ENDING_EVENT_TYPES, EventType.HUNG, EventType.DIVERGED})
+HEARTBEAT_TIMEOUT_EVENT = "heartbeat_timeout"
+"""The run event recorded when the controller cancels a RUNNING attempt that stopped reporting."""
+
+
 def reported(session: Session, attempt: Attempt) -> Reported:
-    """What the attempt's worker said about its end (its ``stopping``/``finished``/``failed`` events)."""
+    """What the attempt's worker said about its end (its ``stopping``/``finished``/``failed``,
+    ``hung`` and ``diverged`` events), and whether the controller timed out its heartbeat."""
     finished = False
     stopping: StopReason | None = None
     error: str | None = None
-    for event in _events(session, attempt, sorted(ENDING_EVENT_TYPES)):
+    hung: str | None = None
+    diverged: Divergence | None = None
+    for event in _events(session, attempt, _FAULT_EVENT_TYPES):
         payload: dict[str, Any] = dict(event.payload or {})
         if event.type == EventType.FINISHED:
             finished = True
         elif event.type == EventType.STOPPING:
             stopping = StopReason(payload.get("reason") or StopReason.DEADLINE)
+        elif event.type == EventType.HUNG:
+            phase, step, rank = payload.get("phase"), payload.get("step"), payload.get("rank")
+            hung = f"hung in {phase} at step {step} (seen by rank {rank})"
+        elif event.type == EventType.DIVERGED:
+            diverged = divergence_of(payload)
         else:
             error = str(payload.get("error") or "the worker reported a failure")
-    return Reported(finished=finished, stopping_reason=stopping, error=error)
+    if hung is None:
+        hung = heartbeat_timeout_message(session, attempt)
+    return Reported(finished=finished, stopping_reason=stopping, error=error, hung=hung, diverged=diverged)
+
+
+def divergence_of(payload: dict[str, Any]) -> Divergence:
+    """A stored ``diverged`` event (validated on the way in) as ``decide`` reads it."""
+    committed_cursor = payload.get("committed_cursor") or {}
+    return Divergence(
+        step=int(payload.get("step") or 0),
+        message=str(payload.get("message") or "diverged"),
+        committed_step=None if payload.get("committed_step") is None else int(payload["committed_step"]),
+        window_start=(
+            None
+            if committed_cursor.get("chunks_consumed") is None
+            else int(committed_cursor["chunks_consumed"])
+        ),
+        window_end=int((payload.get("cursor") or {}).get("chunks_consumed") or 0),
+    )
+
+
+def last_divergence(session: Session, run_id: int, after_attempt: int) -> Divergence | None:
+    """The newest ``diverged`` event of the run's attempts numbered above ``after_attempt``."""
+    event = session.scalar(
+        select(WorkerEventRecord)
+        .where(
+            WorkerEventRecord.run_id == run_id,
+            WorkerEventRecord.attempt > after_attempt,
+            WorkerEventRecord.type == EventType.DIVERGED,
+        )
+        .order_by(WorkerEventRecord.attempt.desc(), WorkerEventRecord.seq.desc())
+        .limit(1)
+    )
+    return None if event is None else divergence_of(dict(event.payload or {}))
+
+
+def heartbeat_timeout_message(session: Session, attempt: Attempt) -> str | None:
+    """The message of the controller's heartbeat timeout for this attempt, if it had one."""
+    events = session.scalars(
+        select(Event).where(Event.run_id == attempt.run_id, Event.kind == HEARTBEAT_TIMEOUT_EVENT)
+    ).all()
+    for event in events:
+        if (event.data or {}).get("attempt") == attempt.number:
+            return event.message
+    return None
+
+
+def running_attempts(session: Session) -> Sequence[Attempt]:
+    """Attempts the scheduler says are RUNNING (the ones a heartbeat timeout applies to)."""
+    return session.scalars(
+        select(Attempt).where(Attempt.state == AttemptState.RUNNING, Attempt.external_id.is_not(None))
+    ).all()
+
+
+def recent_step_seconds(session: Session, attempt: Attempt, points: int = 20) -> float | None:
+    """The slowest step time among the attempt's newest ``points`` progress reports (None: none yet)."""
+    recent = (
+        select(Metric.step_time)
+        .where(Metric.run_id == attempt.run_id, Metric.attempt == attempt.number, Metric.step_time > 0)
+        .order_by(Metric.step.desc())
+        .limit(points)
+        .subquery()
+    )
+    value = session.scalar(select(func.max(recent.c.step_time)))
+    return float(value) if value is not None else None
+
+
+def longest_save_seconds(session: Session, run_id: int) -> float:
+    """The longest checkpoint save the run reported (0 when none)."""
+    value = session.scalar(select(func.max(Checkpoint.save_seconds)).where(Checkpoint.run_id == run_id))
+    return float(value or 0.0)
 
 
 # ---------------------------------------------------------------- writes (the caller commits)
@@ -287,5 +370,7 @@ def requeue_run(session: Session, run: Run, not_before: float | None, message: s
         transition_run(session, run, RunState.QUEUED, reason=message)
 
 
-def record_event(session: Session, run: Run, kind: str, message: str) -> None:
-    record_run_event(session, run, kind=kind, message=message)
+def record_event(
+    session: Session, run: Run, kind: str, message: str, data: dict[str, Any] | None = None
+) -> None:
+    record_run_event(session, run, kind=kind, message=message, data=data)

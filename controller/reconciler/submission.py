@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
 from controller.reconciler import exclusions, store
+from controller.reconciler.decide import Rollback, rollback_for
 from controller.reconciler.ending import TickContext, end_attempt
 from controller.reconciler.jobspec import build_job_spec
 from controller.reconciler.runlock import run_claim
 from controller.scheduler.base import JobStatus, SchedulerError, job_name_for
 from controller.scheduler.registry import supports_dependencies
 from shared.run_rules import RuleViolation
+from shared.schemas import OnDivergence, PolicySpec
 from shared.states import AttemptState, RunState, SchedulerJobState
 
 log = logging.getLogger(__name__)
@@ -203,6 +205,8 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
                 dependency=dependency,
                 exclude=excluded,
                 nodes=plan.nodes,  # None (wait) cannot reach here but by a race: ask for them all
+                rollback=_rollback(session, run, spec.policy),
+                allow_restart_from_scratch=spec.policy.allow_restart_from_scratch,
             )
             if job.resources.nodes != spec.resources.nodes:
                 shrunk = (
@@ -235,6 +239,16 @@ def _submit(ctx: TickContext, attempt_id: int, *, dependency: str | None = None)
         else:
             _submission_failed(ctx, session, run, attempt, error or "submission failed")
         session.commit()
+
+
+def _rollback(session: Session, run: Run, policy: PolicySpec) -> Rollback | None:
+    """Under ``on_divergence: rollback``, the rollback the newest divergence since the last resume
+    still asks for (``decide.rollback_for``): read off the stored events, so an attempt that
+    crashed before committing past the window is followed by the same rollback, not by ``latest``."""
+    if policy.on_divergence is not OnDivergence.ROLLBACK:
+        return None
+    divergence = store.last_divergence(session, run.id, run.resumed_after_attempt or 0)
+    return rollback_for(divergence, store.committed_step(session, run.id))
 
 
 def _submission_failed(ctx: TickContext, session: Session, run: Run, attempt: Attempt, error: str) -> None:

@@ -1,8 +1,11 @@
-"""One reconcile pass: recover, cancel, poll, decide, submit — each step in short transactions.
+"""One reconcile pass: recover, cancel, heartbeats, poll, decide, submit — each step in short
+transactions.
 
 Order matters: interrupted submissions are settled first (so nothing is submitted twice), then
-cancellations, then one batched poll per backend over every attempt the scheduler still owns, and
-last the submissions that became due (including those decided a moment ago in the same pass).
+cancellations, then the heartbeat check (a silent RUNNING attempt's job is cancelled,
+``controller.reconciler.heartbeat``), then one batched poll per backend over every attempt the
+scheduler still owns, and last the submissions that became due (including those decided a moment
+ago in the same pass).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections import defaultdict
 
 from controller.reconciler import store
 from controller.reconciler.ending import TickContext, end_attempt
+from controller.reconciler.heartbeat import check_heartbeats
 from controller.reconciler.runlock import lock_run_for_transaction
 from controller.reconciler.submission import prequeue_successor, recover_submitting, submit_due
 from controller.scheduler.base import JobStatus, SchedulerError
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 def reconcile_once(ctx: TickContext) -> None:
     recover_submitting(ctx)
     cancel_requested(ctx)
+    check_heartbeats(ctx)
     poll_attempts(ctx)
     submit_due(ctx)
 

@@ -22,6 +22,7 @@ from controller.db.models import Attempt, Checkpoint, Event, Metric, Run, User
 from controller.notify.targets import UnsafeTarget, check_run_targets
 from controller.services import secrets
 from controller.services.errors import Conflict, InvalidField, InvalidTransition, RunNotFound
+from controller.services.input_checks import check_inputs
 from controller.services.users import check_quota
 from controller.settings import Settings
 from controller.state_machine import record_run_event, transition_run
@@ -63,6 +64,7 @@ def create_run(
     if verdict is not None and not verdict.fits:
         raise InvalidField(verdict.refusal(), field="training")
     if settings is not None:
+        check_inputs(body, settings)
         try:
             check_run_targets(body.policy.notify, settings)
         except UnsafeTarget as exc:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.states import EndReason, RunState
+from shared.states import FATAL_END_REASONS, EndReason, RunState
 
 if TYPE_CHECKING:
     from controller.auth import Principal
@@ -26,6 +26,9 @@ BAD_REASONS = frozenset(
         EndReason.NODE_FAIL,
         EndReason.FAILED,
         EndReason.LOST,
+        EndReason.HUNG,
+        EndReason.DIVERGED,
+        *FATAL_END_REASONS,
     }
 )
 

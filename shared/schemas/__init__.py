@@ -41,7 +41,14 @@ from shared.schemas.reports import (
     WorkerAction,
     WorkerEvent,
 )
-from shared.schemas.spec import PolicySpec, ResourcesSpec, RunCreate, TrainingSpec, parse_time_limit
+from shared.schemas.spec import (
+    OnDivergence,
+    PolicySpec,
+    ResourcesSpec,
+    RunCreate,
+    TrainingSpec,
+    parse_time_limit,
+)
 
 __all__ = [
     "AttemptPublic",
@@ -59,6 +66,7 @@ __all__ = [
     "HungEvent",
     "HungRank",
     "MetricPoint",
+    "OnDivergence",
     "Page",
     "PolicySpec",
     "ProgressEvent",

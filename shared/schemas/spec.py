@@ -10,6 +10,7 @@ string has a length limit, and every pattern a field must match is stated in its
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -295,6 +296,16 @@ class ResourcesSpec(_Spec):
         return self.nodes * self.ntasks_per_node
 
 
+class OnDivergence(StrEnum):
+    """``policy.on_divergence``: what follows an attempt that ended ``diverged``."""
+
+    FAIL = "fail"
+    """The run FAILs with the worker's message."""
+    ROLLBACK = "rollback"
+    """The next attempt resumes from the diverged attempt's last committed checkpoint and skips the
+    data window between that checkpoint's cursor and the divergence (``--data-skip-to``)."""
+
+
 class PolicySpec(_Spec):
     """How hard the controller tries."""
 
@@ -348,6 +359,32 @@ class PolicySpec(_Spec):
         ]
         | None
     ) = None
+    heartbeat_timeout_seconds: Annotated[float, Field(ge=60, le=7 * 86_400, allow_inf_nan=False)] | None = (
+        Field(
+            default=None,
+            description=(
+                "Cancel a RUNNING attempt (ending it `hung`) after this long without a report; "
+                "unset: derived from the reported step time and the longest save."
+            ),
+        )
+    )
+    on_divergence: OnDivergence = Field(
+        default=OnDivergence.FAIL,
+        description=(
+            "What a `diverged` attempt leads to: `fail` the run, or `rollback` to its last committed "
+            "checkpoint and skip the data window that preceded the divergence."
+        ),
+    )
+    max_rollbacks: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3, description="Rollbacks after a divergence (since the last resume) before the run FAILs."
+    )
+    allow_restart_from_scratch: bool = Field(
+        default=False,
+        description=(
+            "Let the worker start from step 0 when no committed checkpoint verifies although the run "
+            "directory holds its past (quarantined checkpoints, loss rows); nothing is deleted."
+        ),
+    )
 
 
 class RunCreate(_Spec):

@@ -13,8 +13,9 @@ bound and allow-list the server applies), and a request without credentials is r
 What JSON Schema cannot state is folded into the generated bodies before they are sent, and only
 that (the document's prose states it): for runs, ``lr_warmup_steps <= training_steps``, a
 ``batch_size`` divisible by the number of ranks × ``gradient_accumulation_steps``,
-``profile_step_start <= profile_step_end``, ``policy.min_nodes <= resources.nodes``, and no
-webhook target nor GPU (where a host resolves and whether the memory plan fits);
+``profile_step_start <= profile_step_end``, ``policy.min_nodes <= resources.nodes``, no
+webhook target nor GPU (where a host resolves and whether the memory plan fits), and no dataset
+or tokenizer path that exists here (whether it can train is the file system's);
 for reports to the seeded run, its attempt, steps within its ``training_steps`` and checkpoint
 paths in its own directory. ``tests/controller/api/test_validation.py`` and
 ``tests/security/test_claims.py`` pin those rules.
@@ -28,6 +29,7 @@ database. Budget: about two minutes on two busy cores; ``PYRECOVER_FUZZ_EXAMPLES
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections import Counter
@@ -172,6 +174,13 @@ def _cross_field(case: Case) -> Case:
     if isinstance(policy, dict):
         # Webhook targets are refused by where their host resolves (tests/controller/notify).
         policy.pop("notify", None)
+    # Whether a path that exists here can train is the file system's (a directory without tokenizer
+    # files, a file that is not Parquet): tests/controller/services/test_input_checks.py. A missing one
+    # is not checked here (inputs_visible is off in tests, tests/conftest.py).
+    for key in ("dataset", "tokenizer_name_or_path"):
+        value = training.get(key)
+        if isinstance(value, str) and glob.glob(glob.escape(value)):
+            training[key] = str(Path.cwd() / f"absent-{key}")
     # Whether a run fits the GPU it names is the memory plan's arithmetic (tests/shared/test_memory_plan.py).
     resources.pop("gpu_type", None)
     resources.pop("gpu_memory", None)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from controller.db.models import Event, Run
-from tests.controller.api.conftest import Api, run_body
+from tests.controller.api.conftest import Api, make_api, run_body
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -170,3 +171,16 @@ def test_a_run_that_cannot_fit_its_gpu_is_422_saying_what_to_change(api: Api) ->
 def test_runs_that_name_no_gpu_are_not_planned(api: Api) -> None:
     r = api.client.post("/api/v1/runs", json=_gpu_run(), headers=api.h())  # the same run, GPU unnamed
     assert r.status_code == 201, r.text
+
+
+def test_a_dataset_the_controller_sees_missing_is_a_422_naming_it(tmp_path: Path) -> None:
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    for api in make_api(tmp_path, inputs_visible=["local"]):
+        body = run_body("no-data", dataset=str(tmp_path / "missing.parquet"), tokenizer_name_or_path=str(tok))
+        r = api.client.post("/api/v1/runs", json=body, headers=api.h())
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] == "training.dataset"
+        assert "missing.parquet: no such file or directory" in r.json()["message"]
+        assert api.client.get("/api/v1/runs", headers=api.h()).json()["total"] == 0  # nothing stored

@@ -5,22 +5,30 @@ from __future__ import annotations
 import pytest
 
 from controller.reconciler.decide import (
+    HEARTBEAT_FLOOR_S,
     NO_FINAL_CHECKPOINT,
     AttemptOutcome,
+    Decision,
+    Divergence,
     FinalCheckpoint,
     Reported,
+    Rollback,
     Verdict,
     backoff_seconds,
     end_reason,
     failure_message,
     false_finish,
+    heartbeat_timeout,
     incomplete_reason,
     is_complete,
     next_step,
+    rollback_for,
 )
+from shared.exit_codes import ExitCode
 from shared.schemas import PolicySpec
 from shared.states import EndReason
 from shared.states import SchedulerJobState as J
+from shared.training import TrainingFields
 
 NOW = 1_000_000.0
 
@@ -220,3 +228,172 @@ def test_a_cancel_ends_the_run_whatever_else_holds() -> None:
             cancel_requested=True,
         )
         assert d.verdict is Verdict.CANCEL and d.message == "cancelled by the user"
+
+
+# ------------------------------------------------------------------ failure classes
+DIVERGENCE = Divergence(step=57, message="loss is nan", committed_step=50, window_start=400, window_end=464)
+
+
+@pytest.mark.parametrize(
+    ("job", "exit_code", "reported", "expected"),
+    [
+        (J.FAILED, ExitCode.CONFIG_ERROR, Reported(error="dataset: no such file"), EndReason.CONFIG_ERROR),
+        (J.FAILED, ExitCode.CHECKPOINT_ERROR, Reported(error="x"), EndReason.INTEGRITY_ERROR),
+        (J.FAILED, ExitCode.FRESH_START_REFUSED, Reported(), EndReason.RESTART_REFUSED),
+        (J.FAILED, ExitCode.HUNG, Reported(), EndReason.HUNG),
+        (J.FAILED, ExitCode.DIVERGED, Reported(), EndReason.DIVERGED),
+        (J.FAILED, ExitCode.FAILURE, Reported(error="boom"), EndReason.FAILED),
+        # mixed codes (a peer killed by srun after the trip): the worker's event decides
+        (J.FAILED, 137, Reported(hung="hung in step at step 9"), EndReason.HUNG),
+        (J.FAILED, 137, Reported(diverged=DIVERGENCE), EndReason.DIVERGED),
+        # the controller's own cancel after a heartbeat timeout shows as CANCELLED
+        (J.CANCELLED, None, Reported(hung="no report for 900 s"), EndReason.HUNG),
+        # a lost node or a preemption explains the silence better than a hang does
+        (J.NODE_FAIL, ExitCode.HUNG, Reported(hung="rank 1 not running"), EndReason.NODE_FAIL),
+        (J.PREEMPTED, None, Reported(hung="x"), EndReason.PREEMPTED),
+        (J.TIMEOUT, ExitCode.CONFIG_ERROR, Reported(), EndReason.TIMEOUT_KILLED),
+    ],
+)
+def test_end_reason_tells_the_failure_classes_apart(
+    job: J, exit_code: int | None, reported: Reported, expected: EndReason
+) -> None:
+    got = end_reason(job, reported, complete=False, cancel_requested=False, exit_code=exit_code)
+    assert got is expected
+    # a user's cancel still wins over all of them
+    assert end_reason(job, reported, complete=False, cancel_requested=True, exit_code=exit_code) in (
+        EndReason.CANCELLED,
+        expected if job is J.COMPLETED else EndReason.CANCELLED,
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        (R.CONFIG_ERROR, "fix the field the error names"),
+        (R.INTEGRITY_ERROR, "restore a good one as step-<N>/"),
+        (R.RESTART_REFUSED, "policy.allow_restart_from_scratch: true"),
+    ],
+)
+def test_a_config_or_integrity_error_fails_the_run_at_once_saying_what_to_do(
+    reason: EndReason, hint: str
+) -> None:
+    for history in (
+        [o(1, reason, 0, 0, "dataset: /x does not exist")],
+        [o(1, R.DEADLINE_STOP, 0, 40), o(2, reason, 40, 40, "e")],
+    ):
+        d = next_step(
+            training_steps=100, committed_step=0, complete=False, history=history, policy=POLICY, now=NOW
+        )
+        assert d.verdict is Verdict.FAIL
+        assert f"ended {reason.value}" in d.message and "Not retried" in d.message and hint in d.message
+    # a fatal ending before the user's resume is forgiven: the user fixed it
+    d = next_step(
+        training_steps=100,
+        committed_step=0,
+        complete=False,
+        history=[o(1, reason, 0, 0, "e")],
+        policy=POLICY,
+        now=NOW,
+        resumed_after=1,
+    )
+    assert d.verdict is Verdict.RESUBMIT
+
+
+def test_a_hang_is_retried_like_a_crash_and_counts_against_the_budget() -> None:
+    d = next_step(
+        training_steps=100,
+        committed_step=40,
+        complete=False,
+        history=[o(1, R.HUNG, 0, 40)],
+        policy=POLICY,
+        now=NOW,
+    )
+    assert d.verdict is Verdict.RESUBMIT and d.not_before == NOW + 10
+    stalled = [o(1, R.HUNG, 0, 0, "hung in step"), o(2, R.HUNG, 0, 0, "hung in step")]
+    d = next_step(
+        training_steps=100, committed_step=0, complete=False, history=stalled, policy=POLICY, now=NOW
+    )
+    assert d.verdict is Verdict.FAIL and "2 attempts in a row" in d.message
+
+
+def _diverged_next(
+    history: list[AttemptOutcome],
+    policy: PolicySpec,
+    committed: int = 50,
+    divergence: Divergence | None = DIVERGENCE,
+) -> Decision:
+    return next_step(
+        training_steps=100,
+        committed_step=committed,
+        complete=False,
+        history=history,
+        policy=policy,
+        now=NOW,
+        divergence=divergence,
+    )
+
+
+def test_on_divergence_fail_fails_the_run_with_the_workers_message() -> None:
+    d = _diverged_next([o(1, R.DIVERGED, 0, 50, "loss is nan")], PolicySpec())
+    assert d.verdict is Verdict.FAIL
+    assert d.message.startswith("attempt 1 diverged: loss is nan") and "on_divergence=fail" in d.message
+
+
+def test_on_divergence_rollback_resumes_past_the_window_up_to_max_rollbacks() -> None:
+    policy = PolicySpec(on_divergence="rollback", max_rollbacks=2, max_failures_without_progress=1)
+    d = _diverged_next([o(1, R.DIVERGED, 0, 50)], policy)
+    assert d.verdict is Verdict.RESUBMIT
+    assert d.rollback == Rollback(from_step=50, skip_to=464, window_start=400)
+    assert "resumes from step-50 and skips the data window from sample 400 to sample 464" in d.message
+    # a rollback is not a stall: the budget of 1 would have failed it
+    two = [o(1, R.DIVERGED, 0, 50), o(2, R.DIVERGED, 50, 50)]
+    assert _diverged_next(two, policy).verdict is Verdict.RESUBMIT
+    three = [*two, o(3, R.DIVERGED, 50, 50)]
+    d = _diverged_next(three, policy)
+    assert (
+        d.verdict is Verdict.FAIL and "diverged 3 times since the last resume (max_rollbacks=2)" in d.message
+    )
+    # nothing committed before the divergence: nothing to roll back to
+    bare = Divergence(step=3, message="nan", committed_step=None, window_start=None, window_end=24)
+    d = _diverged_next([o(1, R.DIVERGED, 0, 0)], policy, committed=0, divergence=bare)
+    assert d.verdict is Verdict.FAIL and "no committed checkpoint to roll back to" in d.message
+
+
+def test_rollback_for_applies_until_the_run_commits_past_the_divergence() -> None:
+    assert rollback_for(None, 50) is None
+    assert rollback_for(DIVERGENCE, 50) == Rollback(from_step=50, skip_to=464, window_start=400)
+    # the rollback attempt crashed before committing: the next one rolls back the same way
+    assert rollback_for(DIVERGENCE, 40) is not None
+    assert rollback_for(DIVERGENCE, 60) is None
+
+
+# ------------------------------------------------------------------ heartbeat timeout
+TRAINING = TrainingFields(
+    dataset="d", tokenizer_name_or_path="t", logging_frequency=5, hang_startup_seconds=900
+)
+
+
+def test_the_heartbeat_timeout_follows_the_step_time_and_the_saves() -> None:
+    policy = PolicySpec()
+    # fast steps: the floor holds, plus twice the longest save and the load
+    assert heartbeat_timeout(policy, TRAINING, step_seconds=0.5, save_seconds=0) == HEARTBEAT_FLOOR_S
+    assert heartbeat_timeout(policy, TRAINING, step_seconds=0.5, save_seconds=100, load_seconds=30) == (
+        HEARTBEAT_FLOOR_S + 230
+    )
+    # slow steps: ten report intervals (logging_frequency × step)
+    assert heartbeat_timeout(policy, TRAINING, step_seconds=20, save_seconds=0) == 10 * 5 * 20
+    # a save 10× a step (and longer than the floor) never trips it: the save is in the slack
+    step, save = 40.0, 400.0
+    assert heartbeat_timeout(policy, TRAINING, step_seconds=step, save_seconds=save) > 10 * step + save
+    # nothing measured yet: twice the worker's own start-up limit
+    assert heartbeat_timeout(policy, TRAINING, step_seconds=None, save_seconds=0) == 1800
+    # the policy's value wins
+    fixed = PolicySpec(heartbeat_timeout_seconds=120)
+    assert heartbeat_timeout(fixed, TRAINING, step_seconds=100, save_seconds=1000) == 120
+
+
+def test_a_heartbeat_timeout_below_a_minute_is_refused() -> None:
+    with pytest.raises(ValueError, match="heartbeat_timeout_seconds"):
+        PolicySpec(heartbeat_timeout_seconds=5)
+    with pytest.raises(ValueError, match="on_divergence"):
+        PolicySpec(on_divergence="retry")

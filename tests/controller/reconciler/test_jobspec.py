@@ -234,3 +234,31 @@ def test_a_stored_run_is_checked_again_by_todays_rules(
         )
     assert err.value.field == field
     assert not (tmp_path / "runs" / "9").exists(), "nothing is written for a run that may not start"
+
+
+def test_a_rollback_and_a_restart_from_scratch_reach_the_workers_own_parser(tmp_path: Path) -> None:
+    from controller.reconciler.decide import Rollback
+    from worker.config import build_parser
+
+    training = TrainingSpec(dataset="/d/x.parquet", tokenizer_name_or_path="/d/tok", training_steps=50)
+    resources = ResourcesSpec(scheduler="local", time_limit="45s")
+    common: dict[str, Any] = dict(
+        settings=settings(tmp_path, data_roots=["/d"]),
+        run_id=4,
+        run_name="demo",
+        attempt=2,
+        training=training,
+        resources=resources,
+        token="t",
+    )
+    plain = build_parser().parse_args(build_job_spec(**common).argv[3:])
+    assert plain.resume_from_checkpoint == "latest" and plain.data_skip_to is None
+    assert plain.allow_restart_from_scratch is False
+    spec = build_job_spec(
+        **common,
+        rollback=Rollback(from_step=50, skip_to=464, window_start=400),
+        allow_restart_from_scratch=True,
+    )
+    parsed = build_parser().parse_args(spec.argv[3:])
+    assert parsed.resume_from_checkpoint == "step-50" and parsed.data_skip_to == 464
+    assert parsed.allow_restart_from_scratch is True

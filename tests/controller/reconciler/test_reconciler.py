@@ -286,12 +286,12 @@ def test_failures_without_progress_fail_the_run_with_the_last_error_and_backoff(
     world.clock.advance(2)
     world.tick()
     assert len(world.sched.submitted) == 2
-    world.sched.set("job-2", J.FAILED, exit_code=3)
+    world.sched.set("job-2", J.FAILED, exit_code=137)
     world.tick()
     run = world.run(run_id)
     assert run.state == RunState.FAILED
     assert "2 attempts in a row committed no new checkpoint" in (run.last_error or "")
-    assert "exit code 3" in (run.last_error or "")
+    assert "exit code 137" in (run.last_error or "")
 
 
 def test_timeout_is_counted_and_the_run_continues(world: World) -> None:

@@ -70,8 +70,7 @@ def test_an_unknown_field_says_which_known_one_was_meant() -> None:
     assert error["loc"] == ("training",) and error["type"] == "extra_forbidden"
     assert error["msg"] == "unknown field 'trainng_steps': did you mean 'training_steps'?"
     with pytest.raises(
-        ValidationError,
-        match=r"unknown field 'zzz' \(known: backoff_seconds, exclude_node_seconds, max_attempts",
+        ValidationError, match=r"unknown field 'zzz' \(known: allow_restart_from_scratch, backoff_seconds"
     ):
         RunCreate.model_validate(
             {
