@@ -25,8 +25,8 @@ _ATTEMPT_END = {
     EndReason.LOST: NotifyEvent.ATTEMPT_FAILED,
     EndReason.NODE_FAIL: NotifyEvent.ATTEMPT_FAILED,
     EndReason.TIMEOUT_KILLED: NotifyEvent.ATTEMPT_FAILED,
-    EndReason.HUNG: NotifyEvent.ATTEMPT_FAILED,
-    EndReason.DIVERGED: NotifyEvent.ATTEMPT_FAILED,
+    EndReason.HUNG: NotifyEvent.HUNG,  # the attempt was ended for making no progress
+    EndReason.DIVERGED: NotifyEvent.DIVERGED,
     **dict.fromkeys(FATAL_END_REASONS, NotifyEvent.ATTEMPT_FAILED),
 }
 

@@ -12,6 +12,7 @@ whole body (``controller/web/runspec.py``).
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from collections.abc import Mapping
@@ -145,6 +146,8 @@ def _kind_and_choices(annotation: Any) -> tuple[Kind, tuple[str, ...]] | None:
     args = typing.get_args(inner)
     if origin is Literal:
         return "choice", tuple(str(a) for a in args)
+    if isinstance(inner, type) and issubclass(inner, enum.Enum):  # policy.on_divergence
+        return "choice", tuple(str(m.value) for m in inner)
     if origin in (typing.Union, types.UnionType):
         # ``str | int`` (time_limit) stays text: the API parses both forms.
         return ("text", ()) if {_unwrap(a)[0] for a in args} <= {str, int, float} else None
