@@ -92,10 +92,10 @@ def _build_optimizer(
     params = [p for p in model.parameters() if p.requires_grad]
     if config.fused_optimizer:
         try:
-            return torch.optim.AdamW(params, lr=config.learning_rate, fused=True)
+            return torch.optim.AdamW(params, lr=config.peak_learning_rate, fused=True)
         except (RuntimeError, ValueError) as exc:
             log.warning("fused AdamW not supported on %s (%s); using the default implementation", device, exc)
-    return torch.optim.AdamW(params, lr=config.learning_rate)
+    return torch.optim.AdamW(params, lr=config.peak_learning_rate)
 
 
 def build_components(config: TrainConfig, info: DistInfo) -> Components:

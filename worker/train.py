@@ -105,7 +105,7 @@ def restore(
     comp.dataset.load_state_dict(state.progress["data_cursor"])
     if config.data_skip_to is not None:
         _skip_data(config, comp, reporter, step=int(state.progress["step"]), progress=progress)
-    apply_peak_lr(comp.scheduler, config.learning_rate)
+    apply_peak_lr(comp.scheduler, config.peak_learning_rate)
     for warning in result.warnings:
         log.warning("checkpoint: %s", warning)
         reporter.emit(

@@ -21,6 +21,7 @@ from pydantic_core import to_jsonable_python
 
 from controller.services.secrets import redacted_spec
 from shared.schemas.spec import PolicySpec, ResourcesSpec, TrainingSpec
+from shared.training import preset_learning_rate
 
 GROUPS: tuple[tuple[str, str, type[BaseModel]], ...] = (
     ("training", "Training", TrainingSpec),
@@ -114,6 +115,8 @@ def config_groups(spec: dict[str, Any]) -> list[ConfigGroup]:
         for name, info in model.model_fields.items():
             value = values.get(name)
             default = None if info.is_required() else info.get_default(call_default_factory=True)
+            if key == "training" and name == "learning_rate":  # the preset's, when the run names none
+                default = preset_learning_rate(values.get("model_preset", "tiny"))
             differs = not info.is_required() and _comparable(value) != _comparable(default)
             rows.append(
                 ConfigRow(

@@ -24,7 +24,7 @@ def test_config_groups_put_what_the_run_chose_first_with_the_default_beside_it()
     groups = {g.key: g for g in config_groups(body)}
     training = groups["training"]
     chosen = {r.key: r for r in training.chosen}
-    assert chosen["learning_rate"].value == "0.001" and chosen["learning_rate"].default == "0.0003"
+    assert chosen["learning_rate"].value == "0.001" and chosen["learning_rate"].default == "0.003"  # tiny's
     assert chosen["training_steps"].required and chosen["training_steps"].default is None
     assert "batch_size" in {r.key for r in training.defaults}  # at its default: folded away
     assert training.changed == 1 and len(training.chosen) + len(training.defaults) == len(training.rows)
