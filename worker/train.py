@@ -188,7 +188,7 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
     Whatever happens, the reporter is closed and the process groups are destroyed before it
     returns, within ``config.exit_allowance`` seconds (``worker.shutdown.teardown``).
     """
-    from worker.checkpoint import CheckpointError, FreshStartRefused
+    from worker.checkpoint import CheckpointError, FreshStartRefused, SaveFailed
     from worker.hf.pretrained import load_pretrained
     from worker.trackers import with_trackers
 
@@ -233,6 +233,8 @@ def run_training(config: TrainConfig, *, clock: Clock = time.time) -> int:
         code = _fail(ExitCode.CONFIG_ERROR, f"dataset: {exc}", reporter, loop.step if loop else 0)
     except FreshStartRefused as exc:
         code = _fail(ExitCode.FRESH_START_REFUSED, str(exc), reporter, 0)
+    except SaveFailed as exc:  # the committed checkpoints are intact: a retry may well succeed
+        code = _fail(ExitCode.FAILURE, f"checkpoint: {exc}", reporter, loop.step if loop else 0)
     except CheckpointError as exc:
         code = _fail(ExitCode.CHECKPOINT_ERROR, f"checkpoint: {exc}", reporter, loop.step if loop else 0)
     except KeyboardInterrupt:

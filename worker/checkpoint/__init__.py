@@ -13,6 +13,7 @@ from .types import (
     FreshStartRefused,
     NonFiniteState,
     RestoreResult,
+    SaveFailed,
     SaveResult,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "FreshStartRefused",
     "NonFiniteState",
     "RestoreResult",
+    "SaveFailed",
     "SaveResult",
     "TrainState",
 ]

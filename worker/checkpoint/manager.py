@@ -45,6 +45,7 @@ from .types import (
     FreshStartRefused,
     NonFiniteState,
     RestoreResult,
+    SaveFailed,
     SaveResult,
 )
 
@@ -135,7 +136,7 @@ class CheckpointManager:
                 decision = ("error", f"cannot create a checkpoint directory in {self.run_dir}: {e}")
         kind, where = self._broadcast(decision)
         if kind == "error":
-            raise CheckpointError(where)
+            raise SaveFailed(where)
         if kind == "existing":
             result = existing_result(Path(where), final=final, async_save=use_async)
             log.info("checkpoint step %d is already committed at %s; not overwriting it", step, where)
@@ -173,13 +174,13 @@ class CheckpointManager:
                 outcome = ("ok", committed.manifest["size_bytes"])
         except _DCP_ERRORS as e:
             if self.world_size == 1:
-                raise CheckpointError(f"saving step {step} into {tmp} failed: {e}") from e
+                raise SaveFailed(f"saving step {step} into {tmp} failed: {e}") from e
             outcome = ("error", f"rank {self.rank}: saving step {step} into {tmp} failed: {e}")
             log.error(outcome[1])
         # Every rank learns rank 0's outcome, so all agree the step is committed (or all raise).
         status, value = self._broadcast(outcome)
         if status == "error":
-            raise CheckpointError(str(value))
+            raise SaveFailed(str(value))
         elapsed = time.perf_counter() - started
         result = SaveResult(
             path=step_dir(self.config.root, self.config.run_name, step),
@@ -234,7 +235,7 @@ class CheckpointManager:
         try:
             write = self._async_writer.start(state.state_dict(), tmp)
         except _DCP_ERRORS as e:
-            raise CheckpointError(f"starting the async save of step {step} into {tmp} failed: {e}") from e
+            raise SaveFailed(f"starting the async save of step {step} into {tmp} failed: {e}") from e
         stall = time.perf_counter() - started
         future = self._executor.submit(self._await_write, write, tmp)
         self._inflight = _InFlight(
@@ -263,7 +264,7 @@ class CheckpointManager:
         except _DCP_ERRORS as e:
             msg = f"async save of step {inflight.step} into {inflight.tmp} failed: {e}"
             log.error(msg)
-            raise CheckpointError(msg) from e
+            raise SaveFailed(msg) from e
         result = SaveResult(
             path=step_dir(self.config.root, self.config.run_name, inflight.step),
             step=inflight.step,

@@ -26,6 +26,12 @@ class NonFiniteState(CheckpointError):
     """
 
 
+class SaveFailed(CheckpointError):
+    """A save could not be written (no space, an I/O error): nothing of it counts, the committed
+    checkpoints are intact, and the next attempt may well succeed. Not an integrity error (exit 1,
+    retried within the failure budget), unlike a checkpoint that cannot be read or verified."""
+
+
 class FreshStartRefused(CheckpointError):
     """No committed checkpoint verifies, yet the run directory shows the run has a past.
 
