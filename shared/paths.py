@@ -33,6 +33,10 @@ QUARANTINE_PREFIX = ".quarantine-step-"
 """Checkpoints moved aside because they failed verification; never removed by retention or clean-up."""
 WATCHDOG_DIRNAME = ".watchdog"
 LOSS_CSV_NAME = "loss.csv"
+COMMITTED_MARKER = ".committed"
+"""Written into a run directory with its first committed checkpoint. Only from then on are the rows
+of its ``loss.csv`` a past that a fresh start would train over: before it, they are the uncommitted
+steps of a first attempt that died (kill -9, preemption) before its first save."""
 _STEP_RE = re.compile(r"^step-([0-9]+)$", re.ASCII)  # not \d: 'step-١٢' is no step
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.paths import MANIFEST_NAME, parse_step, quarantine_dir
+from shared.paths import COMMITTED_MARKER, MANIFEST_NAME, parse_step, quarantine_dir
 
 from . import manifest as mf
 from . import retention
@@ -65,6 +65,9 @@ def commit(
         # rename only after the manifest is written): quarantine it, never delete it.
         os.rename(final, quarantine_dir(final, step, "invalid"))
     os.rename(tmp, final)
+    marker = final.parent / COMMITTED_MARKER
+    if not marker.exists():  # the run has a committed past from now on (restore.run_history)
+        marker.write_text(f"{step}\n")
     mf.fsync_dir(final.parent)
     return CommittedCheckpoint(path=final, step=step, manifest=manifest)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from shared import checkpoint_manifest as shared_manifest
 from shared.paths import (
+    COMMITTED_MARKER,
     LOSS_CSV_NAME,
     MANIFEST_NAME,
     QUARANTINE_PREFIX,
@@ -153,7 +154,10 @@ def run_history(run_dir: Path) -> list[str]:
     """What shows that a run has trained before, when no committed checkpoint verifies.
 
     One line per finding, naming the path: quarantined checkpoints, ``step-<N>`` directories without
-    a valid manifest, a ``loss.csv`` with rows. Empty for a run directory that is new (or missing).
+    a valid manifest, a ``loss.csv`` with rows once the run has committed a checkpoint (its
+    ``shared.paths.COMMITTED_MARKER``) or beside the other findings. Empty for a run directory that
+    is new (or missing), and for one whose first attempt died before its first commit: its loss
+    rows were never committed, and a fresh start is what resuming it means.
     """
     found: list[str] = []
     try:
@@ -166,7 +170,7 @@ def run_history(run_dir: Path) -> list[str]:
         elif parse_step(entry.name) is not None and entry.is_dir():
             found.append(f"unverifiable checkpoint {entry.path} (no valid {MANIFEST_NAME})")
     rows = _loss_rows(run_dir / LOSS_CSV_NAME)
-    if rows:
+    if rows and (found or (run_dir / COMMITTED_MARKER).exists()):
         found.append(f"{run_dir / LOSS_CSV_NAME} with {rows} row(s)")
     return found
 

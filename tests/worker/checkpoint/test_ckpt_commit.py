@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ckpt_helpers import assert_same_training_state, make_state, manager, train
 
-from shared.paths import MANIFEST_NAME, TMP_PREFIX
+from shared.paths import COMMITTED_MARKER, MANIFEST_NAME, TMP_PREFIX
 from worker.checkpoint import CheckpointConfig, CheckpointError, CheckpointManager
 from worker.checkpoint import manifest as mf
 from worker.checkpoint.retention import steps_to_keep
@@ -211,7 +211,7 @@ def test_retention_on_disk_numeric_and_protects_the_resumed_one(tmp_path: Path) 
         m.save(step, state)
     assert [c.step for c in m.committed()] == [80, 200, 210]
     leftovers = [p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("step-")]
-    assert leftovers == []
+    assert leftovers == [COMMITTED_MARKER]  # no temporary left, only the mark of a committed past
 
 
 def test_stale_temporaries_are_removed_after_a_commit(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from ckpt_helpers import make_state, manager, run_ranks, train
 
+from shared.paths import COMMITTED_MARKER
 from worker.checkpoint import NonFiniteState
 
 
@@ -27,7 +28,8 @@ def test_a_non_finite_state_is_refused_before_anything_is_written(
             next(iter(state.optimizer.state.values()))["exp_avg_sq"].view(-1)[3] = bad
     with pytest.raises(NonFiniteState, match="refusing to save step 3"):
         m.save(3, state)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step-2"]  # not even a temporary
+    # not even a temporary (the hidden file is the mark of step 2's commit)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [COMMITTED_MARKER, "step-2"]
 
 
 def _one_rank_poisoned(rank: int, world: int, root: Path) -> None:
@@ -50,4 +52,4 @@ def _one_rank_poisoned(rank: int, world: int, root: Path) -> None:
 def test_ranks_agree_when_one_rank_holds_nan(tmp_path: Path) -> None:
     run_ranks(_one_rank_poisoned, 2, tmp_path)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["step-1", "step-3"]
+    assert names == [COMMITTED_MARKER, "step-1", "step-3"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ckpt_helpers import make_state, manager, train
 
-from shared.paths import QUARANTINE_PREFIX, TMP_PREFIX
+from shared.paths import COMMITTED_MARKER, QUARANTINE_PREFIX, TMP_PREFIX
 from worker.checkpoint import CheckpointError, FreshStartRefused
 from worker.checkpoint.restore import run_history
 
@@ -121,3 +121,24 @@ def test_checkpoints_an_earlier_version_moved_aside_are_kept_and_count_as_histor
         manager(tmp_path).restore(make_state())
     _save_steps(tmp_path, [30])  # a commit cleans temporaries, but not this one
     assert legacy.is_dir()
+
+
+def test_loss_rows_of_a_first_attempt_that_never_committed_are_no_past(tmp_path: Path) -> None:
+    """A first attempt killed before its first save (kill -9, preemption) leaves loss rows only:
+    the next attempt starts fresh. Once a checkpoint was committed, the rows are the run's past."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "loss.csv").write_text("step,loss\n1,9.5\n2,9.4\n")
+    assert run_history(run) == []
+    assert manager(tmp_path).restore(make_state()) is None
+    (run / COMMITTED_MARKER).write_text("10\n")  # a checkpoint was committed here once, now gone
+    assert run_history(run) == [f"{run / 'loss.csv'} with 2 row(s)"]
+    with pytest.raises(FreshStartRefused):
+        manager(tmp_path).restore(make_state())
+
+
+def test_the_first_commit_marks_the_run_as_having_a_past(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert not (run / COMMITTED_MARKER).exists()
+    _save_steps(tmp_path, [10, 20])
+    assert (run / COMMITTED_MARKER).read_text() == "10\n"
