@@ -99,7 +99,7 @@ def test_three_walltime_windows_resume_bit_exactly(controller: FakeController, t
         cwd=tmp_path,
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
-    chained = tmp_path / "ck" / "checkpoints" / "chain" / f"step-{STEPS}"
+    chained = tmp_path / "ck" / "chain" / f"step-{STEPS}"
     compare = subprocess.run(
         [
             sys.executable,

@@ -291,6 +291,7 @@ def test_a_lying_worker_never_completes_its_run_through_a_real_controller(tmp_pa
     ctl.data_dir.mkdir()
     ctl.env["PYRECOVER_WORKER_PYTHON"] = str(liar)
     ctl.env["PYRECOVER_AUTH_REQUIRED"] = "true"
+    ctl.env["PYRECOVER_INPUTS_VISIBLE"] = "[]"  # the stand-in worker reads no data: none is made
     ctl.setup()
     ctl.start()
     try:

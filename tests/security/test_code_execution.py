@@ -166,6 +166,7 @@ def _controller(tmp_path: Path, probe_out: Path) -> Any:
     ctl.env["PYRECOVER_AUTH_REQUIRED"] = "true"
     ctl.env["PYRECOVER_ENV_ALLOW"] = json.dumps(["*"])  # the most an admin can allow
     ctl.env["PYRECOVER_SBATCH_ALLOW"] = json.dumps(["exclusive", "gres", "comment"])
+    ctl.env["PYRECOVER_INPUTS_VISIBLE"] = "[]"  # the probe worker reads no data: none is made
     ctl.db_url = f"sqlite:///{ctl.data_dir / 'pyrecover.db'}"
     return ctl
 
