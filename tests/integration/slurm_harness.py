@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -135,11 +135,13 @@ class Runs:
 
 
 @contextmanager
-def controller(data_dir: Path) -> Iterator[Runs]:
+def controller(data_dir: Path, roots: Sequence[Path] = ()) -> Iterator[Runs]:
+    """An in-process controller over ``data_dir`` whose runs may read and write under ``roots``
+    (the sample data, the checkpoint directories: the run-field rules refuse paths elsewhere)."""
     from controller import demo
     from controller.cli.client import Api
 
-    ctl = demo.DemoController(demo.demo_settings(data_dir, free_port()))
+    ctl = demo.DemoController(demo.demo_settings(data_dir, free_port(), roots=roots))
     ctl.start()
     try:
         yield Runs(Api(url=ctl.url, token=ctl.demo_token()))  # auth is on, as in every controller

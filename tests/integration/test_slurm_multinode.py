@@ -44,7 +44,7 @@ def test_two_node_run_is_bit_identical_to_two_ranks_on_one_node(
     started = time.monotonic()
     ckpt = tmp_path / "ckpt"
     body = training(sample, STEPS, ckpt, checkpoint_frequency=10)
-    with controller(tmp_path / "controller") as runs:
+    with controller(tmp_path / "controller", roots=[tmp_path, sample[0].parent, sample[1].parent]) as runs:
         across = runs.submit("nodes-2x1", body, nodes=2, ntasks_per_node=1)
         within = runs.submit("nodes-1x2", body, nodes=1, ntasks_per_node=2)
         runs.wait([across, within], terminal, limit=300)

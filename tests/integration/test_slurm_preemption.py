@@ -56,7 +56,9 @@ def test_preempted_job_is_resubmitted_and_the_run_ends_bit_identical(
     slurm = SlurmScheduler()
     preemptor: str | None = None
     try:
-        with controller(tmp_path / "controller") as runs:
+        with controller(
+            tmp_path / "controller", roots=[tmp_path, sample[0].parent, sample[1].parent]
+        ) as runs:
             run_id = runs.submit("preempted", body)
 
             def checkpointed_and_training(run: dict[str, Any]) -> bool:

@@ -180,6 +180,7 @@ def test_a_served_controller_keeps_every_file_to_its_own_account(tmp_path: Path)
     ctl = Controller(data)
     ctl.env["PYRECOVER_WORKER_PYTHON"] = str(probe)
     ctl.env["PYRECOVER_ENV_ALLOW"] = json.dumps(ALLOW)
+    ctl.env["PYRECOVER_INPUTS_VISIBLE"] = "[]"  # the probe worker reads no data: none is made
     ctl.setup()
     ctl.start()
     try:
