@@ -78,7 +78,9 @@ def build(config: TrainConfig, info: DistInfo) -> Components:
     model = parallelize(
         base, parallelism=config.parallelism, info=info, precision=precision, compile=config.compile
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, fused=config.fused_optimizer)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.peak_learning_rate, fused=config.fused_optimizer
+    )
     scheduler = build_lr_scheduler(optimizer, schedule="constant", warmup_steps=0, training_steps=10**6)
     return Components(
         model=model,

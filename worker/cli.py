@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None, *, fast_exit: bool = False) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG_ERROR)
     _init_logging()
-    for note in seed_notes:  # once per process, rank 0's log is enough
-        if os.environ.get("RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0":
+    if os.environ.get("RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0":
+        for note in seed_notes:  # rank 0's log is enough
             logging.getLogger("pyrecover.worker").info("seed flag %s", note)
     from worker.train import run_training  # torch is imported only when training really starts
 
