@@ -106,6 +106,9 @@ def submit(api: Any, demo: Any, sample: tuple[Path, Path], tmp_path: Path, name:
             "scheduler": "slurm",
             "time_limit": "1",
             "partition": "debug",
+            # The threads the calibration measured with: a worker with more trains faster than
+            # planned and may finish in fewer windows than a test needs.
+            "env": dict(demo.WORKER_ENV),
             **kw.pop("resources", {}),
         },
         "policy": {"max_attempts": 12, "backoff_seconds": 1, **kw.pop("policy", {})},
@@ -275,9 +278,10 @@ def test_timeout_without_time_aware_stop_resumes_from_last_commit(
 ) -> None:
     # Time-aware stop off and no --signal backstop: SLURM kills attempt 1 at its limit (TIMEOUT,
     # ~90 s here); attempt 2 resumes from the newest periodic checkpoint and finishes.
-    # Calibrated for windows *with* their stop margin; without the stop a window trains longer, so
-    # ask for 3 of them to be sure attempt 1 cannot finish before the kill.
-    steps = steps_for(calibration, windows=3.0)
+    # Calibrated for windows *with* their stop margin; without the stop a window trains longer, and
+    # the calibration may have run while other SLURM tests loaded the cores (CI runs three at once),
+    # so ask for 4 of them to be sure attempt 1 cannot finish before the kill.
+    steps = steps_for(calibration, windows=4.0)
     run_id = submit(
         api,
         demo,

@@ -14,6 +14,7 @@ the header-read timeout of "Bounds and timeouts").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -253,33 +254,45 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
+def _trickle_until_cut(sock: socket.socket, every_s: float, limit_s: float) -> float | None:
+    """Send one byte every ``every_s`` (never completing a head) until the server cuts the
+    connection; the seconds that took, or None if it still held it after ``limit_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        time.sleep(every_s)
+        try:
+            sock.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None if not _closed_within(sock, 0.5) else time.monotonic() - started
+
+
 def test_a_slow_request_head_is_cut_off(behind_proxy: Live) -> None:
     live = behind_proxy  # header_timeout_s = 1
-    silent = _connect(live.port)
-    trickle = _connect(live.port)
-    trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-    started = time.monotonic()
-    for _ in range(3):  # a byte every half second: never a complete head
-        time.sleep(0.5)
-        trickle.sendall(b"a")
-    assert _closed_within(trickle, 20), "a trickled head held its connection"
-    assert _closed_within(silent, 20), "a connection that sent nothing was held"
-    print(f"\nslow heads cut off after {time.monotonic() - started:.1f} s (header_timeout_s = 1)")
-    # A keep-alive connection: the first request is answered, a second head that stalls is cut off.
-    kept = _connect(live.port)
-    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    assert b"200 OK" in kept.recv(4096)
-    kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
-    assert _closed_within(kept, 20)
-    # A client that is merely slow, but completes its head in time, is served.
-    slow_ok = _connect(live.port)
-    slow_ok.sendall(b"GET /healthz HTTP/1.1\r\n")
-    time.sleep(0.3)
-    slow_ok.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    slow_ok.settimeout(10)
-    assert b"200 OK" in slow_ok.recv(4096)
-    for s in (silent, trickle, kept, slow_ok):
-        s.close()
+    with contextlib.ExitStack() as stack:
+        silent = stack.enter_context(_connect(live.port))
+        trickle = stack.enter_context(_connect(live.port))
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        # A byte every quarter second: each one arrives well inside the timeout, but the head never
+        # completes, so the deadline is the head's, not the byte's.
+        cut_after = _trickle_until_cut(trickle, 0.25, 20)
+        assert cut_after is not None, "a trickled head held its connection"
+        assert cut_after >= 0.9, f"cut off after {cut_after:.2f} s, before the 1 s head timeout"
+        assert _closed_within(silent, 20), "a connection that sent nothing was held"
+        print(f"\nslow head cut off after {cut_after:.1f} s (header_timeout_s = 1)")
+        # A keep-alive connection: the first request is answered, a second head that stalls is cut off.
+        kept = stack.enter_context(_connect(live.port))
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b"200 OK" in kept.recv(4096)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        assert _closed_within(kept, 20)
+        # A client that is merely slow, but completes its head in time, is served.
+        slow_ok = stack.enter_context(_connect(live.port))
+        slow_ok.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.3)
+        slow_ok.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        slow_ok.settimeout(10)
+        assert b"200 OK" in slow_ok.recv(4096)
 
 
 def test_uvicorn_alone_held_a_silent_connection(tmp_path: Path) -> None:
@@ -306,9 +319,8 @@ def test_uvicorn_alone_held_a_silent_connection(tmp_path: Path) -> None:
         assert time.monotonic() < end
         time.sleep(0.05)
     try:
-        silent = _connect(settings.port)
-        assert not _closed_within(silent, 3.0)
-        silent.close()
+        with _connect(settings.port) as silent:
+            assert not _closed_within(silent, 3.0)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -318,7 +330,6 @@ def test_the_protocol_counts_what_it_cut(behind_proxy: Any) -> None:
     from controller.serving import HeadTimeoutH11
 
     before = HeadTimeoutH11.timed_out
-    silent = _connect(behind_proxy.port)
-    assert _closed_within(silent, 20)
-    silent.close()
+    with _connect(behind_proxy.port) as silent:
+        assert _closed_within(silent, 20)
     assert HeadTimeoutH11.timed_out == before + 1
