@@ -135,13 +135,19 @@ class Runs:
 
 
 @contextmanager
-def controller(data_dir: Path, roots: Sequence[Path] = ()) -> Iterator[Runs]:
+def controller(data_dir: Path, roots: Sequence[Path] = (), **settings: Any) -> Iterator[Runs]:
     """An in-process controller over ``data_dir`` whose runs may read and write under ``roots``
-    (the sample data, the checkpoint directories: the run-field rules refuse paths elsewhere)."""
+    (the sample data, the checkpoint directories: the run-field rules refuse paths elsewhere).
+
+    ``settings``: admin settings over the demo's (``slurm_prologue=["export PYRECOVER_TEST_…=…"]``
+    is how a test injects a fault into its jobs: the API refuses ``PYRECOVER_*`` in a run's env)."""
     from controller import demo
     from controller.cli.client import Api
+    from controller.settings import Settings
 
-    ctl = demo.DemoController(demo.demo_settings(data_dir, free_port(), roots=roots))
+    base = demo.demo_settings(data_dir, free_port(), roots=roots)
+    chosen = Settings.model_validate(base.model_dump() | settings) if settings else base
+    ctl = demo.DemoController(chosen)
     ctl.start()
     try:
         yield Runs(Api(url=ctl.url, token=ctl.demo_token()))  # auth is on, as in every controller
