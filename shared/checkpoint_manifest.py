@@ -13,6 +13,7 @@ final checkpoint before it calls the run COMPLETED (``controller/reconciler/endi
 from __future__ import annotations
 
 import json
+import stat
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -84,11 +85,15 @@ def verify(directory: Path, manifest: Mapping[str, Any] | None = None, *, thread
             continue
         path = directory / name
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except OSError:
             problems.append(f"{name}: missing")
             continue
-        if size != entry.get("size"):
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode):
+            # A device or a FIFO (a link to /dev/zero, say) would be read forever: never hashed.
+            problems.append(f"{name}: not a regular file")
+        elif size != entry.get("size"):
             problems.append(f"{name}: size {size} != {entry.get('size')} recorded (truncated or overwritten)")
         else:
             to_hash.append((name, entry))

@@ -117,10 +117,17 @@ class AttemptOutcome:
     step_at_end: int
     """The run's newest committed checkpoint step when the attempt ended."""
     error: str | None = None
+    started: bool = True
+    """The scheduler started its job (a pre-queued successor cancelled while pending never did)."""
 
     @property
     def made_progress(self) -> bool:
         return self.step_at_end > self.step_at_start
+
+    @property
+    def never_ran(self) -> bool:
+        """Cancelled before its job started: no try at all, so neither progress nor a failure."""
+        return self.end_reason is EndReason.CANCELLED and not self.started
 
     @classmethod
     def of(cls, attempt: Any) -> AttemptOutcome:
@@ -131,6 +138,7 @@ class AttemptOutcome:
             step_at_start=int(attempt.step_at_start or 0),
             step_at_end=int(attempt.step_at_end or 0),
             error=attempt.error,
+            started=getattr(attempt, "start_time", None) is not None,
         )
 
 
@@ -374,6 +382,8 @@ def attempts_without_progress(history: Sequence[AttemptOutcome], resumed_after: 
     """How many of the newest attempts in a row (since the last resume) committed no new checkpoint."""
     count = 0
     for outcome in reversed(since_resume(history, resumed_after)):
+        if outcome.never_ran:
+            continue
         if outcome.made_progress:
             break
         count += 1
@@ -384,6 +394,8 @@ def backoff_seconds(history: Sequence[AttemptOutcome], policy: PolicySpec) -> fl
     """Delay before the next submission: base × 2^(k-1) for k trailing failures (capped at 1 h)."""
     k = 0
     for outcome in reversed(history):
+        if outcome.never_ran:
+            continue
         if outcome.end_reason not in BACKOFF_REASONS:
             break
         k += 1

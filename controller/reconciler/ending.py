@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
 from controller.notify import outbox
-from controller.reconciler import exclusions, store
+from controller.reconciler import exclusions, ondisk, store
 from controller.reconciler.decide import (
     ERROR_REASONS,
     NO_FINAL_CHECKPOINT,
@@ -34,7 +34,7 @@ from controller.settings import Settings
 from shared import checkpoint_manifest
 from shared.paths import same_path, step_dir_name
 from shared.schemas import RunCreate
-from shared.states import EndReason, RunState, SchedulerJobState
+from shared.states import AttemptState, EndReason, RunState, SchedulerJobState
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ def end_attempt(
     """Record why the attempt ended, then decide the run's next step (caller commits)."""
     spec = store.run_spec(run)
     steps = spec.training.training_steps
+    if spec.resources.scheduler in ctx.settings.verify_checkpoints:
+        # Before progress is judged: what the attempt committed but never reported (module ondisk).
+        directory = ctx.settings.resolve_checkpoint_dir(spec.training.checkpoint_dir) / run.name
+        ondisk.record_unreported(session, run, attempt, directory, steps, now)
     committed = store.committed_step(session, run.id)
     reported = store.reported(session, attempt)
     final = NO_FINAL_CHECKPOINT
@@ -88,7 +92,9 @@ def end_attempt(
         )
     committed = store.committed_step(session, run.id)  # a checkpoint found on disk counts
     store.record_end(session, attempt, reason, status, committed, error, now)
-    exclusions.note_end(session, run, attempt, reason, status, spec, ctx.scheduler(attempt.backend), now)
+    excluded = exclusions.note_end(
+        session, run, attempt, reason, status, spec, ctx.scheduler(attempt.backend), now
+    )
     if (event := outbox.event_for_end_reason(reason)) is not None:
         outbox.record(session, run, event, f"attempt {attempt.number} ended {reason.value}: {error or ''}")
     if reason is EndReason.TIMEOUT_KILLED:
@@ -130,6 +136,18 @@ def end_attempt(
                 "skip_to": rollback.skip_to,
             },
         )
+    if (
+        decision.verdict is Verdict.RESUBMIT
+        and successor is not None
+        and excluded
+        and successor.state == AttemptState.PENDING
+    ):
+        # Pre-queued with the exclusion list of before this end: it could start on the host this end
+        # just blamed. Cancelled while it waits (it never ran: no failure counted, see
+        # ``decide.AttemptOutcome.never_ran``); the next pass submits one that excludes the host. One
+        # that already started is left to run: cancelling it would waste what it has done.
+        _cancel_successor(ctx, session, successor, now)
+        successor = None
     if decision.verdict is Verdict.RESUBMIT:
         # With a pre-queued successor the run just waits for it; otherwise the next pass submits.
         message = f"attempt {attempt.number} ended ({reason.value})"
@@ -168,7 +186,7 @@ def final_checkpoint(
         manifest = checkpoint_manifest.read_manifest(expected)
         store.record_found_checkpoint(session, run, attempt, steps, str(expected), manifest, now)
         store.record_event(
-            session, run, "checkpoint_found", f"verified the checkpoint of step {steps} on disk: {expected}"
+            session, run, ondisk.FOUND_EVENT, f"verified the checkpoint of step {steps} on disk: {expected}"
         )
         return FinalCheckpoint(recorded=True, inside=True, verified=True)
     return FinalCheckpoint(

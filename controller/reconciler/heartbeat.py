@@ -4,18 +4,20 @@ The worker's watchdog (``worker.watchdog``) is the first layer; this one catches
 report: a frozen or SIGSTOPped reporting rank, a watchdog that itself hangs, a node that stopped
 answering without the scheduler noticing. Each pass, every RUNNING attempt whose last sign of life
 (its newest report, else the time it started; and where the controller sees the checkpoint file
-system, ``Settings.verify_checkpoints``, the last write of the run's ``loss.csv``, so a report
-outage alone never looks like a hang) is older than ``decide.heartbeat_timeout`` gets its
-job cancelled, then a ``heartbeat_timeout`` run event for it. When the scheduler reports the job
-ended, ``store.reported`` finds that event and ``decide.end_reason`` ends the attempt ``hung``:
-retried like a crash, counted against the failure budget. The attempt ends only once the scheduler
-says the job is gone, so the next attempt never overlaps a job still holding the nodes.
+system, ``Settings.verify_checkpoints``, the last write of the run's ``loss.csv`` or the last commit
+into its checkpoint directory, so a report outage alone never looks like a hang) is older than
+``decide.heartbeat_timeout`` gets its job cancelled, then a ``heartbeat_timeout`` run event for it.
+When the scheduler reports the job ended, ``store.reported`` finds that event and
+``decide.end_reason`` ends the attempt ``hung``: retried like a crash, counted against the failure
+budget. The attempt ends only once the scheduler says the job is gone, so the next attempt never
+overlaps a job still holding the nodes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller.db.models import Attempt
@@ -41,19 +43,20 @@ def check_heartbeats(ctx: TickContext) -> None:
             log.exception("the heartbeat check of attempt %s failed", attempt_id)
 
 
-def last_sign_of_life(attempt: Attempt, loss_csv: Path | None = None) -> float | None:
+def last_sign_of_life(attempt: Attempt, written: Sequence[Path] = ()) -> float | None:
     """Unix time of the attempt's newest report, or of its start when it has not reported yet; or
-    of the last write of ``loss.csv`` (rank 0 appends a row every ``logging_frequency`` steps) when
-    that is newer and the attempt has started."""
+    of the last change of a path in ``written`` when that is newer and the attempt has started:
+    ``loss.csv`` (rank 0 appends a row every ``logging_frequency`` steps) and the run's checkpoint
+    directory (each commit renames a ``step-<N>`` into it)."""
     times = [
         t.timestamp() for t in (attempt.last_report_at, attempt.training_started_at, attempt.start_time) if t
     ]
     if not times:
         return None
-    if loss_csv is not None:
-        # None yet (a fresh start), or not readable here: the reports decide.
+    for path in written:
+        # Not there yet (a fresh start), or not readable here: the reports decide.
         with contextlib.suppress(OSError):
-            times.append(loss_csv.stat().st_mtime)
+            times.append(path.stat().st_mtime)
     return max(times)
 
 
@@ -71,11 +74,11 @@ def _check(ctx: TickContext, attempt_id: int) -> None:
         if run is None:
             return
         spec = store.run_spec(run)
-        loss_csv = None
+        written: list[Path] = []
         if spec.resources.scheduler in ctx.settings.verify_checkpoints:
-            root = ctx.settings.resolve_checkpoint_dir(spec.training.checkpoint_dir)
-            loss_csv = root / run.name / LOSS_CSV_NAME
-        last = last_sign_of_life(attempt, loss_csv)
+            directory = ctx.settings.resolve_checkpoint_dir(spec.training.checkpoint_dir) / run.name
+            written = [directory / LOSS_CSV_NAME, directory]
+        last = last_sign_of_life(attempt, written)
         if last is None:
             return
         limit = heartbeat_timeout(

@@ -285,10 +285,18 @@ def issue_token(session: Session, run_id: int, attempt: int) -> str:
 
 
 def record_found_checkpoint(
-    session: Session, run: Run, attempt: Attempt, step: int, path: str, manifest: dict[str, Any], now: float
+    session: Session,
+    run: Run,
+    attempt: Attempt,
+    step: int,
+    path: str,
+    manifest: dict[str, Any],
+    now: float,
+    *,
+    final: bool = True,
 ) -> None:
     """A verified checkpoint the controller found on disk itself (its report was lost): recorded
-    like a reported one, for the attempt that ended."""
+    like a reported one, for the attempt that ended; ``final``: it is the run's last step's."""
     session.add(
         Checkpoint(
             run_id=run.id,
@@ -299,7 +307,7 @@ def record_found_checkpoint(
             format=str(manifest.get("format", "dcp"))[:16],
             size_bytes=int(manifest.get("size_bytes", 0) or 0),
             tokens_seen=int(manifest.get("tokens_seen", 0) or 0),
-            final=True,
+            final=final,
             committed_at=ts(now),
         )
     )

@@ -368,6 +368,9 @@ def _checkpoint(
     attempt.checkpoint_stall_s = (attempt.checkpoint_stall_s or 0.0) + event.stall_seconds
     if attempt.last_commit_at is None or at > attempt.last_commit_at:
         attempt.last_commit_at = at
+    if not allowed.live and attempt.step_at_end is not None and event.step > attempt.step_at_end:
+        # A late report (the attempt ended before it arrived): its figures follow what it committed.
+        attempt.step_at_end = event.step
     if not allowed.progress:
         return
     if run.latest_checkpoint_step is None or event.step > run.latest_checkpoint_step:

@@ -11,6 +11,7 @@ Skipped without a cluster; a failure under ``PYRECOVER_STRICT_INTEGRATION=1``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -148,6 +149,35 @@ def ran(job: dict[str, Any]) -> bool:
     return job.get("end_reason") != "cancelled" or job.get("step_at_end") is not None
 
 
+def assert_same_as_uninterrupted(
+    demo: Any, sample: tuple[Path, Path], steps: int, chained: Path, tmp_path: Path
+) -> None:
+    """The same training, uninterrupted and standalone, ends with exactly the same weights and
+    optimizer state as the run whose checkpoint directory is ``chained``."""
+    ref_dir = tmp_path / "reference"
+    spec = TrainingSpec(**demo.training_body(sample[0], sample[1], steps, str(ref_dir)))
+    argv = [sys.executable, "-m", "worker", *spec.to_worker_args(), "--experiment-name", "ref"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")}  # standalone: no reporter
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = ref_dir / "ref" / f"step-{steps}"
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.checkpoint.cli",
+            "compare",
+            str(chained / f"step-{steps}"),
+            str(reference),
+            "--optimizer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
 def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
     api: Any, demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
 ) -> None:
@@ -168,30 +198,7 @@ def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
     # No --signal backstop here (Slurm may send it up to 60 s early, i.e. anywhere in a 1-minute
     # job): every stop before the last attempt is the worker's own deadline stop.
     assert [j.get("end_reason") for j in worked] == ["deadline_stop"] * (len(worked) - 1) + ["finished"]
-    # The same training, uninterrupted and standalone, ends with exactly the same weights.
-    ref_dir = tmp_path / "reference"
-    spec = TrainingSpec(**demo.training_body(sample[0], sample[1], steps, str(ref_dir)))
-    argv = [sys.executable, "-m", "worker", *spec.to_worker_args(), "--experiment-name", "ref"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRECOVER_")}  # standalone: no reporter
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    chained = tmp_path / "ckpt" / "e2e-chain" / f"step-{steps}"
-    reference = ref_dir / "ref" / f"step-{steps}"
-    cmp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worker.checkpoint.cli",
-            "compare",
-            str(chained),
-            str(reference),
-            "--optimizer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert_same_as_uninterrupted(demo, sample, steps, tmp_path / "ckpt" / "e2e-chain", tmp_path)
 
 
 def test_two_rank_srun_job_stops_and_resumes(
@@ -299,3 +306,59 @@ def test_timeout_without_time_aware_stop_resumes_from_last_commit(
     assert slurm_states(cluster, jobs[:1]) == {external_ids(jobs[:1])[0]: S.TIMEOUT}
     resumed_at = int(jobs[1].get("step_at_start") or 0)
     assert 0 < resumed_at < steps, f"attempt 2 did not resume from a committed checkpoint: {jobs}"
+
+
+def test_workers_cut_off_from_the_controller_for_three_job_ends_still_complete_with_right_figures(
+    demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+) -> None:
+    """A report outage for the whole run (the workers' controller URL is a closed port: a partition
+    between the compute nodes and the controller). The controller sees the checkpoint file system
+    (``verify_checkpoints`` lists ``slurm``), so it reads each attempt's progress off the committed
+    checkpoints: the run completes, every attempt shows the steps it really trained, and the failure
+    budget (1 here: a single attempt judged wrongly as "no progress" would fail the run) is untouched."""
+    from controller.cli.client import Api
+    from controller.settings import Settings
+
+    closed = free_port()  # bound, then released: nothing listens there
+    base = demo_module.demo_settings(
+        tmp_path / "controller", free_port(), roots=[Path(tempfile.gettempdir())]
+    )
+    settings = Settings.model_validate(
+        base.model_dump()
+        | {"public_url": f"http://127.0.0.1:{closed}", "verify_checkpoints": ["local", "slurm"]}
+    )
+    steps = steps_for(calibration, windows=3.5)  # ≥ 3 job ends even if attempts step 1.5x faster
+    ctl = demo_module.DemoController(settings)
+    ctl.start()
+    try:
+        api = Api(url=ctl.url, token=ctl.demo_token())
+        run_id = submit(
+            api,
+            demo,
+            sample,
+            tmp_path,
+            "e2e-outage",
+            steps=steps,
+            resources={"signal_lead_seconds": 0},
+            policy={"max_failures_without_progress": 1},
+        )
+        detail = wait_run(api, run_id, terminal, limit=900)
+        jobs = items(api.get(f"/runs/{run_id}/jobs"))
+        metrics = items(api.get(f"/runs/{run_id}/metrics"))
+        events = items(api.get(f"/runs/{run_id}/events"))
+    finally:
+        ctl.stop()
+    assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert metrics == [], "a report got through: the outage was not real"
+    worked = [j for j in jobs if ran(j)]
+    assert len(worked) >= 3, f"expected ≥ 3 job ends, got {jobs}"
+    spans = [(int(j.get("step_at_start") or 0), int(j.get("step_at_end") or 0)) for j in worked]
+    assert spans[0][0] == 0 and spans[-1][1] == steps, spans
+    assert all(start < end for start, end in spans), spans
+    for (_, end), (next_start, _) in itertools.pairwise(spans):
+        assert end == next_start, f"attempt figures do not chain: {spans}"
+    assert [j.get("end_reason") for j in worked] == ["deadline_stop"] * (len(worked) - 1) + ["finished"]
+    found = [e for e in events if e.get("kind") == "checkpoint_found"]
+    assert len(found) >= len(worked), events
+    print(f"\nreport outage: {len(worked)} attempts, steps {spans}, all read off the disk")
+    assert_same_as_uninterrupted(demo, sample, steps, tmp_path / "ckpt" / "e2e-outage", tmp_path)

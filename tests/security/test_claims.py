@@ -251,6 +251,25 @@ def test_a_predecessors_late_report_leaves_the_live_successor_alone(api: Api) ->
     assert post(api, run_id, token_2, 2, progress(0, 31)).json()["action"] == "checkpoint"
 
 
+def test_a_late_checkpoint_report_corrects_its_ended_attempts_figures(api: Api) -> None:
+    """The attempt ended (its report was delayed): the figures it shows follow what it committed."""
+    run_id = api.create()["id"]
+    token = api.attempt(run_id, 1, state=AttemptState.ENDED)
+    _set(api, run_id, run_state=RunState.QUEUED, attempt_state={1: AttemptState.ENDED})
+    with api.factory() as s:
+        attempt = s.scalar(select(Attempt).where(Attempt.run_id == run_id))
+        assert attempt is not None
+        attempt.step_at_start, attempt.step_at_end = 0, 0
+        s.commit()
+    r = post(api, run_id, token, 1, checkpoint(1, 40, api.step_dir("run-1", 40)), progress(2, 45))
+    assert r.status_code == 200
+    with api.factory() as s:
+        attempt = s.scalar(select(Attempt).where(Attempt.run_id == run_id))
+        assert attempt is not None and attempt.step_at_end == 40, "a committed step, not the progress"
+        run = s.get(Run, run_id)
+        assert run is not None and run.latest_checkpoint_step == 40
+
+
 # ---------------------------------------------------------------------------------- end to end
 LIAR = """#!{python}
 # Stands in for the worker: reports what it was told to claim, then exits 0 (a "clean" exit).

@@ -297,3 +297,48 @@ def test_the_run_is_excluded_from_nothing_after_clear(cw: ClusterWorld) -> None:
     cw.tick()
     cw.resubmit()
     assert sched.submitted[-1].attempt == 3 and list(sched.submitted[-1].exclude) == []
+
+
+def test_a_successor_queued_before_a_node_was_blamed_is_replaced_by_one_that_excludes_it(
+    tmp_path: Path,
+) -> None:
+    """Attempt 1 announced its stop (so attempt 2 was pre-queued, excluding nothing), then its node
+    failed during the final save: attempt 2 could start on that node. It is cancelled while it waits
+    and attempt 3 excludes the node; the cancelled one never ran, so it counts against no budget."""
+    sched = FakeCluster(supports_dependencies=True)
+    cw = ClusterWorld(tmp_path, sched)
+    run_id = cw.make(nodes=1, max_failures_without_progress=3)
+    cw.tick()
+    sched.set("job-1", J.RUNNING)
+    cw.tick()
+    cw.report(run_id, 1, {"type": "stopping", "step": 0, "reason": "deadline"})
+    cw.tick()
+    assert [(s.attempt, list(s.exclude)) for s in sched.submitted] == [(1, []), (2, [])]
+    sched.nodes["vm-2"] = "down*"
+    sched.end("job-1", J.NODE_FAIL, "vm-2")
+    cw.tick()
+    assert sched.cancelled == ["job-2"]
+    ended = [(a.number, a.end_reason) for a in cw.attempts(run_id)][:2]
+    assert ended == [(1, "node_fail"), (2, "cancelled")]
+    cw.resubmit()  # a node failure has no backoff: attempt 3 may already be out
+    third = sched.submitted[-1]
+    assert third.attempt == 3 and list(third.exclude) == ["vm-2"] and third.dependency is None
+    # Attempt 3 fails too: 2 attempts without progress, not 3 (the cancelled one never ran).
+    sched.end("job-3", J.FAILED, "vm-1")
+    cw.tick()
+    assert cw.run(run_id).state == RunState.QUEUED
+
+
+def test_a_successor_queued_before_an_end_that_blames_no_host_is_kept(tmp_path: Path) -> None:
+    sched = FakeCluster(supports_dependencies=True)
+    cw = ClusterWorld(tmp_path, sched)
+    run_id = cw.make(nodes=1)
+    cw.tick()
+    sched.set("job-1", J.RUNNING)
+    cw.tick()
+    cw.report(run_id, 1, {"type": "stopping", "step": 0, "reason": "deadline"})
+    cw.tick()
+    sched.end("job-1", J.COMPLETED, "vm-2", exit_code=0)
+    cw.tick()
+    assert sched.cancelled == []
+    assert cw.attempts(run_id)[1].state == "PENDING"

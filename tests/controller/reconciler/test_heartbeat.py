@@ -179,3 +179,21 @@ def test_a_loss_csv_written_on_a_visible_file_system_keeps_an_attempt_alive(tmp_
     world.clock.advance(61)  # the rows stop too: now it is hung
     world.tick()
     assert world.sched.cancelled == ["job-1"]
+
+
+def test_commits_into_the_checkpoint_directory_keep_an_attempt_alive(tmp_path: Path) -> None:
+    """The same without loss.csv (``log_loss_to_csv: false``): each commit renames a step directory
+    into the run's checkpoint directory, which changes the directory itself."""
+    import os
+
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = running(world, heartbeat_timeout_seconds=60)
+    for n in range(1, 6):
+        world.clock.advance(50)
+        world.commit_on_disk(run_id, 10 * n)
+        os.utime(world.step_dir(run_id, 1).parent, (world.clock.now, world.clock.now))
+        world.tick()
+    assert world.sched.cancelled == []
+    world.clock.advance(61)
+    world.tick()
+    assert world.sched.cancelled == ["job-1"]
