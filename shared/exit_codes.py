@@ -27,6 +27,9 @@ class ExitCode(IntEnum):
 
 
 END_REASON_OF_EXIT: dict[int, EndReason] = {
+    # Flags the worker does not accept: the same flags next time, so no retry can help (a worker
+    # older than its controller, a hand-edited worker_python); the log has argparse's line.
+    ExitCode.USAGE: EndReason.CONFIG_ERROR,
     ExitCode.CONFIG_ERROR: EndReason.CONFIG_ERROR,
     ExitCode.CHECKPOINT_ERROR: EndReason.INTEGRITY_ERROR,
     ExitCode.HUNG: EndReason.HUNG,

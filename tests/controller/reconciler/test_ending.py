@@ -30,6 +30,7 @@ def flag(argv: list[str], name: str) -> str | None:
     ("code", "reason", "hint"),
     [
         (ExitCode.CONFIG_ERROR, EndReason.CONFIG_ERROR, "fix the field the error names"),
+        (ExitCode.USAGE, EndReason.CONFIG_ERROR, "fix the field the error names"),
         (ExitCode.CHECKPOINT_ERROR, EndReason.INTEGRITY_ERROR, "restore a good one"),
         (ExitCode.FRESH_START_REFUSED, EndReason.RESTART_REFUSED, "allow_restart_from_scratch"),
     ],
