@@ -20,9 +20,11 @@ SQUEUE_FORMAT = SEP.join(SQUEUE_FIELDS)
 """``squeue -o``: id, state, reason, submit, start, end, name. The name comes last because it is
 the only free-text field: a ``|`` inside it cannot shift the other columns."""
 
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "Submit", "Start", "End", "Reason", "JobName")
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Submit", "Start", "End", "Reason", "NodeList", "JobName")
 SACCT_FORMAT = ",".join(SACCT_FIELDS)
-"""``sacct -X -n -P -o``: pipe-separated, allocation lines only, the name last for the same reason."""
+"""``sacct -X -n -P -o``: pipe-separated, allocation lines only, the name last for the same reason.
+``NodeList`` because a job that ``scontrol`` forgot (``MinJobAge``) is known only here, and a
+``NODE_FAIL`` blames its nodes (``controller.reconciler.exclusions``)."""
 
 SINFO_FORMAT = "%N|%T|%P"
 """``sinfo -h -N -o``: one line per node and partition: name, state, partition (``*``: the default)."""
@@ -258,8 +260,9 @@ def parse_sacct(text: str) -> dict[str, JobRecord]:
         parts = line.split(SEP, len(SACCT_FIELDS) - 1)
         if len(parts) != len(SACCT_FIELDS):
             raise ValueError(f"unexpected sacct line: {line!r}")
-        job_id, state, exit_code, submit, start, end, reason, name = parts
+        job_id, state, exit_code, submit, start, end, reason, nodes, name = parts
         code, sig = parse_exit_code(exit_code)
+        nodes = nodes.strip()
         out[job_id] = JobRecord(
             job_id=job_id,
             state=parse_state(state),
@@ -270,6 +273,8 @@ def parse_sacct(text: str) -> dict[str, JobRecord]:
             end_time=parse_time(end),
             exit_code=code,
             signal=sig,
+            # "None assigned": a job that never started has no nodes to blame.
+            extra={"NodeList": nodes} if nodes and not nodes.lower().startswith("none") else {},
         )
     return out
 

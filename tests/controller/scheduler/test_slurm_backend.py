@@ -215,7 +215,7 @@ def test_poll_all_ids_unknown_squeue_error_means_lost() -> None:
 
 def test_poll_uses_sacct_where_accounting_exists() -> None:
     sacct_out = (
-        "31|CANCELLED by 1000|0:15|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:01:00|None|"
+        "31|CANCELLED by 1000|0:15|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:01:00|None|vm-[1-2]|"
         "pyrecover-r1-a1\n"
     )
     cli = FakeCLI(squeue=lambda argv: ok(""), sacct=lambda argv: ok(sacct_out))

@@ -172,10 +172,10 @@ def test_cancelled_by_uid_is_kept() -> None:
 
 def test_sacct_parsable_lines() -> None:
     text = (
-        "11|CANCELLED by 0|0:15|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:01:00|None|"
+        "11|CANCELLED by 0|0:15|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:01:00|None|vm-[1-2]|"
         "pyrecover-r1-a1\n"
-        "12|TIMEOUT|0:0|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:02:28|TimeLimit|pyrecover-r1-a2\n"
-        "13|PENDING|0:0|2026-11-28T20:00:00|Unknown|Unknown|Dependency|pyrecover-r1-a3\n"
+        "12|TIMEOUT|0:0|2026-11-28T20:00:00|2026-11-28T20:00:01|2026-11-28T20:02:28|TimeLimit|vm-3|pyrecover-r1-a2\n"
+        "13|PENDING|0:0|2026-11-28T20:00:00|Unknown|Unknown|Dependency|None assigned|pyrecover-r1-a3\n"
     )
     rows = sp.parse_sacct(text)
     assert rows["11"].state.cancelled_by == "0"
@@ -183,6 +183,9 @@ def test_sacct_parsable_lines() -> None:
     assert rows["12"].state.state is S.TIMEOUT
     assert rows["13"].start_time is None
     assert rows["13"].name == "pyrecover-r1-a3"
+    # The nodes, for a NODE_FAIL of a job only sacct still knows; a job that never ran has none.
+    assert rows["11"].extra == {"NodeList": "vm-[1-2]"} and rows["12"].extra == {"NodeList": "vm-3"}
+    assert rows["13"].extra == {}
 
 
 def test_sbatch_parsable() -> None:
