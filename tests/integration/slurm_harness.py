@@ -89,6 +89,21 @@ def to_unix(value: str | None) -> float | None:
     return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def assert_ledger_adds_up(run: dict[str, Any]) -> dict[str, float]:
+    """The run's goodput ledger (``GET /runs/{id}``, ``goodput_detail.ledger``) for a run that is
+    over: every category ≥ 0, nothing still "in progress", some productive time, and the categories
+    add up to the run's own wall time (``finished_at − created_at``) within 1 %. Returns it."""
+    detail = run["goodput_detail"]
+    ledger = {k: float(v) for k, v in detail["ledger"].items()}
+    created, finished = to_unix(run["created_at"]), to_unix(run["finished_at"])
+    assert created is not None and finished is not None, run
+    wall = finished - created
+    assert all(v >= 0 for v in ledger.values()), ledger
+    assert ledger.get("in_progress", 0.0) == 0.0 and ledger["productive"] > 0, ledger
+    assert abs(sum(ledger.values()) - wall) <= 0.01 * wall, (sum(ledger.values()), wall, ledger)
+    return ledger
+
+
 class Runs:
     """The REST API of one in-process controller, as the tests use it."""
 

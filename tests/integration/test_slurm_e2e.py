@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_harness import assert_ledger_adds_up
 
 from controller import demo as demo_module
 from controller.scheduler.slurm import SlurmScheduler
@@ -190,6 +191,7 @@ def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(
     detail = wait_run(api, run_id, terminal, limit=900)
     jobs = items(api.get(f"/runs/{run_id}/jobs"))
     assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert_ledger_adds_up(detail)
     worked = [j for j in jobs if ran(j)]
     assert len(worked) >= 3, f"expected ≥ 3 chained SLURM jobs, got {jobs}"
     states = slurm_states(cluster, worked)
@@ -218,6 +220,7 @@ def test_two_rank_srun_job_stops_and_resumes(
     detail = wait_run(api, run_id, terminal, limit=600)
     jobs = items(api.get(f"/runs/{run_id}/jobs"))
     assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert_ledger_adds_up(detail)
     worked = [j for j in jobs if ran(j)]
     assert len(worked) >= 2, f"the 2-rank run never stopped and resumed: {jobs}"
     assert any(int(j.get("step_at_start") or 0) > 0 for j in worked[1:]), f"no attempt resumed: {jobs}"
@@ -302,6 +305,7 @@ def test_timeout_without_time_aware_stop_resumes_from_last_commit(
     detail = wait_run(api, run_id, terminal, limit=600)
     jobs = items(api.get(f"/runs/{run_id}/jobs"))
     assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert_ledger_adds_up(detail)
     assert jobs[0].get("end_reason") == "timeout_killed", jobs
     assert slurm_states(cluster, jobs[:1]) == {external_ids(jobs[:1])[0]: S.TIMEOUT}
     resumed_at = int(jobs[1].get("step_at_start") or 0)
@@ -349,6 +353,7 @@ def test_workers_cut_off_from_the_controller_for_three_job_ends_still_complete_w
     finally:
         ctl.stop()
     assert detail["state"] == "COMPLETED", (detail, jobs)
+    assert_ledger_adds_up(detail)
     assert metrics == [], "a report got through: the outage was not real"
     worked = [j for j in jobs if ran(j)]
     assert len(worked) >= 3, f"expected ≥ 3 job ends, got {jobs}"

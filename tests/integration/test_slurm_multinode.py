@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from slurm_harness import (
+    assert_ledger_adds_up,
     assert_same_weights,
     controller,
     hostnames,
@@ -51,6 +52,7 @@ def test_two_node_run_is_bit_identical_to_two_ranks_on_one_node(
         chains = {run_id: (runs.run(run_id), runs.jobs(run_id)) for run_id in (across, within)}
     for run, jobs in chains.values():
         assert run["state"] == "COMPLETED", (run, jobs)
+        assert_ledger_adds_up(run)
         assert [j["end_reason"] for j in jobs] == ["finished"], jobs
 
     # SLURM's own record of each job: where it ran.

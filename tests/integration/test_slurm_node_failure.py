@@ -29,6 +29,7 @@ import pytest
 from slurm_harness import (
     WORKER_ENV,
     Runs,
+    assert_ledger_adds_up,
     assert_same_weights,
     free_port,
     hostnames,
@@ -212,6 +213,7 @@ def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
         ref_run = runs.run(reference)
 
     assert run["state"] == "COMPLETED" and ref_run["state"] == "COMPLETED", (run, jobs, ref_run)
+    assert_ledger_adds_up(run)
     assert [j["end_reason"] for j in jobs] == ["node_fail", "finished"], jobs
     assert [(e["host"], e["reason"], e["attempt"]) for e in excluded] == [(victim, "node_fail", 1)], excluded
     assert any(e["kind"] == "nodes_excluded" and victim in e["message"] for e in events), events

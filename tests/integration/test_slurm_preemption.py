@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from slurm_harness import (
+    assert_ledger_adds_up,
     assert_same_weights,
     controller,
     finish,
@@ -90,6 +91,7 @@ def test_preempted_job_is_resubmitted_and_the_run_ends_bit_identical(
         finish(reference, timeout=300)
 
     assert run["state"] == "COMPLETED", (run, jobs)
+    assert_ledger_adds_up(run)
     ran = [j for j in jobs if j["end_reason"] != "cancelled" or j["step_at_end"] is not None]
     assert [j["end_reason"] for j in ran] == ["preempted", "finished"], jobs
     polled = slurm.poll([victim, preemptor])
