@@ -231,7 +231,7 @@ def run_detail(session: Session, run: Run, *, now: float, can_act: bool = True) 
         )
     ).one()
     events = [
-        EventRow(time=e.time, kind=e.kind, message=e.message or "")
+        EventRow(time=e.time, kind=e.kind, message=e.message or "", detail=_event_detail(e))
         for e in session.scalars(
             select(Event).where(Event.run_id == run_id).order_by(Event.id.desc()).limit(EVENTS_SHOWN)
         )
@@ -288,3 +288,11 @@ def mfu_measured(session: Session, run_id: int) -> bool:
     instead of a chart that waits for data for ever."""
     stmt = select(Metric.id).where(Metric.run_id == run_id, Metric.mfu.is_not(None)).limit(1)
     return session.scalar(stmt) is not None
+
+
+def _event_detail(event: Event) -> str:
+    """What the run page folds under an event's message: the first lines of a hung rank's stacks
+    (the worker's own text: escaped by the template like every other value)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    excerpt = data.get("stacks_excerpt") if event.kind == "hung" else None
+    return excerpt[:4000] if isinstance(excerpt, str) else ""

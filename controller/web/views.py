@@ -243,6 +243,8 @@ class EventRow:
     time: Any
     kind: str
     message: str
+    detail: str = ""
+    """Shown folded under the message: a hung event's first lines of the stack dump."""
 
 
 @dataclass(frozen=True, kw_only=True)

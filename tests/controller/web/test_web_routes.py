@@ -201,3 +201,27 @@ def test_the_run_page_shows_the_exclusion_list_and_escapes_it(client: TestClient
     assert "vm-2" in table and "node_fail" in table and "vm-9" not in table  # expired: not shown
     assert "<b>x</b>" not in table and "&lt;b&gt;x&lt;/b&gt;" in table
     assert "exclusions-table" in client.get(f"/runs/{run_id}?fragment=1").text
+
+
+def test_a_hung_event_shows_where_the_stacks_are_and_their_first_lines(
+    client: TestClient, app_parts: Any
+) -> None:
+    from controller.db.models import Event
+
+    _app, factory, _ = app_parts
+    run_id = seed_dashboard(factory).chart_run
+    excerpt = 'Thread 0x7f01 (most recent call first):\n  File "<script>alert(1)</script>", line 3 in step'
+    with factory() as s:
+        message = "attempt 2 hung in step; stacks of rank 0 in /x/r0.txt"
+        data = {"stacks_path": "/x/r0.txt", "stacks_excerpt": excerpt}
+        s.add(Event(run_id=run_id, kind="hung", message=message, data=data))
+        s.add(Event(run_id=run_id, kind="warning:x", message="no stacks here",
+                    data={"stacks_excerpt": "not a hang: not shown"}))  # fmt: skip
+        s.commit()
+    html = client.get(f"/runs/{run_id}").text
+    events = html[html.index('id="events-table"') :]
+    events = events[: events.index("</table>")]
+    assert "stacks of rank 0 in /x/r0.txt" in events and "first lines of the stacks" in events
+    assert "Thread 0x7f01 (most recent call first):" in events
+    assert "<script>alert(1)</script>" not in events and "&lt;script&gt;" in events
+    assert "not a hang: not shown" not in events
