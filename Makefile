@@ -41,11 +41,17 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 # The fault-injection suite with more trials than CI runs (PYRECOVER_CHAOS_TRIALS, default 100;
-# PYRECOVER_CHAOS_SEED replays a run); ends with the table of figures (docs/fault-results.md).
+# PYRECOVER_CHAOS_SEED replays a run), then the fault cases on the real SLURM cluster (tests marked
+# chaos: node failure, preemption, hangs, divergence, report outage, corrupt checkpoints)
+# PYRECOVER_CHAOS_REPEAT times (default 3); ends with the table of figures (docs/fault-results.md).
 chaos: setup
 	@mkdir -p var && rm -f var/chaos-results.jsonl; rc=0; \
 	PYRECOVER_CHAOS_RESULTS=var/chaos-results.jsonl PYRECOVER_CHAOS_TRIALS=$${PYRECOVER_CHAOS_TRIALS:-100} \
 		$(BIN)/python -m pytest tests/fault -m "slow or not slow" -rfEs $(PYTEST_ARGS) || rc=$$?; \
+	for i in $$(seq $${PYRECOVER_CHAOS_REPEAT:-3}); do \
+		PYRECOVER_CHAOS_RESULTS=var/chaos-results.jsonl $(BIN)/python -m pytest tests/integration -m chaos \
+			-rfEs $(PYTEST_ARGS) || rc=$$?; \
+	done; \
 	$(BIN)/python tests/fault/results_table.py var/chaos-results.jsonl; exit $$rc
 
 clean:

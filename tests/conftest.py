@@ -25,6 +25,9 @@ os.environ.setdefault("PYRECOVER_INPUTS_VISIBLE", "[]")
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        # The test's own outcome, for fixtures that act on it when they tear down (chaos_trial).
+        item.rep_call = report  # type: ignore[attr-defined]
     if STRICT and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaos_cases import ChaosTrial
 from slurm_harness import assert_ledger_adds_up
 
 from controller import demo as demo_module
@@ -313,7 +314,12 @@ def test_timeout_without_time_aware_stop_resumes_from_last_commit(
 
 
 def test_workers_cut_off_from_the_controller_for_three_job_ends_still_complete_with_right_figures(
-    demo: Any, cluster: SlurmScheduler, sample: tuple[Path, Path], calibration: Any, tmp_path: Path
+    demo: Any,
+    cluster: SlurmScheduler,
+    sample: tuple[Path, Path],
+    calibration: Any,
+    tmp_path: Path,
+    chaos_trial: ChaosTrial,
 ) -> None:
     """A report outage for the whole run (the workers' controller URL is a closed port: a partition
     between the compute nodes and the controller). The controller sees the checkpoint file system
@@ -323,6 +329,10 @@ def test_workers_cut_off_from_the_controller_for_three_job_ends_still_complete_w
     from controller.cli.client import Api
     from controller.settings import Settings
 
+    chaos_trial.name(
+        "report outage: workers report to a closed port for the whole run",
+        "controller + slurm backend, 1-minute jobs, checkpoints visible",
+    )
     closed = free_port()  # bound, then released: nothing listens there
     base = demo_module.demo_settings(
         tmp_path / "controller", free_port(), roots=[Path(tempfile.gettempdir())]
@@ -366,4 +376,5 @@ def test_workers_cut_off_from_the_controller_for_three_job_ends_still_complete_w
     found = [e for e in events if e.get("kind") == "checkpoint_found"]
     assert len(found) >= len(worked), events
     print(f"\nreport outage: {len(worked)} attempts, steps {spans}, all read off the disk")
+    chaos_trial.figures |= {"attempts": len(worked), "spans": spans}
     assert_same_as_uninterrupted(demo, sample, steps, tmp_path / "ckpt" / "e2e-outage", tmp_path)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaos_cases import ChaosTrial
 from slurm_harness import (
     WORKER_ENV,
     Runs,
@@ -169,8 +170,9 @@ def _submit(runs: Runs, name: str, body: dict[str, Any], **resources: Any) -> in
 
 
 def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
-    sample: tuple[Path, Path], tmp_path: Path
+    sample: tuple[Path, Path], tmp_path: Path, chaos_trial: ChaosTrial
 ) -> None:
+    chaos_trial.name("node failure: a slurmd killed mid-step", "controller + slurm backend, 2-node job")
     require_nodes(3)
     if os.geteuid() != 0:
         pytest.skip("killing and restarting a slurmd needs root")
@@ -230,6 +232,10 @@ def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
     next_start = to_unix(jobs[1]["start_time"])
     first_step = min(to_unix(m["time"]) or 0.0 for m in metrics if m["attempt"] == 2)
     assert ended is not None and next_start is not None
+    chaos_trial.figures |= {
+        "node_fail_to_job_end_s": round(ended - died, 1),
+        "node_fail_to_training_s": round(first_step - died, 1),
+    }
     print(
         f"\n{victim} of {nodes} died at step ~{step_then} (job {job}); attempt 2 (job {second}) ran on "
         f"{ran_on} from step {resumed}\nnode failure -> job ended NODE_FAIL {ended - died:.1f} s, next job "

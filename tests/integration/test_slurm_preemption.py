@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaos_cases import ChaosTrial
 from slurm_harness import (
     assert_ledger_adds_up,
     assert_same_weights,
@@ -48,8 +49,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_preempted_job_is_resubmitted_and_the_run_ends_bit_identical(
-    sample: tuple[Path, Path], tmp_path: Path
+    sample: tuple[Path, Path], tmp_path: Path, chaos_trial: ChaosTrial
 ) -> None:
+    chaos_trial.name("preemption by a high-priority job", "controller + slurm backend, partition_prio")
     require_nodes(1)
     started = time.monotonic()
     body = training(sample, STEPS, tmp_path / "ckpt", checkpoint_frequency=100)
@@ -115,6 +117,7 @@ def test_preempted_job_is_resubmitted_and_the_run_ends_bit_identical(
     next_start = to_unix(resumed["start_time"])
     first_step = min(to_unix(m["time"]) or 0.0 for m in metrics if m["attempt"] == resumed["number"])
     assert ended is not None and next_start is not None
+    chaos_trial.figures |= {"preemption_to_training_s": round(first_step - preempted_at, 1)}
     print(
         f"\npreempted at step ~{step_then} (Slurm: {slurm_said}, exit {polled[victim].exit_code}); "
         f"attempt {resumed['number']} resumed from step {resumed_step}\n"
