@@ -28,11 +28,9 @@ from typing import Any
 import pytest
 from chaos_cases import ChaosTrial
 from slurm_harness import (
-    WORKER_ENV,
-    Runs,
     assert_ledger_adds_up,
     assert_same_weights,
-    free_port,
+    controller,
     hostnames,
     require_nodes,
     sh,
@@ -138,37 +136,6 @@ def dead_node(node: str, job_id: str) -> Iterator[float]:
         assert node in usable_nodes(), f"{node} did not come back: {sh('sinfo', '-N').stdout}"
 
 
-@contextlib.contextmanager
-def controller_over(data_dir: Path, roots: list[Path]) -> Iterator[Runs]:
-    """``slurm_harness.controller``, allowed to read and write under ``roots`` (data, checkpoints)."""
-    from controller import demo
-    from controller.cli.client import Api
-
-    ctl = demo.DemoController(demo.demo_settings(data_dir, free_port(), roots=roots))
-    ctl.start()
-    try:
-        yield Runs(Api(url=ctl.url, token=ctl.demo_token()))
-    finally:
-        ctl.stop()
-
-
-def _submit(runs: Runs, name: str, body: dict[str, Any], **resources: Any) -> int:
-    run = {
-        "name": name,
-        "training": body,
-        "resources": {
-            "scheduler": "slurm",
-            "time_limit": "10",
-            "partition": "debug",
-            "signal_lead_seconds": 0,
-            "env": WORKER_ENV,
-            **resources,
-        },
-        "policy": {"max_attempts": 4, "backoff_seconds": 1},
-    }
-    return int(runs.api.post("/runs", run)["id"])
-
-
 def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
     sample: tuple[Path, Path], tmp_path: Path, chaos_trial: ChaosTrial
 ) -> None:
@@ -179,8 +146,8 @@ def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
     started = time.monotonic()
     ckpt = tmp_path / "ckpt"
     body = training(sample, STEPS, ckpt, checkpoint_frequency=100)
-    with controller_over(tmp_path / "controller", [tmp_path, sample[0].parent, sample[1]]) as runs:
-        run_id = _submit(runs, "nodefail", body, nodes=2, ntasks_per_node=1)
+    with controller(tmp_path / "controller", roots=[tmp_path, sample[0].parent, sample[1]]) as runs:
+        run_id = runs.submit("nodefail", body, nodes=2, ntasks_per_node=1)
 
         def checkpointed_and_training(run: dict[str, Any]) -> bool:
             jobs = runs.jobs(run_id)
@@ -205,8 +172,8 @@ def test_a_dead_node_is_excluded_and_the_run_completes_bit_identical(
         step_then = runs.run(run_id)["current_step"]
         with dead_node(victim, job) as died:
             runs.wait([run_id], lambda r: len(runs.jobs(run_id)) >= 2, limit=120)
-            reference = _submit(
-                runs, "reference", body | {"checkpoint_dir": str(tmp_path / "ref")}, ntasks_per_node=2
+            reference = runs.submit(
+                "reference", body | {"checkpoint_dir": str(tmp_path / "ref")}, ntasks_per_node=2
             )
             runs.wait([run_id, reference], terminal, limit=420)
         run, jobs, metrics = runs.run(run_id), runs.jobs(run_id), runs.metrics(run_id)
