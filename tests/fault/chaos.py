@@ -268,10 +268,8 @@ class RunDirWatch:
 
 
 def compare_checkpoints(a: Path, b: Path) -> subprocess.CompletedProcess[str]:
-    """``pyrecover checkpoint compare A B --optimizer``: weights and AdamW state, bit-exact.
-
-    (``python -m worker.checkpoint.cli`` has no ``__main__`` block: it would exit 0 without comparing.)
-    """
+    """``pyrecover checkpoint compare A B --optimizer``: weights and AdamW state, bit-exact (an
+    ``EQUAL`` line is required besides exit 0: a compare that ran nothing must not pass)."""
     cli = [sys.executable, "-c", "from controller.cli import main; main()", "checkpoint"]
     done = subprocess.run(
         [*cli, "compare", str(a), str(b), "--optimizer"],

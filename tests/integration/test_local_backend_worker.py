@@ -116,4 +116,4 @@ def test_three_walltime_windows_resume_bit_exactly(controller: FakeController, t
         timeout=300,
         check=False,
     )
-    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert compare.returncode == 0 and "EQUAL" in compare.stdout, compare.stdout + compare.stderr

@@ -177,7 +177,7 @@ def assert_same_as_uninterrupted(
         text=True,
         timeout=300,
     )
-    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert cmp.returncode == 0 and "EQUAL" in cmp.stdout, cmp.stdout + cmp.stderr
 
 
 def test_chain_of_walltime_stops_completes_bit_identical_to_uninterrupted(

@@ -194,3 +194,7 @@ def _compare(a: Path, b: Path, *, tolerance: float, optimizer: bool) -> int:
         return BAD
     print(f"EQUAL: {len(ta)} tensors within tolerance {tolerance:g}")
     return OK
+
+
+if __name__ == "__main__":  # python -m worker.checkpoint.cli ...: the same as pyrecover checkpoint ...
+    sys.exit(main())

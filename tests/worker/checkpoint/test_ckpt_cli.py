@@ -42,6 +42,21 @@ def test_compare_different_reports_max_abs_diff(
     assert main(["compare", "--tolerance", "1.0", str(ckpts["van3"]), str(ckpts["dcp4"])]) == 0
 
 
+def test_run_as_a_module_it_compares_too(ckpts: dict[str, Path]) -> None:
+    """``python -m worker.checkpoint.cli`` is how tests in other processes call it: without its
+    ``__main__`` block it exited 0 having compared nothing, so every check through it passed."""
+    import subprocess
+    import sys
+
+    def compare(a: str, b: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "worker.checkpoint.cli", "compare", str(ckpts[a]), str(ckpts[b])]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    same, different = compare("dcp3", "van3"), compare("dcp3", "dcp4")
+    assert same.returncode == 0 and "EQUAL" in same.stdout, same
+    assert different.returncode == 1 and "DIFFERENT" in different.stdout, different
+
+
 def test_compare_usage_errors(ckpts: dict[str, Path], tmp_path: Path) -> None:
     assert main(["compare", str(ckpts["dcp3"]), str(tmp_path / "nope")]) == 2
     (tmp_path / "empty").mkdir()
