@@ -266,10 +266,14 @@ class HttpReporter:
             return True
         try:
             token = self.token_file.read_text().strip()
+            # Encoded here, not by httpx (``json=`` refuses NaN): a skipped step's loss is NaN, and
+            # one unencodable event would fail its batch, and every resend of it, for good (the
+            # controller stores a non-finite metric as no value).
+            body = json.dumps({"attempt": attempt, "events": valid}, allow_nan=True).encode()
             resp = self._client.post(
                 self.url,
-                json={"attempt": attempt, "events": valid},
-                headers={"Authorization": f"Bearer {token}"},
+                content=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
         except (httpx.HTTPError, OSError) as exc:
             return self._failed(f"{type(exc).__name__}: {exc}")

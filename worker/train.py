@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ def restore(
     unless ``--allow-restart-from-scratch``; ``--data-skip-to`` then moves the stream forward
     (``progress`` is called for every batch it skips).
     """
+    from worker.checkpoint import CheckpointError
+
     target = config.resume_from_checkpoint
     if target == "none":
         if manager.latest() is not None:
@@ -94,7 +96,11 @@ def restore(
             )
         _set_aside_losses(manager)
         return None
-    result = manager.restore(state, target, allow_fresh=config.allow_restart_from_scratch)
+    try:
+        result = manager.restore(state, target, allow_fresh=config.allow_restart_from_scratch)
+    except CheckpointError as exc:  # the run's events name what was found, not only the log
+        _report_checkpoint_warnings(reporter, exc.warnings, step=0)
+        raise
     if result is None:
         if config.data_skip_to is not None:
             raise ConfigError(
@@ -106,14 +112,16 @@ def restore(
     if config.data_skip_to is not None:
         _skip_data(config, comp, reporter, step=int(state.progress["step"]), progress=progress)
     apply_peak_lr(comp.scheduler, config.peak_learning_rate)
-    for warning in result.warnings:
-        log.warning("checkpoint: %s", warning)
-        reporter.emit(
-            EventType.WARNING, step=int(state.progress["step"]), kind="checkpoint", message=str(warning)
-        )
+    _report_checkpoint_warnings(reporter, result.warnings, step=int(state.progress["step"]))
     if result.changed_fields:
         log.info("resumed with changed settings: %s", result.changed_fields)
     return result
+
+
+def _report_checkpoint_warnings(reporter: Reporter, warnings: Sequence[str], *, step: int) -> None:
+    for warning in warnings:
+        log.warning("checkpoint: %s", warning)
+        reporter.emit(EventType.WARNING, step=step, kind="checkpoint", message=str(warning))
 
 
 def _skip_data(

@@ -465,6 +465,14 @@ def next_step(
     return Decision(verdict=Verdict.RESUBMIT, not_before=now + delay if delay else None)
 
 
+_DIVERGES_FROM_THE_START = (
+    "No checkpoint was committed before it, so there is nothing to roll back to: the training "
+    "diverges from its start. What to do: lower training.learning_rate (`pyrecover extend` / PATCH "
+    f"/api/v1/runs/<id>, then resume: {_RESUME}), or submit a new run that trains more stably "
+    "(model_dtype bf16, or mixed_precision: true instead of pure fp16)"
+)
+
+
 def _after_divergence(
     last: AttemptOutcome,
     counted: Sequence[AttemptOutcome],
@@ -476,7 +484,13 @@ def _after_divergence(
     what = (
         f"attempt {last.number} diverged: {divergence.message if divergence else last.error or 'no message'}"
     )
+    nothing_committed = divergence is not None and divergence.committed_step is None
     if policy.on_divergence is OnDivergence.FAIL:
+        if nothing_committed:
+            return Decision(
+                verdict=Verdict.FAIL,
+                message=f"{what} (policy.on_divergence=fail). {_DIVERGES_FROM_THE_START}",
+            )
         return Decision(
             verdict=Verdict.FAIL,
             message=f"{what} (policy.on_divergence=fail; nothing after step {committed_step} was "
@@ -499,7 +513,8 @@ def _after_divergence(
     if rollback is None:
         return Decision(
             verdict=Verdict.FAIL,
-            message=f"{what}; no committed checkpoint to roll back to (policy.on_divergence=rollback)",
+            message=f"{what}; no committed checkpoint to roll back to (policy.on_divergence=rollback)"
+            + (f". {_DIVERGES_FROM_THE_START}" if nothing_committed else ""),
         )
     return Decision(
         verdict=Verdict.RESUBMIT, rollback=rollback, message=f"{what}; the next attempt {rollback.describe()}"

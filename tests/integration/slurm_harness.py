@@ -196,8 +196,10 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> None:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    """Model weights and optimizer state bit-identical (``pyrecover checkpoint compare --optimizer``)."""
-    cmp = sh(
-        sys.executable, "-m", "worker.checkpoint.cli", "compare", str(a), str(b), "--optimizer", timeout=300
-    )
-    assert cmp.returncode == 0, f"{a} and {b} differ:\n{cmp.stdout}{cmp.stderr}"
+    """Model weights and optimizer state bit-identical (``pyrecover checkpoint compare --optimizer``).
+
+    Called through its ``main``: ``python -m worker.checkpoint.cli`` has no ``__main__`` block and
+    would exit 0 without comparing anything, so an ``EQUAL`` line is required as well."""
+    compare = "import sys; from worker.checkpoint.cli import main; sys.exit(main())"
+    cmp = sh(sys.executable, "-c", compare, "compare", str(a), str(b), "--optimizer", timeout=300)
+    assert cmp.returncode == 0 and "EQUAL" in cmp.stdout, f"{a} and {b} differ:\n{cmp.stdout}{cmp.stderr}"

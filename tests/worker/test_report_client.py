@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +85,24 @@ def test_invalid_event_is_dropped_alone(controller: FakeController, tmp_path: Pa
     r.emit("finished", step=1)
     r.close()
     assert [e["type"] for e in controller.stored.values()] == ["finished"]
+
+
+def test_a_nan_loss_goes_out_and_does_not_hold_up_the_events_after_it(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    r = make(controller, tmp_path)
+    r.emit("progress", step=13, loss=math.nan, lr=0.1, tokens_seen=52, skipped_steps=1)  # a skipped update
+    r.emit(
+        "diverged",
+        step=15,
+        reason="non_finite",
+        message="diverged",
+        committed_step=10,
+        cursor={"chunks_consumed": 60},
+    )
+    r.close()
+    assert [e["type"] for e in controller.stored.values()] == ["progress", "diverged"]
+    assert math.isnan(controller.stored[(1, 0)]["loss"])
 
 
 def test_controller_down_spools_and_delivers_later_without_blocking(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from train_launch import load_checkpoint, run_worker, tiny_args
 
+import worker.train
 from shared.exit_codes import ExitCode
 from worker.checkpoint.state import unpack
 from worker.cli import main
@@ -145,18 +146,45 @@ def _corrupt_every_checkpoint(run: Path) -> None:
         shard.write_bytes(shard.read_bytes()[:-16])
 
 
+class _Events:
+    """A reporter that keeps what the worker emits (``make_reporter``'s stand-in)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, object]] = []
+
+    def emit(self, type: str, *, step: int, **fields: object) -> None:
+        self.events.append({"type": str(type), "step": step, **fields})
+
+    def requested_action(self) -> str:
+        return "none"
+
+    def close(self, timeout: float = 10.0) -> None:
+        pass
+
+
 def test_a_run_whose_checkpoints_all_fail_verification_is_never_restarted_over(
-    sample_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sample_data: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     args = [*tiny_args(sample_data, tmp_path, "past", steps=10, fmt="dcp"), "--checkpoint-frequency", "5"]
     assert main(args) == ExitCode.OK
     run = tmp_path / "past"
     _corrupt_every_checkpoint(run)
     capsys.readouterr()
+    reported = _Events()
+    monkeypatch.setattr(worker.train, "make_reporter", lambda *, rank: reported)
     assert main(args) == ExitCode.CHECKPOINT_ERROR  # this attempt finds the damage
+    monkeypatch.undo()
     assert "none verifies" in capsys.readouterr().err
     quarantined = sorted(p.name for p in run.glob(".quarantine-step-*"))
     assert len(quarantined) == 2
+    # The run's events name each damaged checkpoint and its quarantine, before the failure itself.
+    kinds = [(e["type"], e.get("kind")) for e in reported.events]
+    assert kinds == [("warning", "checkpoint"), ("warning", "checkpoint"), ("failed", None)], kinds
+    for name in quarantined:
+        assert any(name in str(e["message"]) for e in reported.events[:2]), (name, reported.events)
     losses = (run / "loss.csv").read_text()
     assert len(losses.splitlines()) == 11
 

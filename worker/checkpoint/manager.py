@@ -366,10 +366,11 @@ class CheckpointManager:
                 choice = {"error": f"cannot read checkpoints in {self.run_dir}: {e}"}
         choice = self._broadcast(choice)
         assert choice is not None
+        found = choice.get("warnings") or ()
         if choice["error"]:
-            raise CheckpointError(choice["error"])
+            raise CheckpointError(choice["error"], warnings=found)
         if choice.get("refused"):
-            raise FreshStartRefused(choice["refused"])
+            raise FreshStartRefused(choice["refused"], warnings=found)
         if choice["checkpoint"] is None:
             log.info("no committed checkpoint in %s: starting fresh", self.run_dir)
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,14 @@ class CheckpointError(Exception):
 
     DCP raises ``CheckpointException``, which derives from ``BaseException`` (so ``except Exception``
     misses it); the manager wraps it in this class so callers need only one ``except``.
+
+    ``warnings``: what the checkpoint choice found on the way (a corrupt checkpoint moved into
+    quarantine, ...), for the run's event log: the error alone does not name them.
     """
+
+    def __init__(self, *args: object, warnings: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.warnings: tuple[str, ...] = tuple(warnings)
 
 
 class NonFiniteState(CheckpointError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +184,19 @@ def test_metrics_downsampling_keeps_first_and_last(api: Api) -> None:
     paged = api.client.get(f"/api/v1/runs/{run_id}/metrics?limit=100&offset=450", headers=api.h()).json()
     assert [m["step"] for m in paged["items"]] == list(range(451, 501))
     assert api.client.get(f"/api/v1/runs/{run_id}/metrics?max_points=1", headers=api.h()).status_code == 422
+
+
+def test_a_nan_loss_as_the_worker_sends_it_is_accepted_and_stored_as_no_value(api: Api) -> None:
+    run_id = api.create()["id"]
+    token = api.attempt(run_id, state=AttemptState.RUNNING)
+    skipped = _progress(1, 2, T0 + 1) | {"loss": math.nan, "skipped_steps": 1}  # an update skipped
+    body = json.dumps({"attempt": 1, "events": [_progress(0, 1, T0), skipped]})  # NaN: the worker's encoding
+    headers = api.h(token) | {"Content-Type": "application/json"}
+    reply = api.client.post(f"/api/v1/runs/{run_id}/reports", content=body, headers=headers)
+    assert reply.status_code == 200 and reply.json()["accepted"] == 2, reply.text
+    items = api.client.get(f"/api/v1/runs/{run_id}/metrics", headers=api.h()).json()["items"]
+    assert [(m["step"], m["loss"]) for m in items] == [(1, 4.99), (2, None)]
+    assert api.client.get(f"/api/v1/runs/{run_id}", headers=api.h()).json()["current_step"] == 2
 
 
 class _WatchedLock:

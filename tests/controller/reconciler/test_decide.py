@@ -357,6 +357,18 @@ def test_on_divergence_rollback_resumes_past_the_window_up_to_max_rollbacks() ->
     bare = Divergence(step=3, message="nan", committed_step=None, window_start=None, window_end=24)
     d = _diverged_next([o(1, R.DIVERGED, 0, 0)], policy, committed=0, divergence=bare)
     assert d.verdict is Verdict.FAIL and "no committed checkpoint to roll back to" in d.message
+    assert "diverges from its start. What to do: lower training.learning_rate" in d.message
+
+
+def test_a_divergence_before_any_checkpoint_says_rollback_cannot_help_and_what_to_do() -> None:
+    bare = Divergence(
+        step=1, message="weights hold NaN/inf", committed_step=None, window_start=None, window_end=4
+    )
+    d = _diverged_next([o(1, R.DIVERGED, 0, 0)], PolicySpec(), committed=0, divergence=bare)
+    assert d.verdict is Verdict.FAIL and d.message.startswith("attempt 1 diverged: weights hold NaN/inf")
+    assert "`rollback` would resume" not in d.message  # there is nothing to resume from
+    assert "nothing to roll back to" in d.message and "What to do: lower training.learning_rate" in d.message
+    assert "mixed_precision: true" in d.message and "/resume" in d.message
 
 
 def test_rollback_for_applies_until_the_run_commits_past_the_divergence() -> None:

@@ -73,6 +73,11 @@ def test_all_corrupt_then_the_next_start_refuses_to_train_over_the_history(tmp_p
     assert not isinstance(first.value, FreshStartRefused) and "quarantine" in str(first.value)
     before = sorted(p.name for p in run.iterdir())
     assert len(_quarantined(run)) == 2
+    # The error carries what was found on the way, one warning per checkpoint (for the run's events).
+    assert len(first.value.warnings) == 2
+    for step, name in zip((20, 10), sorted(_quarantined(run), reverse=True), strict=True):
+        (named,) = [w for w in first.value.warnings if f"step-{step} is corrupt" in w]
+        assert name in named
 
     with pytest.raises(FreshStartRefused) as refused:
         manager(tmp_path).restore(make_state())
