@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -59,7 +57,7 @@ from slurm_harness import (
 from shared.paths import LOSS_CSV_NAME, MANIFEST_NAME, QUARANTINE_PREFIX, TMP_PREFIX, parse_step
 from worker.data.prepare import ensure_sample_data
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait, pytest.mark.chaos]
 
 STEPS = 40
 FREQ = 10
@@ -74,16 +72,6 @@ STALL_SECONDS = 20  # time enough to see step 24 reported and signal the ranks
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dataset, tokenizer = ensure_sample_data(tmp_path_factory.mktemp("data"))
     return Path(dataset), Path(tokenizer)
-
-
-def _chaos() -> ModuleType:
-    """``tests/fault/chaos.py`` (its ``record`` appends the figures to $PYRECOVER_CHAOS_RESULTS)."""
-    fault = str(Path(__file__).resolve().parents[1] / "fault")
-    if fault not in sys.path:
-        sys.path.append(fault)
-    import chaos
-
-    return chaos
 
 
 def _submit(runs: Runs, name: str, body: dict[str, Any], **policy: Any) -> int:
@@ -298,8 +286,9 @@ def test_divergence_fails_or_rolls_back_and_all_corrupt_checkpoints_fail_the_run
         f"  failed: {figures['failed'][:600]}\n"
         f"test {seconds:.1f} s"
     )
-    chaos = _chaos()
-    chaos.record(
+    from tests.fault.chaos import record
+
+    record(
         "divergence: fp16 pure dtype (NaN on the first update)",
         path="controller + SLURM, on_divergence: fail",
         trials=1,
@@ -307,7 +296,7 @@ def test_divergence_fails_or_rolls_back_and_all_corrupt_checkpoints_fail_the_run
         data_lost="none: no non-finite checkpoint committed; run FAILED after 1 attempt, saying what to do",
         seconds=spans["fp16"],
     )
-    chaos.record(
+    record(
         f"divergence: NaN batches {NAN_FIRST}-{NAN_LAST}",
         path="controller + SLURM, on_divergence: rollback",
         trials=1,
@@ -315,7 +304,7 @@ def test_divergence_fails_or_rolls_back_and_all_corrupt_checkpoints_fail_the_run
         data_lost=f"the skipped window only (samples {skip_from}..{skip_to}, {skipped_batches} batches)",
         seconds=spans["nan"],
     )
-    chaos.record(
+    record(
         "every committed checkpoint corrupt (flipped bit, truncated shard)",
         path="controller + SLURM, damage between attempts, user restores + resumes",
         trials=1,
