@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from shared import envvars
 from shared.events import DivergenceReason, EventType, HangPhase, StopReason, WorkerAction
 from shared.exit_codes import ExitCode
 from shared.paths import LOSS_CSV_NAME
@@ -248,6 +249,10 @@ class TrainingLoop:
         deadline = self.deadlines.current() if self.deadlines else None
         if self.deadlines is not None:
             log_rank0(info, "deadline: %s (source: %s)", deadline, self.deadlines.source)
+        started_at = time.time()
+        if number := os.environ.get(envvars.ATTEMPT, "").strip():
+            # Where the controller may read it if this attempt's reports never arrive (its ondisk).
+            self.manager.attempt = {"number": number, "training_started_at": started_at}
         self.reporter.emit(
             EventType.STARTED,
             step=resume_step,

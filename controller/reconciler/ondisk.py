@@ -19,12 +19,14 @@ ones cost a verification each and say nothing more. A directory that does not ve
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from controller.db.models import Attempt, Run
+from controller.db.types import to_datetime
 from controller.reconciler import store
 from shared import checkpoint_manifest
 from shared.paths import parse_step
@@ -62,6 +64,28 @@ def newest_verified(directory: Path, above: int, upto: int) -> tuple[int, dict[s
     return None
 
 
+def _attempt_times(attempt: Attempt, claimed: Any, now: float) -> None:
+    """The lost ``started`` report's time and the commit's, from the manifest's ``attempt`` (the
+    worker writes them there, ``worker.checkpoint.manager.CheckpointManager.attempt``), so the goodput
+    ledger can tell start-up from training. The worker's word: used only when it names this attempt
+    and its times lie between the attempt's start and now; a report that did arrive wins."""
+    if not isinstance(claimed, dict) or str(claimed.get("number")) != str(attempt.number):
+        return
+    low = attempt.start_time.timestamp() if attempt.start_time is not None else None
+
+    def plausible(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        return float(value) if (low is None or value >= low) and value <= now else None
+
+    started, committed = plausible(claimed.get("training_started_at")), plausible(claimed.get("committed_at"))
+    if attempt.training_started_at is None and started is not None:
+        attempt.training_started_at = to_datetime(started)
+    last = attempt.last_commit_at.timestamp() if attempt.last_commit_at is not None else None
+    if committed is not None and (last is None or committed > last):
+        attempt.last_commit_at = to_datetime(committed)
+
+
 def record_unreported(
     session: Session, run: Run, attempt: Attempt, directory: Path, training_steps: int, now: float
 ) -> int | None:
@@ -76,6 +100,7 @@ def record_unreported(
     store.record_found_checkpoint(
         session, run, attempt, step, str(path), manifest, now, final=step == training_steps
     )
+    _attempt_times(attempt, manifest.get("attempt"), now)
     store.record_event(
         session,
         run,

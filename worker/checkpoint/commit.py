@@ -34,8 +34,10 @@ def commit(
     fmt: str,
     run_config: Mapping[str, Any] | None,
     progress: Mapping[str, Any],
+    attempt: Mapping[str, Any] | None = None,
 ) -> CommittedCheckpoint:
-    """Turn the fully written ``tmp`` into the committed ``final`` (``step-<N>``)."""
+    """Turn the fully written ``tmp`` into the committed ``final`` (``step-<N>``); ``attempt``: the
+    manifest's ``attempt`` (``CheckpointManager.attempt``)."""
     step = parse_step(final.name)
     if step is None:
         raise ValueError(f"{final} is not a step-<N> directory")
@@ -51,6 +53,8 @@ def commit(
         tokens_seen=int(progress.get("tokens_seen", 0)),
         data_cursor=progress.get("data_cursor"),
     )
+    if attempt:
+        manifest["attempt"] = {**attempt, "committed_at": time.time()}
     mf.write_manifest(tmp, manifest)
     if final.exists():
         try:

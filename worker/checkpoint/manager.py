@@ -91,6 +91,10 @@ class CheckpointManager:
         self._save_pg: dist.ProcessGroup | None = None
         self._async_writer: storage.DcpAsyncWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.attempt: dict[str, Any] = {}
+        """Written into every manifest as ``attempt`` (the number, when its training started): what a
+        controller that lost the reports reads off the disk for the attempt's figures. Not part of
+        the saved state, so it never changes what a resume restores."""
         # The run directory is created by the first save, not here: a resume that fails must leave
         # no new directory behind (an empty one would look like a run that lost its checkpoints).
 
@@ -336,6 +340,7 @@ class CheckpointManager:
             fmt=self.config.format,
             run_config=self._run_config,
             progress=progress,
+            attempt=self.attempt,
         )
         busy = [self._inflight.tmp] if self._inflight is not None else []
         deleted = retain(self.config, restored_step=self._restored_step, busy=busy)

@@ -6,9 +6,11 @@ them); the scheduler is a fake at the process boundary.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pytest
 from fakes import FakeScheduler
 from sqlalchemy import select
 from test_reconciler import World
@@ -113,3 +115,54 @@ def test_a_manifest_naming_a_device_is_never_read(tmp_path: Path) -> None:
     world.sched.set("job-1", J.TIMEOUT)
     world.tick()  # returns: the device is not read
     assert seen(world, run_id) == []
+
+
+def _claim(directory: Path, **attempt: object) -> None:
+    """The ``attempt`` block the worker writes into the manifest (its lost ``started`` report's time
+    and the commit's)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    (directory / "manifest.json").write_text(json.dumps(manifest | {"attempt": attempt}))
+
+
+def test_the_manifest_gives_the_ledger_the_times_the_lost_reports_had(tmp_path: Path) -> None:
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = world.create(steps=100)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)  # started at the fake clock's now
+    world.tick()
+    t0 = world.clock.now
+    _claim(world.commit_on_disk(run_id, 10), number="1", training_started_at=t0 + 5, committed_at=t0 + 40)
+    world.clock.advance(50)
+    world.sched.set("job-1", J.TIMEOUT)
+    world.tick()
+    [a1, *_] = world.attempts(run_id)
+    assert a1.training_started_at is not None and a1.training_started_at.timestamp() == t0 + 5
+    assert a1.last_commit_at is not None and a1.last_commit_at.timestamp() == t0 + 40
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"number": "2", "training_started_at": 5.0, "committed_at": 40.0},  # another attempt's
+        {"number": "1", "training_started_at": -100.0, "committed_at": 10_000.0},  # outside its life
+        {"number": "1", "training_started_at": "soon", "committed_at": float("nan")},
+        {"number": "1", "training_started_at": True, "committed_at": None},
+    ],
+)
+def test_times_the_manifest_cannot_vouch_for_are_ignored(tmp_path: Path, claim: dict[str, object]) -> None:
+    world = World(tmp_path, FakeScheduler(), verify=True)
+    run_id = world.create(steps=100)
+    world.tick()
+    world.sched.set("job-1", J.RUNNING)
+    world.tick()
+    t0 = world.clock.now
+    shifted = {k: v + t0 if isinstance(v, float) and v == v else v for k, v in claim.items()}
+    directory = world.commit_on_disk(run_id, 10)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    (directory / "manifest.json").write_text(json.dumps(manifest | {"attempt": shifted}, allow_nan=True))
+    world.clock.advance(50)
+    world.sched.set("job-1", J.TIMEOUT)
+    world.tick()
+    a1 = world.attempts(run_id)[0]
+    assert a1.step_at_end == 10, "the checkpoint still counts"
+    assert a1.training_started_at is None and a1.last_commit_at is None

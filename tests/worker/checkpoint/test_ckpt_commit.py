@@ -46,6 +46,23 @@ def test_manifest_records_the_contract_fields(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("async_save", [False, True])
+def test_the_manifest_names_the_attempt_and_its_times_when_told(tmp_path: Path, async_save: bool) -> None:
+    """What a controller that lost the reports reads off the disk (controller/reconciler/ondisk.py)."""
+    state = make_state()
+    m = manager(tmp_path, async_save=async_save)
+    m.save(1, state)
+    m.wait()
+    assert "attempt" not in m.latest().manifest  # type: ignore[union-attr]  # standalone: no attempt
+    m.attempt = {"number": "3", "training_started_at": 1_800_000_000.5}
+    before = time.time()
+    m.save(2, state)
+    m.wait()
+    claimed = m.latest().manifest["attempt"]  # type: ignore[union-attr]
+    assert claimed["number"] == "3" and claimed["training_started_at"] == 1_800_000_000.5
+    assert before <= claimed["committed_at"] <= time.time()
+
+
+@pytest.mark.parametrize("async_save", [False, True])
 def test_several_writer_threads_per_rank(tmp_path: Path, async_save: bool) -> None:
     state = make_state()
     train(state, 2)
