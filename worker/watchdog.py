@@ -66,6 +66,7 @@ _WARMUP_STEPS = 3
 _STEP_WINDOW = 200
 _SAVE_WINDOW = 16
 _STACK_EXCERPT_CHARS = 3000
+_PAUSED_AFTER_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,8 +236,9 @@ class Watchdog:
         """The monitor's wait of ``poll`` took ``waited`` seconds. Far longer means the whole process
         was stopped (SIGSTOP and SIGCONT, a suspended job, a paused machine): every thread was, the
         main one too, so that time says nothing about a hang and the stall clock restarts. Ranks that
-        kept running saw this one's heartbeat go stale and judge it as a stopped rank."""
-        if waited - self.config.poll > self.config.stale_after:
+        kept running saw this one's heartbeat go stale and judge it as a stopped rank. At least
+        ``_PAUSED_AFTER_S`` late: a thread scheduled late on a busy machine is not a stopped process."""
+        if waited - self.config.poll > max(self.config.stale_after, _PAUSED_AFTER_S):
             self._resumed = time.monotonic()
             log.warning("watchdog: this process was stopped for %.0f s; its stall clock restarts", waited)
 
