@@ -66,6 +66,7 @@ _WARMUP_STEPS = 3
 _STEP_WINDOW = 200
 _SAVE_WINDOW = 16
 _STACK_EXCERPT_CHARS = 3000
+_PAUSED_AFTER_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +141,8 @@ class Watchdog:
         self.doing = ""
         self._since = time.monotonic()
         self._since_wall = time.time()
+        self._resumed = float("-inf")
+        """When the monitor last found this whole process had been stopped (monitor thread only)."""
         self._step_started: float | None = None
         self._steps: deque[float] = deque(maxlen=_STEP_WINDOW)
         self._seen_steps = 0
@@ -226,7 +229,18 @@ class Watchdog:
         return max(cfg.factor * expected, cfg.floor)
 
     def stalled_for(self) -> float:
-        return time.monotonic() - self._since
+        """Seconds without progress, not counting any time before this process was last resumed."""
+        return time.monotonic() - max(self._since, self._resumed)
+
+    def _note_pause(self, waited: float) -> None:
+        """The monitor's wait of ``poll`` took ``waited`` seconds. Far longer means the whole process
+        was stopped (SIGSTOP and SIGCONT, a suspended job, a paused machine): every thread was, the
+        main one too, so that time says nothing about a hang and the stall clock restarts. Ranks that
+        kept running saw this one's heartbeat go stale and judge it as a stopped rank. At least
+        ``_PAUSED_AFTER_S`` late: a thread scheduled late on a busy machine is not a stopped process."""
+        if waited - self.config.poll > max(self.config.stale_after, _PAUSED_AFTER_S):
+            self._resumed = time.monotonic()
+            log.warning("watchdog: this process was stopped for %.0f s; its stall clock restarts", waited)
 
     # --- threads -------------------------------------------------------------------------------
     def start(self) -> Watchdog:
@@ -263,7 +277,11 @@ class Watchdog:
             self._stop.wait(self.config.heartbeat_interval)
 
     def _monitor(self) -> None:
-        while not self._stop.wait(self.config.poll):
+        while True:
+            before = time.monotonic()
+            if self._stop.wait(self.config.poll):
+                return
+            self._note_pause(time.monotonic() - before)
             if self.stalled_for() <= self.limit():
                 self._deferring_to = None
                 continue

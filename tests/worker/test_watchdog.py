@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,63 @@ def test_a_rank_waits_for_a_busy_peer_and_trips_once_the_peer_gives_up(tmp_path:
         dog.stop(remove=False)
     assert exits.codes == [ExitCode.HUNG]
     assert rec.events == []  # rank 0 still runs: it is the one that reports
+
+
+# A watchdog in its own process whose main thread takes a step per line read from stdin (so a step
+# cannot end while the test holds the lines back); "quit" ends it cleanly (exit 0).
+_STEPPER = """
+import os, sys
+from pathlib import Path
+from shared.events import HangPhase
+from worker.watchdog import Watchdog, WatchdogConfig
+dog = Watchdog(WatchdogConfig(floor=3.0, startup=3.0), rank=0, world_size=1, directory=Path(sys.argv[1]))
+dog.start()
+step = 0
+dog.enter(HangPhase.STEP, step)
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        dog.stop()
+        os._exit(0)
+    dog.step_done()
+    step += 1
+    dog.enter(HangPhase.STEP, step)
+"""
+
+
+def test_a_whole_process_stopped_and_resumed_is_not_a_hang(tmp_path: Path) -> None:
+    """SIGSTOP then SIGCONT of the whole process (a suspended job, a paused machine): every thread
+    was stopped, the main one too, so the time stopped is nobody's hang. Stopped for 5 s, longer
+    than the 3 s limit, then held 1 s more inside the same step: without the pause it would be within
+    its limit, so it must not trip."""
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STEPPER, str(tmp_path)],
+        cwd=repo,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(6):
+            proc.stdin.write("step\n")
+            proc.stdin.flush()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(5.0)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(1.0)
+        proc.stdin.write("step\nquit\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}: {err[-3000:]}"
+    assert "this process was stopped for" in err, err[-3000:]
 
 
 # --- real workers --------------------------------------------------------------------------------
