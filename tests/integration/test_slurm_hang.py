@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,13 +42,10 @@ from slurm_harness import (
 )
 
 from shared.envvars import TEST_PREFIX
+from tests.fault.chaos import record
 from worker.data.prepare import ensure_sample_data
 
-# The fault suite's result rows (``record``) are written by one function, reused rather than copied.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fault"))
-from chaos import record
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait, pytest.mark.chaos]
 
 # Case 1. A step takes ~20-100 ms here: 600 steps leave time to freeze rank 1 well after the first
 # committed checkpoint (every 50 steps) and well before the end.
