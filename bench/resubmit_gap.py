@@ -226,7 +226,7 @@ def utilisation_runs(
     )
     ctl = DemoController(demo_settings(work / "controller", pick_port(0), roots=[work]))
     ctl.start()
-    api = Api(url=ctl.url, timeout=60)
+    api = Api(url=ctl.url, token=ctl.demo_token(), timeout=60)  # auth is on, as in every controller
     out: dict[str, dict[str, Any]] = {}
     try:
         for mode, prequeue, lead in modes:
