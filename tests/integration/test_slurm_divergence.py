@@ -43,6 +43,7 @@ import pytest
 from slurm_harness import (
     WORKER_ENV,
     Runs,
+    assert_ledger_adds_up,
     assert_same_weights,
     controller,
     finish,
@@ -244,6 +245,7 @@ def test_divergence_fails_or_rolls_back_and_all_corrupt_checkpoints_fail_the_run
 
     # 2: rolled back past the NaN window, recorded on the run, completed.
     assert nan_run["state"] == "COMPLETED", (nan_run, nan_jobs)
+    assert_ledger_adds_up(nan_run)
     assert [j["end_reason"] for j in nan_jobs] == ["diverged", "finished"], nan_jobs
     assert nan_jobs[0]["exit_code"] == 6, nan_jobs
     (rollback,) = [e for e in nan_events if e["kind"] == "rollback"]
@@ -385,6 +387,7 @@ def _all_checkpoints_corrupt(
     to_completed = time.monotonic() - resumed_at
     run, jobs = runs.run(run_id), runs.jobs(run_id)
     assert run["state"] == "COMPLETED", (run, jobs)
+    assert_ledger_adds_up(run)
     resumed = jobs[-1]
     assert len(jobs) == 3 and resumed["end_reason"] == "finished", jobs
     assert resumed["step_at_start"] == newest and str(resumed["resumed_from"]).endswith(f"step-{newest}"), (

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from slurm_harness import (
     Runs,
+    assert_ledger_adds_up,
     assert_same_weights,
     controller,
     require_nodes,
@@ -271,6 +272,7 @@ def test_hangs_end_hung_and_resume_and_a_slow_save_is_not_a_hang(
 
     for case in cases:
         assert case.run["state"] == "COMPLETED", (case.run, case.jobs)
+        assert_ledger_adds_up(case.run)
     results = [
         _check_frozen(frozen, reference, ckpt, tmp_path / "ref", frozen_at, frozen_step),
         _check_stalled(stalled),
