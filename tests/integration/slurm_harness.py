@@ -104,13 +104,27 @@ def assert_ledger_adds_up(run: dict[str, Any]) -> dict[str, float]:
     return ledger
 
 
+def process_environ(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/environ`` as a dict (empty when the process is gone or not readable): how a
+    test finds the worker process of a given SLURM job and rank."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
 class Runs:
     """The REST API of one in-process controller, as the tests use it."""
 
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def submit(self, name: str, body: dict[str, Any], **resources: Any) -> int:
+    def submit(
+        self, name: str, body: dict[str, Any], *, policy: dict[str, Any] | None = None, **resources: Any
+    ) -> int:
+        """Submit a run: ``resources`` and ``policy`` over the harness's defaults."""
         run = {
             "name": name,
             "training": body,
@@ -123,7 +137,7 @@ class Runs:
                 "env": WORKER_ENV,
                 **resources,
             },
-            "policy": {"max_attempts": 4, "backoff_seconds": 1},
+            "policy": {"max_attempts": 4, "backoff_seconds": 1, **(policy or {})},
         }
         return int(self.api.post("/runs", run)["id"])
 

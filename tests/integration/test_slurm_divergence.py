@@ -41,7 +41,6 @@ from typing import Any
 
 import pytest
 from slurm_harness import (
-    WORKER_ENV,
     Runs,
     assert_ledger_adds_up,
     assert_same_weights,
@@ -73,23 +72,6 @@ STALL_SECONDS = 20  # time enough to see step 24 reported and signal the ranks
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dataset, tokenizer = ensure_sample_data(tmp_path_factory.mktemp("data"))
     return Path(dataset), Path(tokenizer)
-
-
-def _submit(runs: Runs, name: str, body: dict[str, Any], **policy: Any) -> int:
-    """``Runs.submit`` with policy fields of the test's own."""
-    run = {
-        "name": name,
-        "training": body,
-        "resources": {
-            "scheduler": "slurm",
-            "time_limit": "10",
-            "partition": "debug",
-            "signal_lead_seconds": 0,
-            "env": WORKER_ENV,
-        },
-        "policy": {"max_attempts": 4, "backoff_seconds": 1, **policy},
-    }
-    return int(runs.api.post("/runs", run)["id"])
 
 
 def _events(runs: Runs, run_id: int) -> list[dict[str, Any]]:
@@ -203,10 +185,10 @@ def test_divergence_fails_or_rolls_back_and_all_corrupt_checkpoints_fail_the_run
             corrupt = stack.enter_context(
                 controller(tmp_path / "ctl-corrupt", roots=roots, slurm_prologue=corrupt_hooks)
             )
-            corrupt_id = _submit(corrupt, "corrupt", corrupt_body)
+            corrupt_id = corrupt.submit("corrupt", corrupt_body)
             (hold / f"pyrecover-r{corrupt_id}-a2").touch()  # before attempt 2 can exist
-            fp16_id = _submit(fp16, "fp16", fp16_body)
-            nan_id = _submit(nan, "nan", nan_body, on_divergence="rollback")
+            fp16_id = fp16.submit("fp16", fp16_body)
+            nan_id = nan.submit("nan", nan_body, policy={"on_divergence": "rollback"})
             figures = _all_checkpoints_corrupt(corrupt, corrupt_id, tmp_path, hold, corrupt_body)
             fp16.wait([fp16_id], terminal, limit=120)
             nan.wait([nan_id], terminal, limit=120)

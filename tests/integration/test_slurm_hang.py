@@ -36,6 +36,7 @@ from slurm_harness import (
     assert_ledger_adds_up,
     assert_same_weights,
     controller,
+    process_environ,
     require_nodes,
     terminal,
     to_unix,
@@ -75,22 +76,13 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return Path(dataset), Path(tokenizer)
 
 
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
 def _rank_process(job_id: str, rank: int) -> int | None:
     """The worker process of ``rank`` in SLURM job ``job_id`` (its environment says so)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        env = _environ(pid)
+        env = process_environ(pid)
         if env.get("SLURM_JOB_ID") != job_id or env.get("SLURM_PROCID") != str(rank):
             continue
         with contextlib.suppress(OSError):

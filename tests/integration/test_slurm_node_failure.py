@@ -32,6 +32,7 @@ from slurm_harness import (
     assert_same_weights,
     controller,
     hostnames,
+    process_environ,
     require_nodes,
     sh,
     terminal,
@@ -63,15 +64,6 @@ def _pid(pidfile: Path) -> int | None:
     return None
 
 
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
 def _ppid(pid: int) -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -84,7 +76,7 @@ def _job_processes_on(job_id: str, node: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        env = _environ(int(entry.name))
+        env = process_environ(int(entry.name))
         if (
             env.get("SLURM_JOB_ID") == job_id
             and env.get("SLURMD_NODENAME") == node
