@@ -4,7 +4,8 @@ One JSON file per rank, ``<checkpoint_dir>/<run>/.watchdog/<job key>/rank-<r>.js
 atomically every few seconds by that rank's watchdog (``worker.watchdog``). Fields: ``rank``,
 ``host``, ``pid``, ``phase`` (``shared.events.HangPhase``), ``step``, ``doing`` (``reading data``,
 ``computing`` or empty), ``since`` (Unix time the phase began), ``limit`` (seconds the phase may
-take), ``hung`` (the rank's watchdog tripped) and ``written_at``.
+take), ``hung`` (the rank's watchdog tripped), ``reported`` (it sent the ``hung`` report) and
+``written_at``.
 
 The checkpoint directory is used because every rank can see it (DCP needs that already), while a
 c10d store lives in rank 0's process and stops answering when rank 0 is the one stopped.
@@ -132,6 +133,10 @@ class HeartbeatBoard:
             if rank == self.rank or self.running(peers.get(rank), now):
                 return rank
         return self.rank
+
+    def reported_by(self, peers: dict[int, dict[str, Any]]) -> int | None:
+        """A peer that already reported the hang, running or not (its last heartbeat says so)."""
+        return next((rank for rank, beat in sorted(peers.items()) if beat.get("reported") is True), None)
 
     def suspects(self, mine: dict[str, Any], peers: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         """The ranks that stalled the job, as ``shared.schemas.HungRank`` dicts (empty: every rank

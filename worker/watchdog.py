@@ -148,6 +148,7 @@ class Watchdog:
         self._seen_steps = 0
         self._saves: deque[float] = deque(maxlen=_SAVE_WINDOW)
         self.tripped = False
+        self.reported = False  # this rank sent ``hung``: no peer reports the same hang again
         self.created_run_dir = False
         """Rank 0: this attempt's watchdog created the run directory (a failed start removes it)."""
         self._stop = threading.Event()
@@ -319,6 +320,7 @@ class Watchdog:
             "since": self._since_wall,
             "limit": self.limit(),
             "hung": self.tripped,
+            "reported": self.reported,
             "written_at": time.time(),
         }
 
@@ -409,6 +411,12 @@ class Watchdog:
             f"hung: no progress in {phase.value} at step {self.step} for {stalled:.0f} s "
             f"(limit {limit:.0f} s); {culprit}"
         )
+        reported = self.board.reported_by(peers)
+        if reported is not None:
+            # A rank resumed after the job already ended (a SIGSTOPped rank that SLURM wakes to kill):
+            # the hang it finds was its own, and the rank that waited on it said so.
+            log.error("watchdog: rank %d already reported this hang; not reporting it again", reported)
+            return
         log.error("watchdog: %s", message)
         if self.board.reporting_rank(peers) != self.rank:
             return
@@ -430,6 +438,8 @@ class Watchdog:
             stacks_excerpt=stacks[1],
         )
         reporter.emit(EventType.FAILED, step=self.step, error=message[:8000])
+        self.reported = True
+        self.write_heartbeat()
         if close:
             with contextlib.suppress(Exception):
                 reporter.close(timeout=max(self.config.exit_allowance * 0.8, 0.5))

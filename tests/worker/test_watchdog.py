@@ -54,6 +54,7 @@ def make(tmp_path: Path, **kw: Any) -> tuple[Watchdog, Exits, Recorder]:
         world_size=kw.pop("world_size", 1),
         directory=tmp_path,
         reporter=rec,
+        make_reporter=lambda: rec,
         exit=exits,
         host="node-a",
     )
@@ -95,6 +96,7 @@ def test_a_stall_trips_dumps_every_stack_reports_and_exits_with_the_hung_code(tm
     assert "no progress in step at step 42" in stacks and "Thread 0x" in stacks and "File " in stacks
     heartbeat = json.loads((tmp_path / "rank-0.json").read_text())
     assert heartbeat["hung"] is True and heartbeat["phase"] == "step" and heartbeat["host"] == "node-a"
+    assert heartbeat["reported"] is True
     hung, failed = rec.events
     assert hung["type"] == "hung" and failed["type"] == "failed" and rec.closed
     assert hung["phase"] == "step" and hung["step"] == 42 and hung["stalled_seconds"] >= 1.0
@@ -152,6 +154,29 @@ def test_a_rank_waits_for_a_busy_peer_and_trips_once_the_peer_gives_up(tmp_path:
         dog.stop(remove=False)
     assert exits.codes == [ExitCode.HUNG]
     assert rec.events == []  # rank 0 still runs: it is the one that reports
+
+
+def _peer_beat(path: Path, *, reported: bool, age: float) -> None:
+    now = time.time()
+    path.write_text(json.dumps({
+        "rank": 0, "host": "node-0", "phase": "step", "step": 59, "doing": "", "since": now - age - 20,
+        "limit": 10.0, "hung": True, "reported": reported, "written_at": now - age,
+    }))  # fmt: skip
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_a_rank_woken_after_its_peer_reported_the_hang_does_not_report_it_again(
+    tmp_path: Path, reported: bool
+) -> None:
+    """Rank 1 was the one SIGSTOPped; rank 0 reported the hang and exited. When SLURM wakes rank 1
+    to kill it, its broken collective must not become a second ``hung`` report (rank 0, no longer
+    running, leaves rank 1 the reporting rank). Had rank 0 died before reporting, rank 1 reports."""
+    dog, exits, rec = make(tmp_path, rank=1, world_size=2)
+    _peer_beat(tmp_path / "rank-0.json", reported=reported, age=60.0)
+    dog.enter(HangPhase.STEP, 59)
+    assert dog.on_failure() is True
+    assert [e["type"] for e in rec.events] == ([] if reported else ["hung", "failed"])
+    assert exits.codes == []
 
 
 # A watchdog in its own process whose main thread takes a step per line read from stdin (so a step
