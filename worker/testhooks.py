@@ -1,4 +1,5 @@
-"""Fault injection for tests: a stalled data read, a NaN batch, a slow save. Off unless set.
+"""Fault injection for tests: a stalled data read, a NaN batch, a slow save, slow steps. Off unless
+set.
 
 Each hook is one ``PYRECOVER_TEST_*`` environment variable (``shared.envvars.TEST_PREFIX``). The API
 refuses every ``PYRECOVER_*`` name in a run's ``resources.env`` and no backend passes the
@@ -16,6 +17,10 @@ meet an injected NaN batch again once its window is skipped.
   as a corrupt sample in rank 0's share would.
 * ``PYRECOVER_TEST_SLOW_SAVE=SECONDS[:RANK]``: every checkpoint save sleeps SECONDS first on RANK
   (default every rank), inside the save.
+* ``PYRECOVER_TEST_SLOW_STEPS=SECONDS``: every batch read sleeps SECONDS first, on every rank: a
+  slower accelerator. Tests that run several SLURM chains on a few shared cores use it so a 1-minute
+  window is mostly waiting: its steps, and the uninterrupted reference run's, then cost a fraction
+  of the CPU, and each other's load barely changes how many windows a run takes.
 * ``PYRECOVER_TEST_HOOKS_ATTEMPT=N``: the hooks act only in attempt N (``PYRECOVER_ATTEMPT``), so a
   resubmitted attempt can run clean.
 """
@@ -37,6 +42,7 @@ log = logging.getLogger("pyrecover.worker")
 STALL_DATA = f"{envvars.TEST_PREFIX}STALL_DATA"
 NAN_BATCHES = f"{envvars.TEST_PREFIX}NAN_BATCHES"
 SLOW_SAVE = f"{envvars.TEST_PREFIX}SLOW_SAVE"
+SLOW_STEPS = f"{envvars.TEST_PREFIX}SLOW_STEPS"
 HOOKS_ATTEMPT = f"{envvars.TEST_PREFIX}HOOKS_ATTEMPT"
 _MAX_BATCHES = 100_000
 
@@ -87,10 +93,16 @@ class FaultHooks:
     nan_batches: frozenset[int] = field(default_factory=frozenset)
     slow_save_seconds: float = 0.0
     slow_save_rank: int | None = None
+    slow_step_seconds: float = 0.0
 
     @property
     def active(self) -> bool:
-        return self.stall_batch is not None or bool(self.nan_batches) or self.slow_save_seconds > 0
+        return (
+            self.stall_batch is not None
+            or bool(self.nan_batches)
+            or self.slow_save_seconds > 0
+            or self.slow_step_seconds > 0
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaultHooks:
@@ -119,6 +131,8 @@ class FaultHooks:
             values["slow_save_seconds"] = _seconds(SLOW_SAVE, parts[0])
             if len(parts) > 1:
                 values["slow_save_rank"] = _int(SLOW_SAVE, parts[1])
+        if slow_steps := env.get(SLOW_STEPS):
+            values["slow_step_seconds"] = _seconds(SLOW_STEPS, slow_steps)
         return cls(**values)
 
 
@@ -138,6 +152,8 @@ class _Injector:
     def batches(self, inner: Iterator[T]) -> Iterator[T]:
         hooks = self.hooks
         for batch in inner:
+            if hooks.slow_step_seconds > 0:
+                time.sleep(hooks.slow_step_seconds)
             k = self.batch_number()
             if k == hooks.stall_batch and hooks.stall_rank in (None, self.rank):
                 log.warning("test hook: stalling the read of batch %d for %.0f s", k, hooks.stall_seconds)
