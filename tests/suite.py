@@ -4,7 +4,9 @@
    timing-sensitive tests, tests that restart or preempt the SLURM cluster), one test at a time;
 2. the tests marked ``slurm_wait`` — they mostly wait on SLURM time limits and touch no node
    state another test relies on — several at once (pytest-xdist, ``PYRECOVER_SLURM_WORKERS``,
-   default 3, one test module per worker so a module's calibration fixture runs once).
+   default 3, one test module per worker). The SLURM end-to-end modules plan their runs from one
+   calibration of the machine, measured by the first of them and shared through a file
+   (``PYRECOVER_SUITE_CALIBRATION``, set here unless the caller set it).
 
 Arguments are passed to both phases (``make test PYTEST_ARGS=tests/worker``). A phase that
 collects nothing is fine; both collecting nothing fails (pytest's exit 5: an empty run proves
@@ -55,6 +57,7 @@ def main(argv: list[str], run_phase: Callable[[list[str], Path], tuple[int, dict
     workers = os.environ.get("PYRECOVER_SLURM_WORKERS", "3")
     marker, rest = split_marker(argv)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("PYRECOVER_SUITE_CALIBRATION", str(Path(tmp) / "calibration.json"))
         print("==> [suite] phase 1: one test at a time", flush=True)
         rc1, c1 = run_phase(["-m", both("not slurm_wait", marker), *rest], Path(tmp) / "serial.xml")
         print(f"==> [suite] phase 2: tests waiting on SLURM, {workers} at a time", flush=True)
