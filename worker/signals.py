@@ -20,6 +20,11 @@ What a signal means (``backstop``, docs/architecture.md "Environment variables")
   ``SLURM_JOB_END_TIME``, or a failed ``squeue``) is tightened.
 * The worker stops at once when it knows no deadline or no lead (nothing to tighten: the signal
   is all it has), and on SIGTERM (preemption grace, ``scancel``, the time limit itself).
+* A warning that comes while the worker still starts up (imports, model, data, the checkpoint load:
+  seconds to minutes, and SLURM's early delivery can land there on short limits) would otherwise
+  meet SIGUSR1's default action and kill the rank. ``catch_early_warnings``, the first thing
+  ``python -m worker`` does, records it instead; the loop's ``StopSignals`` adopts it. A SIGTERM
+  during start-up still ends the process: there is nothing yet to save.
 """
 
 from __future__ import annotations
@@ -46,6 +51,23 @@ WARNING_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2})
 _MAX_LEAD_S = 86_400.0
 SCHEDULER_CONFIRMED = "squeue"
 """The deadline source that is the scheduler's answer at the time of asking (``worker.deadline``)."""
+
+
+_early_warning: tuple[signal.Signals, float] | None = None
+"""The first walltime warning that arrived before ``StopSignals`` was installed, and when."""
+
+
+def _record_early(signum: int, frame: FrameType | None) -> None:
+    global _early_warning
+    if _early_warning is None:
+        _early_warning = (signal.Signals(signum), time.time())
+
+
+def catch_early_warnings() -> None:
+    """Record SIGUSR1/SIGUSR2 from now on instead of dying of them (start-up, before the loop)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in WARNING_SIGNALS:
+            signal.signal(sig, _record_early)
 
 
 class StopSignals:
@@ -83,6 +105,11 @@ class StopSignals:
             return self
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+        early = _early_warning
+        if early is not None and self.warned_at is None and early[0] in self._signals:
+            log.warning("the walltime warning %s came during start-up; taking it into account", early[0].name)
+            self.received = self.received or early[0]
+            self.warned_at = early[1]
         return self
 
     def restore(self) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from train_launch import run_worker, tiny_args, wait_for_step
 
+from worker import signals as signals_module
 from worker.loss_log import read_losses
-from worker.signals import Backstop, StopSignals, backstop, read_signal_lead
+from worker.signals import Backstop, StopSignals, backstop, catch_early_warnings, read_signal_lead
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])
@@ -185,3 +186,53 @@ def test_a_walltime_warning_tightens_the_deadline_instead_of_stopping_at_once(
     assert blind.ok, blind.explain()
     m = STOP_RE.search(blind.stderr[0])
     assert m and m.group(2) == "signal" and int(m.group(1)) <= seen["step"] + 2
+
+
+def test_a_warning_before_the_loop_is_recorded_and_adopted_by_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(signals_module, "_early_warning", None)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        catch_early_warnings()
+        sent = time.time()
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end this process with SIGUSR1's default action
+        os.kill(os.getpid(), signal.SIGUSR2)  # only the first one counts
+        with StopSignals() as stop:
+            assert stop.received is signal.SIGUSR1 and not stop.terminate
+            assert stop.warned_at is not None and sent - 1 <= stop.warned_at <= time.time()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.slow  # one tiny worker, ~15 s
+def test_a_walltime_warning_during_start_up_does_not_kill_the_worker(
+    sample_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SLURM may deliver ``--signal`` a minute early: on a short limit it can land while the worker
+    still imports torch. It must tighten the deadline like any warning, not kill the rank (exit 138
+    ended a SLURM attempt FAILED in CI)."""
+    lead = 12
+
+    def warn_at_once(procs: list[subprocess.Popen[bytes]]) -> None:
+        time.sleep(0.3)  # the interpreter has started; torch is still importing
+        procs[0].send_signal(signal.SIGUSR1)
+
+    result = run_worker(
+        [
+            *tiny_args(sample_data, tmp_path, "early", steps=5000, fmt="dcp"),
+            *("--checkpoint-frequency", "-1", "--deadline", str(time.time() + 3600)),
+            *("--deadline-margin", "0", "--exit-allowance", "1"),
+        ],
+        world_size=1,
+        env={"PYRECOVER_SIGNAL_LEAD": str(lead)},
+        while_running=warn_at_once,
+    )
+    assert result.ok, result.explain()
+    m = STOP_RE.search(result.stderr[0])
+    assert m and m.group(2) == "deadline", result.stderr[0][-2000:]
+    assert (
+        "came during start-up" in result.stderr[0]
+        and "deadline tightened by the walltime signal" in result.stderr[0]
+    )
