@@ -24,6 +24,16 @@
 #SBATCH --nodelist=node[01-02]
 #SBATCH --mail-type=END,FAIL
 
+# The time-aware stop inside the worker is the primary mechanism; --signal=B:USR2@120 is the
+# backstop. Slurm delivers it to this batch shell only (B:), so forward it to srun, which relays it
+# to every rank. SIGTERM (time limit, scancel, preemption) reaches the ranks from slurmstepd
+# directly; the shell must only survive it, or the job would end and kill the ranks mid-save.
+# Trapped first of all: Slurm may deliver --signal up to a minute early, and on a short limit it
+# can come while the prologue still runs (untrapped, it would end the job at once).
+srun_pid=""
+trap 'echo "pyrecover: SIGUSR2 received, forwarding to the ranks" >&2; [ -n "$srun_pid" ] && kill -s USR2 "$srun_pid" 2>/dev/null' USR2
+trap 'echo "pyrecover: SIGTERM received, waiting for the ranks to stop" >&2' TERM
+
 # --- site prologue (controller setting slurm_prologue) ---
 module load cuda/12.4
 source /opt/venv/bin/activate
@@ -45,14 +55,6 @@ export PYRECOVER_TOKEN_FILE=/srv/pyrecover/tokens/run-42
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 export MASTER_ADDR
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
-
-# The time-aware stop inside the worker is the primary mechanism; --signal=B:USR2@120 is the
-# backstop. Slurm delivers it to this batch shell only (B:), so forward it to srun, which relays it
-# to every rank. SIGTERM (time limit, scancel, preemption) reaches the ranks from slurmstepd
-# directly; the shell must only survive it, or the job would end and kill the ranks mid-save.
-srun_pid=""
-trap 'echo "pyrecover: SIGUSR2 received, forwarding to the ranks" >&2; [ -n "$srun_pid" ] && kill -s USR2 "$srun_pid" 2>/dev/null' USR2
-trap 'echo "pyrecover: SIGTERM received, waiting for the ranks to stop" >&2' TERM
 
 srun --nodes=2 --ntasks-per-node=4 --cpus-per-task=8 --kill-on-bad-exit=1 --export=ALL --mpi=none --cpu-bind=none \
     /opt/venv/bin/python -m worker --dataset /data/fineweb.parquet &

@@ -13,6 +13,16 @@
 #SBATCH --signal=B:USR1@30
 #SBATCH --no-requeue
 
+# The time-aware stop inside the worker is the primary mechanism; --signal=B:USR1@30 is the
+# backstop. Slurm delivers it to this batch shell only (B:), so forward it to srun, which relays it
+# to every rank. SIGTERM (time limit, scancel, preemption) reaches the ranks from slurmstepd
+# directly; the shell must only survive it, or the job would end and kill the ranks mid-save.
+# Trapped first of all: Slurm may deliver --signal up to a minute early, and on a short limit it
+# can come while the prologue still runs (untrapped, it would end the job at once).
+srun_pid=""
+trap 'echo "pyrecover: SIGUSR1 received, forwarding to the ranks" >&2; [ -n "$srun_pid" ] && kill -s USR1 "$srun_pid" 2>/dev/null' USR1
+trap 'echo "pyrecover: SIGTERM received, waiting for the ranks to stop" >&2' TERM
+
 # After the prologue: site scripts (module, venv activate) often read unset variables.
 set -uo pipefail
 
@@ -25,14 +35,6 @@ export PYRECOVER_RUN_ID=42
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 export MASTER_ADDR
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
-
-# The time-aware stop inside the worker is the primary mechanism; --signal=B:USR1@30 is the
-# backstop. Slurm delivers it to this batch shell only (B:), so forward it to srun, which relays it
-# to every rank. SIGTERM (time limit, scancel, preemption) reaches the ranks from slurmstepd
-# directly; the shell must only survive it, or the job would end and kill the ranks mid-save.
-srun_pid=""
-trap 'echo "pyrecover: SIGUSR1 received, forwarding to the ranks" >&2; [ -n "$srun_pid" ] && kill -s USR1 "$srun_pid" 2>/dev/null' USR1
-trap 'echo "pyrecover: SIGTERM received, waiting for the ranks to stop" >&2' TERM
 
 srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 --kill-on-bad-exit=1 --export=ALL \
     /opt/venv/bin/python -m worker --training-steps 100 &
