@@ -13,7 +13,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from slurm_harness import assert_same_weights
+from slurm_harness import assert_same_weights, require_nodes
 
 from controller import demo as demo_module
 from controller.demo.plan import Calibration
@@ -48,11 +47,7 @@ WINDOW_S = 60  # --time=1, SLURM's smallest limit
 
 @pytest.fixture(scope="module", name="cluster")
 def cluster_fixture() -> SlurmScheduler:
-    if shutil.which("sinfo") is None:
-        pytest.skip("SLURM CLI not installed: run deploy/slurm-local/up.sh")
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    if out.returncode != 0 or not set(out.stdout.split()) & {"idle", "mixed", "allocated", "completing"}:
-        pytest.skip(f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()!r})")
+    require_nodes(1)
     return SlurmScheduler()
 
 

@@ -8,13 +8,12 @@ over MASTER_ADDR/MASTER_PORT from the sbatch script), the worker reads its deadl
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from slurm_harness import require_nodes
 
 from controller.scheduler.base import JobSpec, JobStatus
 from controller.scheduler.slurm import SlurmScheduler
@@ -26,11 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.slurm_wait]
 
 @pytest.fixture(scope="module")
 def sched() -> SlurmScheduler:
-    if shutil.which("sinfo") is None:
-        pytest.skip("SLURM CLI not installed: run deploy/slurm-local/up.sh")
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    if out.returncode != 0 or not set(out.stdout.split()) & {"idle", "mixed", "allocated", "completing"}:
-        pytest.skip(f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()!r})")
+    require_nodes(1)
     return SlurmScheduler()
 
 
